@@ -1,0 +1,393 @@
+"""The six recurrent cells: parameters in torch.nn naming and the one-step equations.
+
+Shape letters used throughout rnnlab: B batch, T time, I input size, H hidden size, L layers,
+G gate width (k*H).
+
+Every cell's equations live in exactly one place, a pure function ``<cell>_step(x, state, p)``
+that takes the parameters as a mapping and returns ``(new_state, gates)``. ``gates`` names every
+intermediate activation so analysis can trace them without a second copy of the equations. The
+``nn.Module`` cells below own their parameters and call these functions; ``Recurrent`` owns flat,
+per-layer parameters (``weight_ih_l0`` ...) and calls the very same functions.
+
+State is a tensor ``h`` (B, H), or for the LSTM a tuple ``(h, c)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+State = Tensor | tuple[Tensor, Tensor]
+Gates = dict[str, Tensor]
+Params = Mapping[str, Tensor]
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step equations. x: (B, I), h/c: (B, H); p holds the parameters named as in the classes.
+# ---------------------------------------------------------------------------------------------
+
+
+def rnn_step(x: Tensor, h: Tensor, p: Params, nonlinearity: str = "tanh") -> tuple[Tensor, Gates]:
+    """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
+    a = _linear(x, p["weight_ih"], p.get("bias_ih")) + _linear(h, p["weight_hh"], p.get("bias_hh"))
+    h_new = torch.tanh(a) if nonlinearity == "tanh" else torch.relu(a)
+    return h_new, {"h": h_new}
+
+
+def lstm_step(
+    x: Tensor, state: tuple[Tensor, Tensor], p: Params
+) -> tuple[tuple[Tensor, Tensor], Gates]:
+    """LSTM, gates stacked (i, f, g, o) as in torch.nn.LSTM."""
+    h, c = state
+    a = _linear(x, p["weight_ih"], p.get("bias_ih")) + _linear(h, p["weight_hh"], p.get("bias_hh"))
+    ai, af, ag, ao = a.chunk(4, dim=-1)  # each (B, H)
+    i, f, g, o = torch.sigmoid(ai), torch.sigmoid(af), torch.tanh(ag), torch.sigmoid(ao)
+    c_new = f * c + i * g
+    h_new = o * torch.tanh(c_new)
+    return (h_new, c_new), {"i": i, "f": f, "g": g, "o": o, "c": c_new, "h": h_new}
+
+
+def gru_step(x: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+    """GRU in torch's convention (reset applied after the recurrent matmul), gates (r, z, n)."""
+    gi = _linear(x, p["weight_ih"], p.get("bias_ih"))  # (B, 3H)
+    gh = _linear(h, p["weight_hh"], p.get("bias_hh"))  # (B, 3H)
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    h_new = (1 - z) * n + z * h
+    return h_new, {"r": r, "z": z, "n": n, "h": h_new}
+
+
+def _projected(x: Tensor, p: Params) -> Tensor:
+    """x itself when I == H, else the learned projection W_proj x (our documented deviation)."""
+    w = p.get("weight_proj")
+    return x if w is None else _linear(x, w, None)
+
+
+def mut1_step(x: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+    """MUT1: z = σ(W_xz x + b_z); r = σ(W_xr x + W_hr h + b_r);
+    h' = tanh(W_hh(r⊙h) + tanh(x) + b_h)⊙z + h⊙(1−z)."""
+    b_z, b_r, b_h = p["bias"].chunk(3)
+    x_z, x_r = _linear(x, p["weight_ih"], None).chunk(2, dim=-1)  # W_xz x, W_xr x
+    w_hr, w_hh = p["weight_hh"].chunk(2, dim=0)
+    z = torch.sigmoid(x_z + b_z)
+    r = torch.sigmoid(x_r + _linear(h, w_hr, b_r))
+    n = torch.tanh(_linear(r * h, w_hh, b_h) + torch.tanh(_projected(x, p)))
+    h_new = n * z + h * (1 - z)
+    return h_new, {"z": z, "r": r, "n": n, "h": h_new}
+
+
+def mut2_step(x: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+    """MUT2: z = σ(W_xz x + W_hz h + b_z); r = σ(x + W_hr h + b_r);
+    h' = tanh(W_hh(r⊙h) + W_xh x + b_h)⊙z + h⊙(1−z)."""
+    b_z, b_r, b_h = p["bias"].chunk(3)
+    x_z, x_h = _linear(x, p["weight_ih"], None).chunk(2, dim=-1)  # W_xz x, W_xh x
+    w_hz, w_hr, w_hh = p["weight_hh"].chunk(3, dim=0)
+    z = torch.sigmoid(x_z + _linear(h, w_hz, b_z))
+    r = torch.sigmoid(_projected(x, p) + _linear(h, w_hr, b_r))
+    n = torch.tanh(_linear(r * h, w_hh, b_h) + x_h)
+    h_new = n * z + h * (1 - z)
+    return h_new, {"z": z, "r": r, "n": n, "h": h_new}
+
+
+def mut3_step(x: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+    """MUT3: z = σ(W_xz x + W_hz tanh(h) + b_z); r = σ(W_xr x + W_hr h + b_r);
+    h' = tanh(W_hh(r⊙h) + W_xh x + b_h)⊙z + h⊙(1−z)."""
+    b_z, b_r, b_h = p["bias"].chunk(3)
+    x_z, x_r, x_h = _linear(x, p["weight_ih"], None).chunk(3, dim=-1)
+    w_hz, w_hr, w_hh = p["weight_hh"].chunk(3, dim=0)
+    z = torch.sigmoid(x_z + _linear(torch.tanh(h), w_hz, b_z))
+    r = torch.sigmoid(x_r + _linear(h, w_hr, b_r))
+    n = torch.tanh(_linear(r * h, w_hh, b_h) + x_h)
+    h_new = n * z + h * (1 - z)
+    return h_new, {"z": z, "r": r, "n": n, "h": h_new}
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules.
+# ---------------------------------------------------------------------------------------------
+
+
+class Cell(nn.Module):
+    """Base class: one step of a recurrence, ``forward(x, state=None) -> state``.
+
+    Subclasses declare ``gates_ih`` / ``gates_hh`` (the number of H-row blocks in ``weight_ih`` /
+    ``weight_hh``), whether biases are split torch-style (``bias_ih`` + ``bias_hh``) or single
+    (``bias``, one per equation), and the step function.
+    """
+
+    name: str = ""
+    gates_ih: int = 1
+    gates_hh: int = 1
+    torch_biases: bool = True  # bias_ih + bias_hh (torch.nn); otherwise one `bias` of 3H
+    has_cell_state: bool = False
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
+        super().__init__()
+        _check_positive("input_size", input_size)
+        _check_positive("hidden_size", hidden_size)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        for name, shape in self.parameter_shapes(input_size, hidden_size, bias).items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape)))
+        self.reset_parameters()
+
+    @classmethod
+    def parameter_shapes(
+        cls, input_size: int, hidden_size: int, bias: bool = True
+    ) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the parameters, in torch.nn's registration order."""
+        H = hidden_size
+        shapes: dict[str, tuple[int, ...]] = {
+            "weight_ih": (cls.gates_ih * H, input_size),
+            "weight_hh": (cls.gates_hh * H, H),
+        }
+        if cls.torch_biases and bias:
+            shapes["bias_ih"] = (cls.gates_ih * H,)
+            shapes["bias_hh"] = (cls.gates_hh * H,)
+        elif bias:
+            shapes["bias"] = (3 * H,)
+        return shapes
+
+    @classmethod
+    def init_parameters(cls, params: Params, hidden_size: int, **options: float) -> None:
+        """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)) for every parameter, in place."""
+        bound = 1.0 / math.sqrt(hidden_size)
+        with torch.no_grad():
+            for w in params.values():
+                w.uniform_(-bound, bound)
+
+    def reset_parameters(self) -> None:
+        self.init_parameters(dict(self.named_parameters()), self.hidden_size)
+
+    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
+        """One batched step (x: (B, I)) with parameters ``p``; returns (new_state, gates)."""
+        raise NotImplementedError  # each subclass binds its equations
+
+    def initial_state(self, batch: int, like: Tensor) -> State:
+        h = like.new_zeros(batch, self.hidden_size)
+        return (h, h.clone()) if self.has_cell_state else h
+
+    def forward(self, x: Tensor, state: State | None = None) -> State:
+        """x: (B, I) or unbatched (I,); state as returned by a previous call, or None for zeros."""
+        if x.dim() not in (1, 2):
+            raise ValueError(f"input: expected a 1-D (I,) or 2-D (B, I) tensor, got {x.dim()}-D")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected size {self.input_size} in the last dimension, "
+                             f"got {x.shape[-1]}")
+        unbatched = x.dim() == 1
+        xb = x.unsqueeze(0) if unbatched else x
+        if state is None:
+            state = self.initial_state(xb.shape[0], xb)
+        elif unbatched:
+            state = _map_state(state, lambda t: t.unsqueeze(0))
+        expected = (xb.shape[0], self.hidden_size)
+        for t in state if isinstance(state, tuple) else (state,):
+            if tuple(t.shape) != expected:
+                shape = expected[1:] if unbatched else expected
+                raise ValueError(f"state: expected shape {tuple(shape)}, "
+                                 f"got {tuple(t.shape[1:] if unbatched else t.shape)}")
+        new_state, _ = self.step(xb, state, dict(self.named_parameters()))
+        return _map_state(new_state, lambda t: t.squeeze(0)) if unbatched else new_state
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
+
+
+class RNNCell(Cell):
+    r"""Vanilla (Elman) RNN cell (Elman 1990; the lecture's ``h = tanh(W_hh h + W_xh x)``).
+
+    .. math:: h' = \tanh(W_{ih} x + b_{ih} + W_{hh} h + b_{hh})
+
+    ``nonlinearity="relu"`` replaces tanh by ReLU, as in torch.nn.RNNCell.
+    """
+
+    name = "rnn"
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh"
+    ) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias)
+
+    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
+        return rnn_step(x, state, p, self.nonlinearity)  # type: ignore[arg-type]
+
+
+class LSTMCell(Cell):
+    r"""Long short-term memory (Hochreiter & Schmidhuber 1997; forget gate: Gers et al. 2000).
+
+    .. math::
+        (i, f, g, o) = (\sigma, \sigma, \tanh, \sigma)(W_{ih} x + b_{ih} + W_{hh} h + b_{hh}) \\
+        c' = f \odot c + i \odot g, \qquad h' = o \odot \tanh(c')
+
+    Gate blocks are stacked (i, f, g, o) as in torch.nn.LSTM. ``forget_bias`` (default 1.0, as
+    char-rnn and Jozefowicz et al. 2015 found best) initialises the f-block of ``bias_ih`` and zeroes
+    that of ``bias_hh``, so the total forget bias at initialisation equals ``forget_bias``;
+    ``forget_bias=None`` keeps torch's uniform init.
+    """
+
+    name = "lstm"
+    gates_ih = 4
+    gates_hh = 4
+    has_cell_state = True
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = 1.0
+    ) -> None:
+        self.forget_bias = forget_bias
+        super().__init__(input_size, hidden_size, bias)
+
+    @classmethod
+    def init_parameters(
+        cls, params: Params, hidden_size: int, forget_bias: float | None = 1.0, **options: float
+    ) -> None:
+        super().init_parameters(params, hidden_size)
+        if forget_bias is not None and "bias_ih" in params:
+            H = hidden_size
+            with torch.no_grad():
+                params["bias_ih"][H : 2 * H].fill_(forget_bias)
+                params["bias_hh"][H : 2 * H].zero_()
+
+    def reset_parameters(self) -> None:
+        self.init_parameters(dict(self.named_parameters()), self.hidden_size, self.forget_bias)
+
+    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
+        return lstm_step(x, state, p)  # type: ignore[arg-type]
+
+
+class GRUCell(Cell):
+    r"""Gated recurrent unit (Cho et al. 2014), in torch.nn.GRU's convention.
+
+    .. math::
+        r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr}), \quad
+        z = \sigma(W_{iz} x + b_{iz} + W_{hz} h + b_{hz}) \\
+        n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn})), \quad
+        h' = (1 - z) \odot n + z \odot h
+
+    Gate blocks are stacked (r, z, n).
+    """
+
+    name = "gru"
+    gates_ih = 3
+    gates_hh = 3
+
+    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
+        return gru_step(x, state, p)  # type: ignore[arg-type]
+
+
+class _MUTCell(Cell):
+    """Shared parameter layout of the MUT cells (Jozefowicz, Zaremba & Sutskever 2015, "An
+    Empirical Exploration of Recurrent Network Architectures", ICML).
+
+    One bias per equation: ``bias`` (3H,) = (b_z, b_r, b_h). ``weight_ih`` / ``weight_hh`` stack the
+    W_x* / W_h* matrices present in the cell, in the order (z, r, h) (see each class). Where a cell
+    feeds ``x`` straight into a hidden-sized sum (MUT1's tanh(x), MUT2's x in r) and
+    ``input_size != hidden_size``, we add ``weight_proj`` (H, I) and use ``W_proj x`` instead: a
+    deviation from the paper, which only defines the cells for I == H.
+    """
+
+    torch_biases = False
+    needs_square_input = False
+
+    @classmethod
+    def parameter_shapes(
+        cls, input_size: int, hidden_size: int, bias: bool = True
+    ) -> dict[str, tuple[int, ...]]:
+        if not bias:
+            raise ValueError("bias: the MUT cells are defined with biases; got bias=False")
+        shapes = super().parameter_shapes(input_size, hidden_size, bias)
+        if cls.needs_square_input and input_size != hidden_size:
+            shapes["weight_proj"] = (hidden_size, input_size)
+        return shapes
+
+
+class MUT1Cell(_MUTCell):
+    r"""MUT1 (Jozefowicz et al. 2015).
+
+    .. math::
+        z = \sigma(W_{xz} x + b_z), \quad r = \sigma(W_{xr} x + W_{hr} h + b_r) \\
+        h' = \tanh(W_{hh}(r \odot h) + \tanh(x) + b_h) \odot z + h \odot (1 - z)
+
+    ``weight_ih`` = [W_xz; W_xr] (2H, I); ``weight_hh`` = [W_hr; W_hh] (2H, H).
+    """
+
+    name = "mut1"
+    gates_ih = 2
+    gates_hh = 2
+    needs_square_input = True
+
+    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
+        return mut1_step(x, state, p)  # type: ignore[arg-type]
+
+
+class MUT2Cell(_MUTCell):
+    r"""MUT2 (Jozefowicz et al. 2015).
+
+    .. math::
+        z = \sigma(W_{xz} x + W_{hz} h + b_z), \quad r = \sigma(x + W_{hr} h + b_r) \\
+        h' = \tanh(W_{hh}(r \odot h) + W_{xh} x + b_h) \odot z + h \odot (1 - z)
+
+    ``weight_ih`` = [W_xz; W_xh] (2H, I); ``weight_hh`` = [W_hz; W_hr; W_hh] (3H, H).
+    """
+
+    name = "mut2"
+    gates_ih = 2
+    gates_hh = 3
+    needs_square_input = True
+
+    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
+        return mut2_step(x, state, p)  # type: ignore[arg-type]
+
+
+class MUT3Cell(_MUTCell):
+    r"""MUT3 (Jozefowicz et al. 2015).
+
+    .. math::
+        z = \sigma(W_{xz} x + W_{hz} \tanh(h) + b_z), \quad r = \sigma(W_{xr} x + W_{hr} h + b_r) \\
+        h' = \tanh(W_{hh}(r \odot h) + W_{xh} x + b_h) \odot z + h \odot (1 - z)
+
+    ``weight_ih`` = [W_xz; W_xr; W_xh] (3H, I); ``weight_hh`` = [W_hz; W_hr; W_hh] (3H, H).
+    """
+
+    name = "mut3"
+    gates_ih = 3
+    gates_hh = 3
+
+    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
+        return mut3_step(x, state, p)  # type: ignore[arg-type]
+
+
+CELLS: dict[str, type[Cell]] = {
+    c.name: c for c in (RNNCell, LSTMCell, GRUCell, MUT1Cell, MUT2Cell, MUT3Cell)
+}
+
+
+def cell_class(name: str) -> type[Cell]:
+    """The Cell class for a name in ``rnn|lstm|gru|mut1|mut2|mut3``; ValueError otherwise."""
+    try:
+        return CELLS[name.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"cell: expected one of {'|'.join(CELLS)}, got {name!r}") from None
+
+
+def _check_positive(arg: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{arg}: expected a positive integer, got {value!r}")
+
+
+def _map_state(state: State, fn: Callable[[Tensor], Tensor]) -> State:
+    return tuple(fn(t) for t in state) if isinstance(state, tuple) else fn(state)  # type: ignore
