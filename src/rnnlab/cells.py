@@ -138,7 +138,7 @@ class Cell(nn.Module):
         _check_positive("hidden_size", hidden_size)
         self.input_size = input_size
         self.hidden_size = hidden_size
-        self.bias = bias
+        self.has_bias = bias
         for name, shape in self.parameter_shapes(input_size, hidden_size, bias).items():
             self.register_parameter(name, nn.Parameter(torch.empty(shape)))
         self.reset_parameters()
@@ -173,7 +173,7 @@ class Cell(nn.Module):
 
     def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
         """One batched step (x: (B, I)) with parameters ``p``; returns (new_state, gates)."""
-        raise NotImplementedError  # each subclass binds its equations
+        return step_function(self.name, getattr(self, "nonlinearity", "tanh"))(x, state, p)
 
     def initial_state(self, batch: int, like: Tensor) -> State:
         h = like.new_zeros(batch, self.hidden_size)
@@ -184,8 +184,9 @@ class Cell(nn.Module):
         if x.dim() not in (1, 2):
             raise ValueError(f"input: expected a 1-D (I,) or 2-D (B, I) tensor, got {x.dim()}-D")
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"input: expected size {self.input_size} in the last dimension, "
-                             f"got {x.shape[-1]}")
+            raise ValueError(
+                f"input: expected size {self.input_size} in the last dimension, got {x.shape[-1]}"
+            )
         unbatched = x.dim() == 1
         xb = x.unsqueeze(0) if unbatched else x
         if state is None:
@@ -196,13 +197,15 @@ class Cell(nn.Module):
         for t in state if isinstance(state, tuple) else (state,):
             if tuple(t.shape) != expected:
                 shape = expected[1:] if unbatched else expected
-                raise ValueError(f"state: expected shape {tuple(shape)}, "
-                                 f"got {tuple(t.shape[1:] if unbatched else t.shape)}")
+                raise ValueError(
+                    f"state: expected shape {tuple(shape)}, "
+                    f"got {tuple(t.shape[1:] if unbatched else t.shape)}"
+                )
         new_state, _ = self.step(xb, state, dict(self.named_parameters()))
         return _map_state(new_state, lambda t: t.squeeze(0)) if unbatched else new_state
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
+        return f"{self.input_size}, {self.hidden_size}, bias={self.has_bias}"
 
 
 class RNNCell(Cell):
@@ -223,9 +226,6 @@ class RNNCell(Cell):
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias)
 
-    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
-        return rnn_step(x, state, p, self.nonlinearity)  # type: ignore[arg-type]
-
 
 class LSTMCell(Cell):
     r"""Long short-term memory (Hochreiter & Schmidhuber 1997; forget gate: Gers et al. 2000).
@@ -235,8 +235,8 @@ class LSTMCell(Cell):
         c' = f \odot c + i \odot g, \qquad h' = o \odot \tanh(c')
 
     Gate blocks are stacked (i, f, g, o) as in torch.nn.LSTM. ``forget_bias`` (default 1.0, as
-    char-rnn and Jozefowicz et al. 2015 found best) initialises the f-block of ``bias_ih`` and zeroes
-    that of ``bias_hh``, so the total forget bias at initialisation equals ``forget_bias``;
+    char-rnn and Jozefowicz et al. 2015 found best) initialises the f-block of ``bias_ih`` and
+    zeroes that of ``bias_hh``, so the total forget bias at initialisation equals ``forget_bias``;
     ``forget_bias=None`` keeps torch's uniform init.
     """
 
@@ -265,9 +265,6 @@ class LSTMCell(Cell):
     def reset_parameters(self) -> None:
         self.init_parameters(dict(self.named_parameters()), self.hidden_size, self.forget_bias)
 
-    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
-        return lstm_step(x, state, p)  # type: ignore[arg-type]
-
 
 class GRUCell(Cell):
     r"""Gated recurrent unit (Cho et al. 2014), in torch.nn.GRU's convention.
@@ -284,9 +281,6 @@ class GRUCell(Cell):
     name = "gru"
     gates_ih = 3
     gates_hh = 3
-
-    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
-        return gru_step(x, state, p)  # type: ignore[arg-type]
 
 
 class _MUTCell(Cell):
@@ -330,9 +324,6 @@ class MUT1Cell(_MUTCell):
     gates_hh = 2
     needs_square_input = True
 
-    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
-        return mut1_step(x, state, p)  # type: ignore[arg-type]
-
 
 class MUT2Cell(_MUTCell):
     r"""MUT2 (Jozefowicz et al. 2015).
@@ -349,9 +340,6 @@ class MUT2Cell(_MUTCell):
     gates_hh = 3
     needs_square_input = True
 
-    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
-        return mut2_step(x, state, p)  # type: ignore[arg-type]
-
 
 class MUT3Cell(_MUTCell):
     r"""MUT3 (Jozefowicz et al. 2015).
@@ -367,13 +355,22 @@ class MUT3Cell(_MUTCell):
     gates_ih = 3
     gates_hh = 3
 
-    def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
-        return mut3_step(x, state, p)  # type: ignore[arg-type]
-
 
 CELLS: dict[str, type[Cell]] = {
     c.name: c for c in (RNNCell, LSTMCell, GRUCell, MUT1Cell, MUT2Cell, MUT3Cell)
 }
+
+
+StepFunction = Callable[[Tensor, State, Params], tuple[State, Gates]]
+
+
+def step_function(name: str, nonlinearity: str = "tanh") -> StepFunction:
+    """The pure step equations of a cell: ``(x, state, params) -> (new_state, gates)``."""
+    cls = cell_class(name)
+    if cls is RNNCell:
+        return lambda x, h, p: rnn_step(x, h, p, nonlinearity)  # type: ignore[arg-type]
+    return {"lstm": lstm_step, "gru": gru_step, "mut1": mut1_step, "mut2": mut2_step,
+            "mut3": mut3_step}[cls.name]  # type: ignore[return-value]  # fmt: skip
 
 
 def cell_class(name: str) -> type[Cell]:

@@ -1,0 +1,78 @@
+"""CharLM: the character-level language model (embedding -> Recurrent -> dropout -> linear to V).
+
+The embedding is the lecture's one-hot input times W_xh, done as a column lookup. With
+``tie_weights`` the output layer reuses the embedding matrix (Press & Wolf 2017; Inan et al. 2017),
+which needs ``embedding_size == hidden_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from rnnlab.cells import State, cell_class
+from rnnlab.recurrent import Recurrent
+
+
+@dataclass
+class CharLMConfig:
+    """Architecture of a CharLM; ``embedding_size=0`` means ``hidden_size``."""
+
+    vocab_size: int
+    cell: str = "lstm"
+    hidden_size: int = 256
+    num_layers: int = 2
+    embedding_size: int = 0
+    dropout: float = 0.0
+    tie_weights: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        cell_class(self.cell)  # ValueError naming the cell
+        if self.vocab_size <= 0:
+            raise ValueError(f"vocab_size: expected a positive integer, got {self.vocab_size}")
+        if self.embedding_size == 0:
+            self.embedding_size = self.hidden_size
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ValueError(f"tie_weights: needs embedding_size == hidden_size, got "
+                             f"{self.embedding_size} and {self.hidden_size}")  # fmt: skip
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CharLM(nn.Module):
+    """``logits, state = model(idx, state)``: idx (B, T) int64 -> logits (B, T, V).
+
+    State is explicit (never kept inside the module): pass the previous call's state to continue
+    a stream; the training loop detaches it at chunk boundaries (truncated BPTT).
+    """
+
+    def __init__(self, config: CharLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        E, H, V = config.embedding_size, config.hidden_size, config.vocab_size
+        self.embedding = nn.Embedding(V, E)
+        self.rnn = Recurrent(config.cell, E, H, config.num_layers, dropout=config.dropout,
+                             batch_first=True, backend=config.backend)  # fmt: skip
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(H, V)
+        if config.tie_weights:
+            self.head.weight = self.embedding.weight
+
+    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if idx.dim() != 2:
+            raise ValueError(f"idx: expected a 2-D (B, T) tensor of token ids, got shape "
+                             f"{tuple(idx.shape)}")  # fmt: skip
+        x = self.embedding(idx)  # (B, T, E)
+        h, state = self.rnn(x, state)  # (B, T, H)
+        return self.head(self.drop(h)), state  # (B, T, V)
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
+        return self.rnn.initial_state(batch, self.head.weight.new_zeros(()).to(device))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
