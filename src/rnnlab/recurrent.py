@@ -57,8 +57,11 @@ class Recurrent(nn.Module):
     ) -> None:
         super().__init__()
         cls = cell_class(cell)
-        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                           ("num_layers", num_layers)):  # fmt: skip
+        for arg, value in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{arg}: expected a positive integer, got {value!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
@@ -76,8 +79,10 @@ class Recurrent(nn.Module):
                 f"for cell {cls.name!r}"
             )
         if dropout > 0 and num_layers == 1:
-            warnings.warn("dropout > 0 with num_layers=1 has no effect: dropout applies between "
-                          "layers", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                "dropout > 0 with num_layers=1 has no effect: dropout applies between layers",
+                stacklevel=2,
+            )
         if cls.name == "rnn" and nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         # The same pure step equations the cell modules use (one implementation of each cell).
@@ -207,8 +212,11 @@ class Recurrent(nn.Module):
         B = x.shape[1]
         if state is None:
             return x, self.initial_state(B, x), unbatched
-        expected = (self.num_layers, self.hidden_size) if unbatched else (
-            self.num_layers, B, self.hidden_size)  # fmt: skip
+        expected = (
+            (self.num_layers, self.hidden_size)
+            if unbatched
+            else (self.num_layers, B, self.hidden_size)
+        )
         parts = state if isinstance(state, tuple) else (state,)
         if (self.cell == "lstm") != isinstance(state, tuple) or len(parts) not in (1, 2):
             kind = "a tuple (h_0, c_0)" if self.cell == "lstm" else "a tensor h_0"
@@ -236,9 +244,11 @@ class Recurrent(nn.Module):
         return output, state
 
     def extra_repr(self) -> str:
-        return (f"{self.cell!r}, {self.input_size}, {self.hidden_size}, "
-                f"num_layers={self.num_layers}, dropout={self.dropout}, "
-                f"batch_first={self.batch_first}, backend={self.backend!r}")  # fmt: skip
+        return (
+            f"{self.cell!r}, {self.input_size}, {self.hidden_size}, "
+            f"num_layers={self.num_layers}, dropout={self.dropout}, "
+            f"batch_first={self.batch_first}, backend={self.backend!r}"
+        )
 
 
 def _layer_state(state: State, k: int) -> State:

@@ -38,8 +38,13 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
     return Run(model, Vocab.from_json(ckpt.vocab), train_config, ckpt.path, ckpt.step)
 
 
-def evaluate(path: str | Path, file: str | Path | None = None, split: str = "val",
-             which: str = "best", device: str = "cpu") -> EvalResult:  # fmt: skip
+def evaluate(
+    path: str | Path,
+    file: str | Path | None = None,
+    split: str = "val",
+    which: str = "best",
+    device: str = "cpu",
+) -> EvalResult:
     """Loss of a run in nats/char (``.bpc`` for bits/char) on a split of its corpus or any file."""
     run = load_run(path, which, device)
     cfg = run.train_config
@@ -49,10 +54,12 @@ def evaluate(path: str | Path, file: str | Path | None = None, split: str = "val
     else:
         if split not in ("train", "val", "test"):
             raise ValueError(f"split: expected train|val|test, got {split!r}")
-        corpus = prepare_corpus(cfg["input"], byte_level=cfg.get("byte_level", False),
-                                errors=cfg.get("errors", "strict"),
-                                split=(1 - cfg["val_frac"] - cfg["test_frac"], cfg["val_frac"],
-                                       cfg["test_frac"]))  # fmt: skip
+        corpus = prepare_corpus(
+            cfg["input"],
+            byte_level=cfg.get("byte_level", False),
+            errors=cfg.get("errors", "strict"),
+            split=(1 - cfg["val_frac"] - cfg["test_frac"], cfg["val_frac"], cfg["test_frac"]),
+        )
         tokens = corpus.split(split)
         batch = min(cfg.get("batch_size", 1), max(1, len(tokens) // 1000))
     if len(tokens) < 2:
@@ -61,9 +68,14 @@ def evaluate(path: str | Path, file: str | Path | None = None, split: str = "val
     return evaluate_tokens(run.model, StreamBatcher(tokens, batch, seq_len))
 
 
-def sample(path: str | Path, prime: str | None = None, config: SampleConfig | None = None,
-           which: str = "best", device: str = "cpu",
-           on_text: Callable[[int, list[str]], None] | None = None) -> list[str]:  # fmt: skip
+def sample(
+    path: str | Path,
+    prime: str | None = None,
+    config: SampleConfig | None = None,
+    which: str = "best",
+    device: str = "cpu",
+    on_text: Callable[[int, list[str]], None] | None = None,
+) -> list[str]:
     """Sample ``config.num_samples`` texts from a run, after ``prime`` (default: a character of
     the vocabulary). ``on_text(step, chars)`` streams each new character of every sample."""
     config = config or SampleConfig()

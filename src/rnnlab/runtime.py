@@ -61,15 +61,19 @@ def restore_rng(state: dict[str, object]) -> None:
 
 def _numpy_state() -> dict[str, object]:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
 
 
 def _numpy_tuple(state: dict[str, object]) -> tuple:
     keys = state["keys"]
     keys = keys.numpy() if isinstance(keys, Tensor) else np.asarray(keys)
-    return (state["name"], keys.astype(np.uint32), state["pos"], state["has_gauss"],
-            state["gauss"])  # fmt: skip
+    return (state["name"], keys.astype(np.uint32), state["pos"], state["has_gauss"], state["gauss"])
 
 
 def _as_byte_tensor(t: object) -> Tensor:

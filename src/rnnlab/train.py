@@ -2,7 +2,8 @@
 
 One readable loop, top to bottom. Truncated BPTT (Williams & Peng 1990; the lecture's "carry the
 hidden state forever, backprop only k steps"): the corpus is cut into B streams (see
-``rnnlab.data.tbptt``); each step trains on the next ``seq_len`` characters of every stream, starting
+``rnnlab.data.tbptt``); each step trains on the next ``seq_len`` characters of every stream,
+starting
 from the state the previous chunk ended in, detached so gradients stop at the chunk boundary.
 
 Everything a resumed run needs to continue *exactly* is checkpointed: model, optimizer moments and
@@ -111,19 +112,37 @@ class TrainConfig:
         if not 0 <= self.val_frac < 1 or not 0 <= self.test_frac < 1:
             raise ValueError("val_frac/test_frac: expected fractions in [0, 1)")
         if self.val_frac + self.test_frac >= 1:
-            raise ValueError(f"val_frac + test_frac: must leave training data, got "
-                             f"{self.val_frac + self.test_frac}")  # fmt: skip
+            raise ValueError(
+                f"val_frac + test_frac: must leave training data, got "
+                f"{self.val_frac + self.test_frac}"
+            )
 
     def model_config(self, vocab_size: int) -> CharLMConfig:
-        return CharLMConfig(vocab_size, self.cell, self.hidden_size, self.num_layers,
-                            self.embedding_size, self.dropout, self.tie_weights,
-                            self.backend)  # fmt: skip
+        return CharLMConfig(
+            vocab_size,
+            self.cell,
+            self.hidden_size,
+            self.num_layers,
+            self.embedding_size,
+            self.dropout,
+            self.tie_weights,
+            self.backend,
+        )
 
 
 # Fields a resumed run may change: how long and how it is watched, never what is computed.
-RESUME_OVERRIDABLE = ("max_steps", "max_minutes", "eval_every", "eval_batches", "patience",
-                      "sample_length", "checkpoint_every", "keep_last", "log_every",
-                      "max_nonfinite")  # fmt: skip
+RESUME_OVERRIDABLE = (
+    "max_steps",
+    "max_minutes",
+    "eval_every",
+    "eval_batches",
+    "patience",
+    "sample_length",
+    "checkpoint_every",
+    "keep_last",
+    "log_every",
+    "max_nonfinite",
+)
 
 
 @dataclass
@@ -163,8 +182,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     return torch.optim.SGD(params, lr=lr, weight_decay=wd)
 
 
-def train(config: TrainConfig, *, resume: str | Path | None = None,
-          on_event: Callable[[Event], None] | None = None) -> TrainResult:  # fmt: skip
+def train(
+    config: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> TrainResult:
     """Train (or resume) a CharLM on ``config.input``; returns where the run ended.
 
     ``on_event`` receives progress dicts (``kind``: start, step, eval, sample, checkpoint,
@@ -179,16 +202,21 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
     device = resolve_device(config.device)
     run_dir = Path(config.out_dir or _default_run_dir(config))
     if ckpt is None and list_checkpoints(run_dir):
-        raise ValueError(f"out_dir: {run_dir} already holds a run; resume it with --resume "
-                         f"{run_dir} or choose another --out-dir")  # fmt: skip
+        raise ValueError(
+            f"out_dir: {run_dir} already holds a run; resume it with --resume "
+            f"{run_dir} or choose another --out-dir"
+        )
 
-    corpus = prepare_corpus(config.input, byte_level=config.byte_level, errors=config.errors,
-                            split=_split(config))  # fmt: skip
+    corpus = prepare_corpus(
+        config.input, byte_level=config.byte_level, errors=config.errors, split=_split(config)
+    )
     if ckpt is not None:
         saved = Vocab.from_json(ckpt.vocab)
         if saved.tokens != corpus.vocab.tokens:
-            raise DataError(f"vocabulary mismatch on resume: {saved.diff(corpus.vocab)}; resume "
-                            f"with the file the run was trained on")  # fmt: skip
+            raise DataError(
+                f"vocabulary mismatch on resume: {saved.diff(corpus.vocab)}; resume "
+                f"with the file the run was trained on"
+            )
     train_data = StreamBatcher(corpus.split("train"), config.batch_size, config.seq_len)
     val_data = _val_batcher(corpus, config)
 
@@ -210,21 +238,44 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
     metrics = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
     history = _read_metrics(run_dir / "metrics.jsonl")
 
-    emit({"kind": "start", "run_dir": str(run_dir), "step": step, "device": str(device),
-          "parameters": model.num_parameters(), "vocab_size": len(corpus.vocab),
-          "train_tokens": len(corpus.split("train")), "steps_per_epoch": train_data.num_batches,
-          "backend": model.rnn.resolved_backend(device), "resumed": ckpt is not None})  # fmt: skip
+    emit(
+        {
+            "kind": "start",
+            "run_dir": str(run_dir),
+            "step": step,
+            "device": str(device),
+            "parameters": model.num_parameters(),
+            "vocab_size": len(corpus.vocab),
+            "train_tokens": len(corpus.split("train")),
+            "steps_per_epoch": train_data.num_batches,
+            "backend": model.rnn.resolved_backend(device),
+            "resumed": ckpt is not None,
+        }
+    )
 
     def checkpoint(is_best: bool) -> None:
-        trainer = {"optimizer": optimizer.state_dict(), "step": step, "cursor": cursor,
-                   "epoch": epoch, "best_val_loss": best, "evals_since_best": evals_since_best,
-                   "carried": _to_device(carried, torch.device("cpu")), "rng": capture_rng()}  # fmt: skip
+        trainer = {
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "cursor": cursor,
+            "epoch": epoch,
+            "best_val_loss": best,
+            "evals_since_best": evals_since_best,
+            "carried": _to_device(carried, torch.device("cpu")),
+            "rng": capture_rng(),
+        }
         tensors, tree = flatten_state(trainer)
-        path = save_checkpoint(run_dir, step, model=model.state_dict(),
-                               config={"model": model.config.to_dict(), "train": asdict(config)},
-                               vocab=corpus.vocab.to_json(), trainer_tensors=tensors,
-                               trainer={"state": tree}, keep_last=config.keep_last,
-                               is_best=is_best)  # fmt: skip
+        path = save_checkpoint(
+            run_dir,
+            step,
+            model=model.state_dict(),
+            config={"model": model.config.to_dict(), "train": asdict(config)},
+            vocab=corpus.vocab.to_json(),
+            trainer_tensors=tensors,
+            trainer={"state": tree},
+            keep_last=config.keep_last,
+            is_best=is_best,
+        )
         saved_steps.append(step)
         emit({"kind": "checkpoint", "step": step, "path": str(path), "best": is_best})
 
@@ -260,15 +311,23 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
             bad_in_a_row += 1
             emit({"kind": "nonfinite", "step": step, "loss": loss_value, "in_a_row": bad_in_a_row})
             if bad_in_a_row >= config.max_nonfinite:
-                raise TrainingError(f"{bad_in_a_row} non-finite steps in a row at step {step}; "
-                                    f"the last good checkpoint in {run_dir} is intact — lower "
-                                    f"--lr or --grad-clip")  # fmt: skip
+                raise TrainingError(
+                    f"{bad_in_a_row} non-finite steps in a row at step {step}; "
+                    f"the last good checkpoint in {run_dir} is intact — lower "
+                    f"--lr or --grad-clip"
+                )
         carried = _detach(new_state) if finite else carried  # truncated BPTT: stop gradients
         step, cursor = step + 1, cursor + 1
         window_tokens += x.numel()
 
-        record = {"step": step, "train_loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                  "epoch": epoch, "nonfinite_skips": skipped}  # fmt: skip
+        record = {
+            "step": step,
+            "train_loss": loss_value,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "epoch": epoch,
+            "nonfinite_skips": skipped,
+        }
         if step % config.log_every == 0 or step == config.max_steps:
             now = time.perf_counter()
             record["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
@@ -279,11 +338,23 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
             record.update(val_loss=val, val_bpc=val / math.log(2))
             is_best = val < best
             best, evals_since_best = (val, 0) if is_best else (best, evals_since_best + 1)
-            emit({"kind": "eval", "step": step, "val_loss": val, "val_bpc": val / math.log(2),
-                  "best": is_best})  # fmt: skip
+            emit(
+                {
+                    "kind": "eval",
+                    "step": step,
+                    "val_loss": val,
+                    "val_bpc": val / math.log(2),
+                    "best": is_best,
+                }
+            )
             if config.sample_length:
-                emit({"kind": "sample", "step": step, "text": _sample_text(model, corpus.vocab,
-                                                                        config)})  # fmt: skip
+                emit(
+                    {
+                        "kind": "sample",
+                        "step": step,
+                        "text": _sample_text(model, corpus.vocab, config),
+                    }
+                )
             model.train()
             if not config.checkpoint_every:
                 checkpoint(is_best)
@@ -300,8 +371,15 @@ def train(config: TrainConfig, *, resume: str | Path | None = None,
         checkpoint(False)
     metrics.close()
     plot_losses(history, run_dir / "loss.png")
-    emit({"kind": "end", "step": step, "stopped": stopped, "best_val_loss": best,
-          "nonfinite_skips": skipped})  # fmt: skip
+    emit(
+        {
+            "kind": "end",
+            "step": step,
+            "stopped": stopped,
+            "best_val_loss": best,
+            "nonfinite_skips": skipped,
+        }
+    )
     return TrainResult(run_dir, step, best, loss_value, stopped)
 
 
@@ -385,8 +463,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records a killed run wrote after the checkpoint we resume from (like purge_step)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]  # fmt: skip
+    keep = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
     tmp.replace(path)
@@ -409,8 +490,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in history], [r["train_loss"] for r in history], lw=0.8,
-            label="train")  # fmt: skip
+    ax.plot([r["step"] for r in history], [r["train_loss"] for r in history], lw=0.8, label="train")
     val = [r for r in history if "val_loss" in r]
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")

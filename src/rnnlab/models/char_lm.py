@@ -37,8 +37,10 @@ class CharLMConfig:
         if self.embedding_size == 0:
             self.embedding_size = self.hidden_size
         if self.tie_weights and self.embedding_size != self.hidden_size:
-            raise ValueError(f"tie_weights: needs embedding_size == hidden_size, got "
-                             f"{self.embedding_size} and {self.hidden_size}")  # fmt: skip
+            raise ValueError(
+                f"tie_weights: needs embedding_size == hidden_size, got "
+                f"{self.embedding_size} and {self.hidden_size}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,8 +58,15 @@ class CharLM(nn.Module):
         self.config = config
         E, H, V = config.embedding_size, config.hidden_size, config.vocab_size
         self.embedding = nn.Embedding(V, E)
-        self.rnn = Recurrent(config.cell, E, H, config.num_layers, dropout=config.dropout,
-                             batch_first=True, backend=config.backend)  # fmt: skip
+        self.rnn = Recurrent(
+            config.cell,
+            E,
+            H,
+            config.num_layers,
+            dropout=config.dropout,
+            batch_first=True,
+            backend=config.backend,
+        )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(H, V)
         if config.tie_weights:
@@ -65,8 +74,9 @@ class CharLM(nn.Module):
 
     def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         if idx.dim() != 2:
-            raise ValueError(f"idx: expected a 2-D (B, T) tensor of token ids, got shape "
-                             f"{tuple(idx.shape)}")  # fmt: skip
+            raise ValueError(
+                f"idx: expected a 2-D (B, T) tensor of token ids, got shape {tuple(idx.shape)}"
+            )
         x = self.embedding(idx)  # (B, T, E)
         h, state = self.rnn(x, state)  # (B, T, H)
         return self.head(self.drop(h)), state  # (B, T, V)
