@@ -3,8 +3,8 @@
 One readable loop, top to bottom. Truncated BPTT (Williams & Peng 1990; the lecture's "carry the
 hidden state forever, backprop only k steps"): the corpus is cut into B streams (see
 ``rnnlab.data.tbptt``); each step trains on the next ``seq_len`` characters of every stream,
-starting
-from the state the previous chunk ended in, detached so gradients stop at the chunk boundary.
+starting from the state the previous chunk ended in, detached so gradients stop at the chunk
+boundary.
 
 Everything a resumed run needs to continue *exactly* is checkpointed: model, optimizer moments and
 counters, all RNG states, the data cursor, the carried hidden state, best loss and patience. On
