@@ -1,0 +1,325 @@
+"""Decoding for char-level LMs: sampling (temperature, top-k, top-p, argmax) and beam search.
+
+Library code only: no argv, no printing. The CLI streams text through ``on_token``.
+
+The model contract is CharLM's: ``logits, state = model(idx, state)`` with idx (B, T) int64 and
+logits (B, T, V); state is a tensor (L, B, H) or a tuple ``(h, c)`` of them, batch on dim 1.
+``model.initial_state(B, device)`` is used when present (else ``None`` is passed), and a method
+``step(idx (B,), state) -> (logits (B, V), state)`` is used for the per-token loop when present.
+
+Decoding runs in two phases::
+
+    prime  p0 p1 ... p{P-1}            one stream (B = 1), fed PRIME_CHUNK tokens per forward,
+           └──────── state ───────┐    state carried, only the last logits kept
+                                  ▼
+    sample x0 x1 ... x{length-1}   B = num_samples streams, one token per forward; the state
+                                   after the prime is copied to every stream
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from rnnlab.cells import State
+
+# Prime tokens per forward pass: memory stays bounded (B x chunk x V logits) for any prime length.
+PRIME_CHUNK = 4096
+UNKNOWN_POLICIES = ("error", "skip", "replace")
+
+TokenCallback = Callable[[int, Tensor], None]
+
+
+@dataclass
+class SampleConfig:
+    """How to decode.
+
+    Args:
+        length: tokens to generate after the prime (0 generates nothing).
+        temperature: logits are divided by it before softmax; 0 means argmax. Ignored by beam.
+        top_k: keep only the k most likely tokens (0 keeps all). Applied after temperature.
+        top_p: nucleus sampling: keep the smallest set of most likely tokens whose probability
+            (after temperature and top-k) sums to >= top_p; always at least one token. 1 keeps all.
+        argmax: always take the most likely token (greedy); seed-independent.
+        beam: beam width; 0 samples instead. Beam search maximises the summed log-probability and
+            ignores temperature, top_k, top_p, argmax and seed. With ``num_samples > 1`` it
+            returns the ``num_samples`` best beams, so ``num_samples <= beam``.
+        num_samples: independent streams, decoded together as one batch.
+        seed: seeds a local torch.Generator (the global RNG is never touched); the same seed gives
+            the same text on the same device. None draws a fresh seed.
+        unknown: what ``prime_ids`` does with prime characters missing from the vocabulary:
+            ``error`` (list them), ``skip`` (drop them) or ``replace`` (map to a replacement id).
+    """
+
+    length: int = 500
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    argmax: bool = False
+    beam: int = 0
+    num_samples: int = 1
+    seed: int | None = None
+    unknown: str = "error"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.length, int) or self.length < 0:
+            raise ValueError(f"length: expected an integer >= 0, got {self.length!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(
+                f"temperature: expected a finite number >= 0 (0 means argmax), "
+                f"got {self.temperature!r}"
+            )
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k: expected an integer >= 0 (0 keeps all), got {self.top_k!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.beam, int) or self.beam < 0:
+            raise ValueError(f"beam: expected an integer >= 0 (0 samples), got {self.beam!r}")
+        if not isinstance(self.num_samples, int) or self.num_samples < 1:
+            raise ValueError(f"num_samples: expected an integer >= 1, got {self.num_samples!r}")
+        if self.beam and self.num_samples > self.beam:
+            raise ValueError(
+                f"num_samples: beam search returns at most beam={self.beam} "
+                f"sequences, got num_samples={self.num_samples}"
+            )
+        if self.unknown not in UNKNOWN_POLICIES:
+            raise ValueError(
+                f"unknown: expected one of {'|'.join(UNKNOWN_POLICIES)}, got {self.unknown!r}"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding takes the most likely token (``argmax`` or temperature 0)."""
+        return self.argmax or self.temperature == 0
+
+
+def prime_ids(
+    text: str, stoi: Mapping[str, int], unknown: str = "error", replacement: int | None = None
+) -> list[int]:
+    """Token ids of ``text`` under ``stoi``; characters not in it follow the ``unknown`` policy.
+
+    ``error`` raises ValueError listing each unseen character once, in order of appearance;
+    ``skip`` drops them; ``replace`` maps them to ``replacement`` (e.g. the most frequent
+    character's id). The result may be empty (``generate`` rejects an empty prime).
+    """
+    if unknown not in UNKNOWN_POLICIES:
+        raise ValueError(f"unknown: expected one of {'|'.join(UNKNOWN_POLICIES)}, got {unknown!r}")
+    if unknown == "replace" and replacement is None:
+        raise ValueError("replacement: unknown='replace' needs a replacement token id")
+    unseen = list(dict.fromkeys(ch for ch in text if ch not in stoi))
+    if unseen and unknown == "error":
+        listed = ", ".join(repr(ch) for ch in unseen)
+        raise ValueError(
+            f"prime text has characters not in the vocabulary: {listed}; "
+            "use --unknown skip or --unknown replace"
+        )
+    if unknown == "skip":
+        return [stoi[ch] for ch in text if ch in stoi]
+    return [stoi.get(ch, replacement) for ch in text]  # type: ignore[misc]
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (B, V)."""
+    V = logits.shape[-1]
+    if 0 < top_k < V:
+        values, index = logits.topk(top_k, dim=-1)  # (B, k): exactly k survive, even on ties
+        logits = torch.full_like(logits, -math.inf).scatter(-1, index, values)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        # Mass strictly above each token: a token is dropped once the tokens before it reach p,
+        # so the most likely token always survives.
+        above = torch.cat([probs.new_zeros(probs.shape[0], 1), probs.cumsum(-1)[:, :-1]], dim=-1)
+        sorted_logits = sorted_logits.masked_fill(above >= top_p, -math.inf)
+        logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def run_prime(
+    model: nn.Module, prime: Sequence[int] | Tensor, *, chunk_size: int = PRIME_CHUNK
+) -> tuple[Tensor, State]:
+    """Feed the prime as one stream, ``chunk_size`` tokens per forward with the state carried.
+
+    Returns the logits after the last prime token (1, V) and the state (batch 1). Call it under
+    ``torch.no_grad()`` and in eval mode, as ``generate`` and ``beam_search`` do.
+    """
+    return _run_prime(model, _prime_tensor(model, prime), chunk_size)
+
+
+def _run_prime(model: nn.Module, ids: Tensor, chunk_size: int) -> tuple[Tensor, State]:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
+    device = ids.device
+    init = getattr(model, "initial_state", None)
+    state = init(1, device) if callable(init) else None
+    for start in range(0, ids.shape[1], chunk_size):  # ids: (1, P)
+        logits, state = model(ids[:, start : start + chunk_size], state)  # (1, t, V)
+    return logits[:, -1], state  # (1, V)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prime: Sequence[int] | Tensor,
+    config: SampleConfig,
+    *,
+    on_token: TokenCallback | None = None,
+    prime_chunk: int = PRIME_CHUNK,
+) -> list[list[int]]:
+    """Decode ``config.length`` tokens after ``prime`` for ``config.num_samples`` streams.
+
+    Returns one list of generated ids (prime excluded) per stream. ``on_token(step, ids)`` is
+    called as each token is produced, steps 0..length-1 in order, with ids a (B,) int64 tensor on
+    the model's device. With ``config.beam`` the result is the ``num_samples`` best beams, best
+    first, and ``on_token`` replays them once the search has finished.
+
+    The model runs in eval mode (its previous mode is restored) on its own device.
+    """
+    if config.beam:
+        beams = beam_search(model, prime, config.beam, config.length, prime_chunk=prime_chunk)
+        out = [tokens for tokens, _ in beams[: config.num_samples]]
+        if on_token is not None and config.length:
+            chosen = torch.tensor(out, dtype=torch.long, device=_device(model))  # (B, length)
+            for t in range(config.length):
+                on_token(t, chosen[:, t])
+        return out
+    B = config.num_samples
+    ids = _prime_tensor(model, prime)  # (1, P), validated before anything runs
+    if config.length == 0:
+        return [[] for _ in range(B)]
+    with _eval_mode(model):
+        logits, state = _run_prime(model, ids, prime_chunk)  # (1, V)
+        device = logits.device
+        generator = torch.Generator(device=device)
+        if config.seed is None:
+            generator.seed()  # fresh entropy, not the global RNG
+        else:
+            generator.manual_seed(config.seed)
+        every = torch.zeros(B, dtype=torch.long, device=device)
+        logits, state = logits[every], _select(state, every)  # copy the prime to B streams
+        step = _step_function(model)
+        out = torch.empty(B, config.length, dtype=torch.long, device=device)
+        for t in range(config.length):
+            token = _choose(logits, config, generator)  # (B,)
+            out[:, t] = token
+            if on_token is not None:
+                on_token(t, token)
+            if t + 1 < config.length:
+                logits, state = step(token, state)  # (B, V)
+    return out.tolist()
+
+
+@torch.no_grad()
+def beam_search(
+    model: nn.Module,
+    prime: Sequence[int] | Tensor,
+    beam_width: int,
+    length: int,
+    *,
+    prime_chunk: int = PRIME_CHUNK,
+) -> list[tuple[list[int], float]]:
+    """The ``beam_width`` best continuations of ``length`` tokens, as (ids, score), best first.
+
+    The score is the summed log-softmax of the generated tokens (prime excluded): the search
+    looks for the sequence most likely under the model itself, so no temperature, top-k or
+    top-p is applied. Each beam carries its own state: after every step the state is reordered
+    along its batch dim to follow the surviving beams. Fewer than ``beam_width`` beams come back
+    when fewer sequences exist (V**length).
+    """
+    if not isinstance(beam_width, int) or beam_width < 1:
+        raise ValueError(f"beam_width: expected an integer >= 1, got {beam_width!r}")
+    if not isinstance(length, int) or length < 0:
+        raise ValueError(f"length: expected an integer >= 0, got {length!r}")
+    ids = _prime_tensor(model, prime)  # (1, P)
+    if length == 0:
+        return [([], 0.0)]
+    with _eval_mode(model):
+        logits, state = _run_prime(model, ids, prime_chunk)  # (1, V)
+        V = logits.shape[-1]
+        step = _step_function(model)
+        scores = logits.new_zeros(1, dtype=torch.float32)  # (K,) summed log-probs of the live beams
+        tokens = torch.empty(1, 0, dtype=torch.long, device=logits.device)  # (K, t)
+        for t in range(length):
+            candidates = scores[:, None] + logits.float().log_softmax(dim=-1)  # (K, V)
+            scores, flat = candidates.flatten().topk(min(beam_width, candidates.numel()))
+            parent, token = flat // V, flat % V  # (K',)
+            tokens = torch.cat([tokens[parent], token[:, None]], dim=1)  # (K', t + 1)
+            if t + 1 < length:
+                logits, state = step(token, _select(state, parent))  # (K', V)
+    return list(zip(tokens.tolist(), scores.tolist(), strict=True))
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _choose(logits: Tensor, config: SampleConfig, generator: torch.Generator) -> Tensor:
+    """One token per stream from logits (B, V) -> (B,)."""
+    if config.greedy:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
+    probs = logits.softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _step_function(model: nn.Module) -> Callable[[Tensor, State], tuple[Tensor, State]]:
+    """``(ids (B,), state) -> (logits (B, V), state)``: the model's ``step`` when it has one."""
+    step = getattr(model, "step", None)
+    if callable(step):
+        return step
+
+    def forward_one(ids: Tensor, state: State) -> tuple[Tensor, State]:
+        logits, state = model(ids[:, None], state)  # (B, 1, V)
+        return logits[:, -1], state
+
+    return forward_one
+
+
+def _select(state: State, index: Tensor) -> State:
+    """Streams ``index`` of a state whose tensors are (L, B, H): batch on dim 1."""
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
+    return state.index_select(1, index)
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _prime_tensor(model: nn.Module, prime: Sequence[int] | Tensor) -> Tensor:
+    """Validated prime ids as (1, P) int64 on the model's device."""
+    ids = torch.as_tensor(prime, dtype=torch.long).to(_device(model))
+    if ids.dim() != 1:
+        raise ValueError(
+            f"prime: expected a 1-D sequence of token ids, got shape {tuple(ids.shape)}"
+        )
+    if ids.numel() == 0:
+        raise ValueError("prime: needs at least one token id (nothing to condition on)")
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        bad = low if low < 0 else high
+        limit = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
+        raise ValueError(f"prime: token ids must be in {limit}, got {bad}")
+    return ids[None]
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for a block; every submodule's previous mode is restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
