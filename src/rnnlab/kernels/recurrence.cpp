@@ -1,0 +1,617 @@
+// rnnlab's fused recurrence (CPU): forward and backward of one layer over T steps, for all six
+// cells, plus a one-step multi-layer call for sampling.
+//
+// The structure follows Appleyard, Kocisky & Blunsom 2016, "Optimizing Performance of Recurrent
+// Neural Networks on GPUs" (the cuDNN RNN design), on a CPU:
+//   1. the input projections of all T steps are one large GEMM  (T*B, I) @ (I, G) before the loop;
+//   2. each step runs only the GEMM(s) that depend on h_{t-1}, written into preallocated buffers;
+//   3. the element-wise gate math of a step is one fused loop (vectorised; rows split over threads
+//      only when a step carries enough work to repay the fork);
+//   4. backward walks the steps in reverse computing only the pre-activation gradients dG_t and the
+//      carried dh/dc, then forms dW_ih, dW_hh, db and dx as single GEMMs/reductions over all steps.
+// Python never runs per step: one call per layer (training) or per character (sampling).
+//
+// Layouts (row-major, T time, B batch, H hidden, I input):
+//   x   (T, B, I)   xw  (T, B, Gx) = x @ W_ih^T      out (T, B, H) = h_0 .. h_{T-1} (top of step t)
+//   S   (T, B, k*H) what backward needs, per cell:
+//          lstm  [i f g o c]     gru  [r z n hn]      mut1 [z r n rh tanh(px)]
+//          mut2  [z r n rh]      mut3 [z r n rh tanh(h_prev)]      rnn  (none: h' is in out)
+//   dG  (T, B, .)   pre-activation gradients: lstm [i f g o], gru hh-side [r z r*hn] + ih n-block,
+//                   mut [z r h] (the order of the MUT `bias`), rnn [a].
+// h_prev of step t is h0 for t = 0 and out[t-1] after, so no copy of the h sequence is made:
+// dW_hh = dG[1:]^T @ out[:-1] + dG[0]^T @ h0.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using c10::optional;
+
+// Must match rnnlab/kernels/fused.py CELL_IDS.
+enum Cell : int64_t { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3, kMut1 = 4, kMut2 = 5, kMut3 = 6 };
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise math. float uses a branch-free exp (Cephes' expf polynomial, < 2 ulp) that g++
+// vectorises, so a gate loop becomes straight AVX code instead of one libm call per element;
+// double (used by gradcheck) keeps libm.
+// ---------------------------------------------------------------------------------------------
+
+inline float exp_(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);  // keeps 2^n a normal float; NaN passes through
+  float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  x -= n * 0.693359375f;
+  x -= n * -2.12194440e-4f;
+  float z = x * x;
+  float y = 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * z + x + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+inline float tanh_(float x) {
+  // Cephes tanhf: an odd polynomial near 0 (where 1 - 2/(e^2x + 1) would cancel), else via exp.
+  float ax = std::abs(x);
+  float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  float small = p * z * x + x;
+  float e = exp_(2.0f * ax);
+  float large = std::copysign(1.0f - 2.0f / (e + 1.0f), x);
+  return ax < 0.625f ? small : large;
+}
+
+inline float sigmoid_(float x) { return 1.0f / (1.0f + exp_(-x)); }
+inline double tanh_(double x) { return std::tanh(x); }
+inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// Elements per thread below which splitting a step's rows over threads costs more than it saves
+// (an OpenMP fork/join is a few microseconds; a vectorised gate element a fraction of a ns).
+int64_t g_parallel_grain = 1 << 14;
+
+template <typename F>
+inline void for_rows(int64_t B, int64_t per_row, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, g_parallel_grain / std::max<int64_t>(per_row, 1));
+  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) f(b);
+  });
+}
+
+// (T, B, n) -> (T*B, n), a view even for a column block of a wider buffer.
+inline Tensor flat(const Tensor& t) { return t.reshape({-1, t.size(-1)}); }
+
+// dW (+)= dG^T @ H_prev with H_prev = [h0, out[0 .. T-2]] (see the header).
+Tensor grad_hprev(const Tensor& dg, const Tensor& out, const Tensor& h0) {
+  const int64_t T = dg.size(0);
+  Tensor dw = at::mm(dg[0].t(), h0);
+  if (T > 1) dw.addmm_(flat(dg.slice(0, 1)).t(), flat(out.slice(0, 0, T - 1)));
+  return dw;
+}
+
+struct Dims {
+  int64_t T, B, I, H;
+};
+
+int64_t saved_width(int64_t cell) {
+  switch (cell) {
+    case kLstm: return 5;
+    case kGru: return 4;
+    case kMut1: return 5;
+    case kMut2: return 4;
+    case kMut3: return 5;
+    default: return 0;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward. x, h0, c0 contiguous; xw (T,B,Gx); px (T,B,H) the MUT1/MUT2 "x in a hidden-sized sum"
+// (x itself or W_proj x); S has T slots when saving for backward, else 2 used alternately.
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t>
+void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& px, const Tensor& h0,
+                  const Tensor& c0, const Tensor& w_hh, const Tensor& b1, const Tensor& b2,
+                  Tensor& out, Tensor& S, bool save) {
+  const int64_t T = d.T, B = d.B, H = d.H;
+  const int64_t Gx = xw.size(2);
+  const int64_t K = saved_width(cell) * H;  // row width of S
+  const int64_t ghw = (cell == kLstm ? 4 : cell == kGru ? 3 : cell == kMut2 ? 2 : 1) * H;
+  Tensor gh = at::empty({B, ghw}, out.options());   // recurrent GEMM output
+  Tensor gh2 = at::empty({B, H}, out.options());    // MUT: W_hh (r*h);  MUT3 also W_hr h in gh3
+  Tensor gh3 = cell == kMut3 ? at::empty({B, H}, out.options()) : Tensor();
+  Tensor w_first = cell == kMut1 || cell == kMut3 ? w_hh.narrow(0, 0, H)
+                   : cell == kMut2                ? w_hh.narrow(0, 0, 2 * H)
+                                                  : w_hh;
+  Tensor w_hr3 = cell == kMut3 ? w_hh.narrow(0, H, H) : Tensor();
+  Tensor w_last = cell >= kMut1 ? w_hh.narrow(0, w_hh.size(0) - H, H) : Tensor();
+
+  const scalar_t* bias1 = b1.data_ptr<scalar_t>();
+  const scalar_t* bias2 = b2.defined() ? b2.data_ptr<scalar_t>() : nullptr;
+  scalar_t* o = out.data_ptr<scalar_t>();
+  scalar_t* s = S.defined() ? S.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* xwp = xw.data_ptr<scalar_t>();
+  const scalar_t* pxp = px.defined() ? px.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* g = gh.data_ptr<scalar_t>();
+  const scalar_t* g2 = gh2.data_ptr<scalar_t>();
+
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t slot = save ? t : t % 2, prev_slot = save ? t - 1 : (t + 1) % 2;
+    Tensor h_prev = t == 0 ? h0 : out[t - 1];
+    const scalar_t* hp = h_prev.data_ptr<scalar_t>();
+    const scalar_t* x_t = xwp + t * B * Gx;
+    scalar_t* h_t = o + t * B * H;
+    scalar_t* s_t = s ? s + slot * B * K : nullptr;
+
+    if (cell == kMut3) {
+      // tanh(h_prev) feeds W_hz: store it in S's last block, then both GEMMs read S/h_prev.
+      for_rows(B, H, [&](int64_t b) {
+        scalar_t* th = s_t + b * K + 4 * H;
+        const scalar_t* hb = hp + b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) th[j] = tanh_(hb[j]);
+      });
+      at::mm_out(gh, S[slot].narrow(1, 4 * H, H), w_first.t());
+      at::mm_out(gh3, h_prev, w_hr3.t());
+    } else {
+      at::mm_out(gh, h_prev, w_first.t());
+    }
+
+    switch (cell) {
+      case kRnnTanh:
+      case kRnnRelu: {
+        const bool relu = cell == kRnnRelu;
+        for_rows(B, H, [&](int64_t b) {
+          const scalar_t *xb = x_t + b * Gx, *gb = g + b * H;
+          scalar_t* hb = h_t + b * H;
+          if (relu) {
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) hb[j] = std::max(xb[j] + gb[j] + bias1[j], scalar_t(0));
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) hb[j] = tanh_(xb[j] + gb[j] + bias1[j]);
+          }
+        });
+        break;
+      }
+      case kLstm: {
+        const scalar_t* c_prev = t == 0 ? c0.data_ptr<scalar_t>() : s + prev_slot * B * K + 4 * H;
+        const int64_t cs = t == 0 ? H : K;  // row stride of c_prev
+        for_rows(B, 4 * H, [&](int64_t b) {
+          const scalar_t *xb = x_t + b * Gx, *gb = g + b * 4 * H, *cp = c_prev + b * cs;
+          scalar_t *sb = s_t + b * K, *hb = h_t + b * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            scalar_t i = sigmoid_(xb[j] + gb[j] + bias1[j]);
+            scalar_t f = sigmoid_(xb[H + j] + gb[H + j] + bias1[H + j]);
+            scalar_t gg = tanh_(xb[2 * H + j] + gb[2 * H + j] + bias1[2 * H + j]);
+            scalar_t oo = sigmoid_(xb[3 * H + j] + gb[3 * H + j] + bias1[3 * H + j]);
+            scalar_t c = f * cp[j] + i * gg;
+            sb[j] = i, sb[H + j] = f, sb[2 * H + j] = gg, sb[3 * H + j] = oo, sb[4 * H + j] = c;
+            hb[j] = oo * tanh_(c);
+          }
+        });
+        break;
+      }
+      case kGru: {
+        for_rows(B, 3 * H, [&](int64_t b) {
+          const scalar_t *xb = x_t + b * Gx, *gb = g + b * 3 * H, *hpb = hp + b * H;
+          scalar_t *sb = s_t + b * K, *hb = h_t + b * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            scalar_t r = sigmoid_(xb[j] + bias1[j] + gb[j] + bias2[j]);
+            scalar_t z = sigmoid_(xb[H + j] + bias1[H + j] + gb[H + j] + bias2[H + j]);
+            scalar_t hn = gb[2 * H + j] + bias2[2 * H + j];
+            scalar_t n = tanh_(xb[2 * H + j] + bias1[2 * H + j] + r * hn);
+            sb[j] = r, sb[H + j] = z, sb[2 * H + j] = n, sb[3 * H + j] = hn;
+            hb[j] = (1 - z) * n + z * hpb[j];
+          }
+        });
+        break;
+      }
+      default: {  // MUT1-3: z, r and r*h first; then W_hh (r*h); then n and h'.
+        const scalar_t* g3 = cell == kMut3 ? gh3.data_ptr<scalar_t>() : nullptr;
+        const int64_t cell_ = cell;
+        for_rows(B, 2 * H, [&](int64_t b) {
+          const scalar_t *xb = x_t + b * Gx, *hpb = hp + b * H;
+          const scalar_t* pb = pxp ? pxp + (t * B + b) * H : nullptr;
+          scalar_t* sb = s_t + b * K;
+          if (cell_ == kMut1) {  // xw = [x_z, x_r]; gh = W_hr h
+            const scalar_t* gb = g + b * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              scalar_t z = sigmoid_(xb[j] + bias1[j]);
+              scalar_t r = sigmoid_(xb[H + j] + gb[j] + bias1[H + j]);
+              sb[j] = z, sb[H + j] = r, sb[3 * H + j] = r * hpb[j];
+            }
+          } else if (cell_ == kMut2) {  // xw = [x_z, x_h]; gh = [W_hz h, W_hr h]; r uses px
+            const scalar_t* gb = g + b * 2 * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              scalar_t z = sigmoid_(xb[j] + gb[j] + bias1[j]);
+              scalar_t r = sigmoid_(pb[j] + gb[H + j] + bias1[H + j]);
+              sb[j] = z, sb[H + j] = r, sb[3 * H + j] = r * hpb[j];
+            }
+          } else {  // MUT3: xw = [x_z, x_r, x_h]; gh = W_hz tanh(h); gh3 = W_hr h
+            const scalar_t *gb = g + b * H, *g3b = g3 + b * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              scalar_t z = sigmoid_(xb[j] + gb[j] + bias1[j]);
+              scalar_t r = sigmoid_(xb[H + j] + g3b[j] + bias1[H + j]);
+              sb[j] = z, sb[H + j] = r, sb[3 * H + j] = r * hpb[j];
+            }
+          }
+        });
+        at::mm_out(gh2, S[slot].narrow(1, 3 * H, H), w_last.t());
+        const int64_t xh = cell == kMut3 ? 2 * H : H;  // column of W_xh x in xw (MUT2/3)
+        for_rows(B, 2 * H, [&](int64_t b) {
+          const scalar_t *xb = x_t + b * Gx, *hpb = hp + b * H, *g2b = g2 + b * H;
+          const scalar_t* pb = pxp ? pxp + (t * B + b) * H : nullptr;
+          scalar_t *sb = s_t + b * K, *hb = h_t + b * H;
+          const scalar_t* bh = bias1 + 2 * H;
+          if (cell_ == kMut1) {  // n = tanh(W_hh(r*h) + tanh(px) + b_h)
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              scalar_t tp = tanh_(pb[j]);
+              scalar_t n = tanh_(g2b[j] + tp + bh[j]);
+              scalar_t z = sb[j];
+              sb[2 * H + j] = n, sb[4 * H + j] = tp;
+              hb[j] = n * z + hpb[j] * (1 - z);
+            }
+          } else {  // n = tanh(W_hh(r*h) + W_xh x + b_h)
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              scalar_t n = tanh_(g2b[j] + xb[xh + j] + bh[j]);
+              scalar_t z = sb[j];
+              sb[2 * H + j] = n;
+              hb[j] = n * z + hpb[j] * (1 - z);
+            }
+          }
+        });
+      }
+    }
+  }
+}
+
+struct Weights {
+  Tensor w_ih, w_hh, b1, b2, w_proj;  // b1: combined/ih bias or MUT `bias`; b2: GRU bias_hh
+};
+
+// Biases as the loops read them: rnn/lstm add b_ih + b_hh once; gru keeps both (b_hn sits inside
+// r * (W_hn h + b_hn)); MUT cells have one `bias`. Missing biases (bias=False) become zeros.
+Weights prepare(int64_t cell, const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_a,
+                const optional<Tensor>& b_b, const optional<Tensor>& w_proj) {
+  Weights w{w_ih.contiguous(), w_hh.contiguous(), Tensor(), Tensor(), Tensor()};
+  const int64_t G = w_hh.size(0);
+  if (cell >= kMut1) {
+    w.b1 = b_a->contiguous();
+  } else if (!b_a.has_value()) {
+    w.b1 = at::zeros({w_ih.size(0)}, w_ih.options());
+    if (cell == kGru) w.b2 = at::zeros({G}, w_ih.options());
+  } else if (cell == kGru) {
+    w.b1 = b_a->contiguous(), w.b2 = b_b->contiguous();
+  } else {
+    w.b1 = (*b_a + *b_b).contiguous();
+  }
+  if (w_proj.has_value()) w.w_proj = w_proj->contiguous();
+  return w;
+}
+
+bool uses_px(int64_t cell) { return cell == kMut1 || cell == kMut2; }
+
+// Returns {out (T,B,H), h_T (B,H), c_T (B,H) or undefined, S or undefined}.
+std::vector<Tensor> forward_layer(int64_t cell, const Tensor& x_in, const Tensor& h0_in,
+                                  const optional<Tensor>& c0_in, const Weights& w, bool save) {
+  const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous();
+  const Dims d{x.size(0), x.size(1), x.size(2), w.w_hh.size(1)};
+  const Tensor x2 = x.view({d.T * d.B, d.I});
+  // Appleyard et al. 2016: the input projections of all steps in one large GEMM.
+  const Tensor xw = at::mm(x2, w.w_ih.t()).view({d.T, d.B, -1});
+  Tensor px;
+  if (uses_px(cell)) px = w.w_proj.defined() ? at::mm(x2, w.w_proj.t()).view({d.T, d.B, d.H}) : x;
+  Tensor out = at::empty({d.T, d.B, d.H}, x.options());
+  const int64_t K = saved_width(cell) * d.H;
+  Tensor S = K ? at::empty({save ? d.T : 2, d.B, K}, x.options()) : Tensor();
+  Tensor c0 = cell == kLstm ? c0_in->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab_forward", [&] {
+    forward_impl<scalar_t>(cell, d, xw, px, h0, c0, w.w_hh, w.b1, w.b2, out, S, save);
+  });
+  Tensor hT = out[d.T - 1].clone();
+  Tensor cT;
+  if (cell == kLstm) cT = S[save ? d.T - 1 : (d.T - 1) % 2].narrow(1, 4 * d.H, d.H).contiguous();
+  return {out, hT, cT, save ? S : Tensor()};
+}
+
+std::vector<Tensor> layer_forward(int64_t cell, const Tensor& x, const Tensor& h0,
+                                  const optional<Tensor>& c0, const Tensor& w_ih,
+                                  const Tensor& w_hh, const optional<Tensor>& b_a,
+                                  const optional<Tensor>& b_b, const optional<Tensor>& w_proj,
+                                  bool save) {
+  return forward_layer(cell, x, h0, c0, prepare(cell, w_ih, w_hh, b_a, b_b, w_proj), save);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: a reverse loop producing dG and the carried dh (and dc), then all-steps GEMMs.
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t>
+void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor& out,
+                   const Tensor& h0, const Tensor& c0, const Tensor& S, const Tensor& w_hh,
+                   Tensor& dh, Tensor& dc, Tensor& dG, Tensor& dA) {
+  const int64_t T = d.T, B = d.B, H = d.H;
+  const int64_t K = saved_width(cell) * H, GW = dG.size(2);
+  const scalar_t* go = gout.data_ptr<scalar_t>();
+  const scalar_t* o = out.data_ptr<scalar_t>();
+  const scalar_t* s = S.defined() ? S.data_ptr<scalar_t>() : nullptr;
+  scalar_t* dgp = dG.data_ptr<scalar_t>();
+  scalar_t* dap = dA.defined() ? dA.data_ptr<scalar_t>() : nullptr;
+  scalar_t* dhp = dh.data_ptr<scalar_t>();
+  scalar_t* dcp = dc.defined() ? dc.data_ptr<scalar_t>() : nullptr;
+  Tensor tmp = at::empty({B, H}, dh.options());   // MUT: dL/d(r*h)
+  Tensor tmp2 = at::empty({B, H}, dh.options());  // MUT3: dL/d tanh(h_prev)
+  const scalar_t *tp1 = tmp.data_ptr<scalar_t>(), *tp2 = tmp2.data_ptr<scalar_t>();
+  Tensor w_last = cell >= kMut1 ? w_hh.narrow(0, w_hh.size(0) - H, H) : Tensor();
+
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const scalar_t* hp = t == 0 ? h0.data_ptr<scalar_t>() : o + (t - 1) * B * H;
+    const scalar_t* go_t = go + t * B * H;
+    const scalar_t* h_t = o + t * B * H;
+    const scalar_t* s_t = s ? s + t * B * K : nullptr;
+    scalar_t* dg_t = dgp + t * B * GW;
+    switch (cell) {
+      case kRnnTanh:
+      case kRnnRelu: {
+        const bool relu = cell == kRnnRelu;
+        for_rows(B, H, [&](int64_t b) {
+          const scalar_t *gb = go_t + b * H, *hb = h_t + b * H;
+          const scalar_t* dhb = dhp + b * H;
+          scalar_t* da = dg_t + b * GW;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            scalar_t dht = dhb[j] + gb[j];
+            da[j] = relu ? (hb[j] > 0 ? dht : scalar_t(0)) : dht * (1 - hb[j] * hb[j]);
+          }
+        });
+        at::mm_out(dh, dG[t], w_hh);
+        break;
+      }
+      case kLstm: {
+        const scalar_t* c_prev = t == 0 ? c0.data_ptr<scalar_t>() : s + (t - 1) * B * K + 4 * H;
+        const int64_t cs = t == 0 ? H : K;
+        for_rows(B, 4 * H, [&](int64_t b) {
+          const scalar_t *gb = go_t + b * H, *sb = s_t + b * K, *cp = c_prev + b * cs;
+          scalar_t *dhb = dhp + b * H, *dcb = dcp + b * H, *da = dg_t + b * GW;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            scalar_t i = sb[j], f = sb[H + j], g = sb[2 * H + j], oo = sb[3 * H + j];
+            scalar_t tc = tanh_(sb[4 * H + j]);
+            scalar_t dht = dhb[j] + gb[j];
+            scalar_t dct = dcb[j] + dht * oo * (1 - tc * tc);
+            da[j] = dct * g * i * (1 - i);
+            da[H + j] = dct * cp[j] * f * (1 - f);
+            da[2 * H + j] = dct * i * (1 - g * g);
+            da[3 * H + j] = dht * tc * oo * (1 - oo);
+            dcb[j] = dct * f;
+          }
+        });
+        at::mm_out(dh, dG[t], w_hh);
+        break;
+      }
+      case kGru: {
+        scalar_t* dan_t = dap + t * B * H;
+        for_rows(B, 3 * H, [&](int64_t b) {
+          const scalar_t *gb = go_t + b * H, *sb = s_t + b * K, *hpb = hp + b * H;
+          scalar_t *dhb = dhp + b * H, *dg = dg_t + b * GW, *dan = dan_t + b * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            scalar_t r = sb[j], z = sb[H + j], n = sb[2 * H + j], hn = sb[3 * H + j];
+            scalar_t dht = dhb[j] + gb[j];
+            scalar_t an = dht * (1 - z) * (1 - n * n);
+            dg[j] = an * hn * r * (1 - r);
+            dg[H + j] = dht * (hpb[j] - n) * z * (1 - z);
+            dg[2 * H + j] = an * r;
+            dan[j] = an;
+            dhb[j] = dht * z;
+          }
+        });
+        dh.addmm_(dG[t], w_hh);
+        break;
+      }
+      default: {  // MUT1-3, dG = [z r h]
+        const int64_t cell_ = cell;
+        for_rows(B, 2 * H, [&](int64_t b) {
+          const scalar_t *gb = go_t + b * H, *sb = s_t + b * K, *hpb = hp + b * H;
+          scalar_t *dhb = dhp + b * H, *dg = dg_t + b * GW;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            scalar_t z = sb[j], n = sb[2 * H + j];
+            scalar_t dht = dhb[j] + gb[j];
+            dg[j] = dht * (n - hpb[j]) * z * (1 - z);
+            dg[2 * H + j] = dht * z * (1 - n * n);
+            dhb[j] = dht * (1 - z);
+          }
+          if (cell_ == kMut1) {  // dL/d px = dan * (1 - tanh(px)^2), kept for dx and dW_proj
+            scalar_t* dpx = dap + (t * B + b) * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              scalar_t tp = sb[4 * H + j];
+              dpx[j] = dg[2 * H + j] * (1 - tp * tp);
+            }
+          }
+        });
+        Tensor dG_t = dG[t];
+        at::mm_out(tmp, dG_t.narrow(1, 2 * H, H), w_last);  // d(r*h) = dan @ W_hh
+        if (cell == kMut3) at::mm_out(tmp2, dG_t.narrow(1, 0, H), w_hh.narrow(0, 0, H));
+        for_rows(B, 2 * H, [&](int64_t b) {
+          const scalar_t *sb = s_t + b * K, *hpb = hp + b * H, *drh = tp1 + b * H;
+          scalar_t *dhb = dhp + b * H, *dg = dg_t + b * GW;
+          const scalar_t* dth = tp2 + b * H;
+          if (cell_ == kMut3) {
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              scalar_t r = sb[H + j], th = sb[4 * H + j];
+              dg[H + j] = drh[j] * hpb[j] * r * (1 - r);
+              dhb[j] += drh[j] * r + dth[j] * (1 - th * th);
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              scalar_t r = sb[H + j];
+              dg[H + j] = drh[j] * hpb[j] * r * (1 - r);
+              dhb[j] += drh[j] * r;
+            }
+          }
+        });
+        if (cell == kMut1) dh.addmm_(dG_t.narrow(1, H, H), w_hh.narrow(0, 0, H));
+        if (cell == kMut2) dh.addmm_(dG_t.narrow(1, 0, 2 * H), w_hh.narrow(0, 0, 2 * H));
+        if (cell == kMut3) dh.addmm_(dG_t.narrow(1, H, H), w_hh.narrow(0, H, H));
+      }
+    }
+  }
+}
+
+// Returns {dx, dh0, dc0, dw_ih, dw_hh, db_a, db_b, dw_proj}; undefined where not applicable.
+std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_out,
+                                   const optional<Tensor>& grad_hT, const optional<Tensor>& grad_cT,
+                                   const Tensor& x_in, const Tensor& h0_in,
+                                   const optional<Tensor>& c0_in, const Tensor& out,
+                                   const optional<Tensor>& S_in, const Tensor& w_ih_in,
+                                   const Tensor& w_hh_in, const optional<Tensor>& b_a,
+                                   const optional<Tensor>& b_b, const optional<Tensor>& w_proj_in,
+                                   bool need_dx) {
+  const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous();
+  const Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const Dims d{x.size(0), x.size(1), x.size(2), w_hh.size(1)};
+  const int64_t T = d.T, B = d.B, H = d.H;
+  const Tensor gout = grad_out.has_value() ? grad_out->contiguous() : at::zeros_like(out);
+  Tensor dh = grad_hT.has_value() ? grad_hT->clone().contiguous() : at::zeros_like(h0);
+  Tensor c0 = cell == kLstm ? c0_in->contiguous() : Tensor();
+  Tensor dc;
+  if (cell == kLstm) dc = grad_cT.has_value() ? grad_cT->clone().contiguous() : at::zeros_like(h0);
+  const Tensor S = S_in.has_value() ? *S_in : Tensor();
+
+  // dG: lstm 4H, gru 3H (hh side: [r, z, r*hn]), mut 3H [z r h], rnn H.
+  // dA: gru's n-block of the ih side (dan) / mut1's dL/d px; (T,B,H).
+  const int64_t GW = cell == kLstm ? 4 * H : (cell == kGru || cell >= kMut1) ? 3 * H : H;
+  Tensor dG = at::empty({T, B, GW}, x.options());
+  Tensor dA = cell == kGru || cell == kMut1 ? at::empty({T, B, H}, x.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab_backward", [&] {
+    backward_loop<scalar_t>(cell, d, gout, out, h0, c0, S, w_hh, dh, dc, dG, dA);
+  });
+
+  // All-steps GEMMs (Appleyard et al. 2016): weights' gradients and dx from dG in one go each.
+  const Tensor x2 = x.view({T * B, d.I});
+  const bool has_proj = w_proj_in.has_value();
+  const Tensor w_proj = has_proj ? w_proj_in->contiguous() : Tensor();
+  Tensor dx, dw_ih, dw_hh, db_a, db_b, dw_proj;
+  auto blk = [&](const Tensor& t, int64_t k) { return t.narrow(2, k * H, H); };
+  auto bsum = [](const Tensor& t) { return t.sum(at::IntArrayRef{0, 1}); };
+  const bool has_bias = b_a.has_value();
+  switch (cell) {
+    case kRnnTanh:
+    case kRnnRelu:
+    case kLstm: {
+      dw_ih = at::mm(flat(dG).t(), x2);
+      dw_hh = grad_hprev(dG, out, h0);
+      if (has_bias) db_a = bsum(dG), db_b = db_a.clone();
+      if (need_dx) dx = at::mm(flat(dG), w_ih);
+      break;
+    }
+    case kGru: {
+      const Tensor drz = dG.narrow(2, 0, 2 * H);
+      dw_ih = at::cat({at::mm(flat(drz).t(), x2), at::mm(flat(dA).t(), x2)});
+      dw_hh = grad_hprev(dG, out, h0);
+      if (has_bias) db_b = bsum(dG), db_a = at::cat({db_b.narrow(0, 0, 2 * H), bsum(dA)});
+      if (need_dx) {
+        dx = at::mm(flat(drz), w_ih.narrow(0, 0, 2 * H));
+        dx.addmm_(flat(dA), w_ih.narrow(0, 2 * H, H));
+      }
+      break;
+    }
+    default: {  // MUT: dG = [z r h]; S = [z r n rh (tanh px | tanh h_prev)]
+      const Tensor RH = blk(S, 3);
+      const Tensor dz = blk(dG, 0), dr = blk(dG, 1), dn = blk(dG, 2);
+      db_a = bsum(dG);
+      if (cell == kMut1) {
+        const Tensor dzr = dG.narrow(2, 0, 2 * H);
+        dw_ih = at::mm(flat(dzr).t(), x2);
+        dw_hh = at::cat({grad_hprev(dr, out, h0), at::mm(flat(dn).t(), flat(RH))});
+        if (has_proj) dw_proj = at::mm(flat(dA).t(), x2);
+        if (need_dx) {
+          dx = has_proj ? at::mm(flat(dA), w_proj) : flat(dA).clone();
+          dx.addmm_(flat(dzr), w_ih);
+        }
+      } else if (cell == kMut2) {
+        dw_ih = at::cat({at::mm(flat(dz).t(), x2), at::mm(flat(dn).t(), x2)});
+        dw_hh = at::cat({grad_hprev(dG.narrow(2, 0, 2 * H), out, h0),
+                         at::mm(flat(dn).t(), flat(RH))});
+        if (has_proj) dw_proj = at::mm(flat(dr).t(), x2);
+        if (need_dx) {
+          dx = has_proj ? at::mm(flat(dr), w_proj) : flat(dr).clone();
+          dx.addmm_(flat(dz), w_ih.narrow(0, 0, H));
+          dx.addmm_(flat(dn), w_ih.narrow(0, H, H));
+        }
+      } else {
+        dw_ih = at::mm(flat(dG).t(), x2);
+        dw_hh = at::cat({at::mm(flat(dz).t(), flat(blk(S, 4))), grad_hprev(dr, out, h0),
+                         at::mm(flat(dn).t(), flat(RH))});
+        if (need_dx) dx = at::mm(flat(dG), w_ih);
+      }
+    }
+  }
+  if (dx.defined()) dx = dx.view({T, B, d.I});
+  return {dx, dh, dc, dw_ih, dw_hh, db_a, db_b, dw_proj};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling: one step of every layer in one call (no autograd, no dropout).
+// weights: 5 per layer, (w_ih, w_hh, b_a, b_b, w_proj), None where absent.
+// Returns {h_top (B,H), h_n (L,B,H), c_n (L,B,H) or undefined}.
+// ---------------------------------------------------------------------------------------------
+
+std::vector<Tensor> step_layers(int64_t cell, const Tensor& x, const Tensor& h,
+                                const optional<Tensor>& c, const std::vector<optional<Tensor>>& ws) {
+  const int64_t L = h.size(0);
+  TORCH_CHECK(static_cast<int64_t>(ws.size()) == 5 * L, "step_layers: expected 5 weights per layer");
+  Tensor h_n = at::empty_like(h), c_n = c.has_value() ? at::empty_like(*c) : Tensor();
+  Tensor input = x.unsqueeze(0);  // (1, B, I)
+  for (int64_t k = 0; k < L; ++k) {
+    const auto* w = &ws[5 * k];
+    Weights lw = prepare(cell, *w[0], *w[1], w[2], w[3], w[4]);
+    optional<Tensor> c0 = c.has_value() ? optional<Tensor>((*c)[k]) : c10::nullopt;
+    std::vector<Tensor> r = forward_layer(cell, input, h[k], c0, lw, /*save=*/false);
+    h_n[k].copy_(r[1]);
+    if (c_n.defined()) c_n[k].copy_(r[2]);
+    input = r[0];
+  }
+  return {input[0], h_n, c_n};
+}
+
+void set_parallel_grain(int64_t grain) { g_parallel_grain = std::max<int64_t>(1, grain); }
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rnnlab fused recurrence (Appleyard et al. 2016 on a CPU)";
+  m.def("layer_forward", &layer_forward, "one layer over T steps; saves for backward if asked");
+  m.def("layer_backward", &layer_backward, "gradients of one layer from the saved tensors");
+  m.def("step_layers", &step_layers, "one step of every layer, for sampling");
+  m.def("set_parallel_grain", &set_parallel_grain, "elements per thread in the gate loops");
+}
