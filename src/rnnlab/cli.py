@@ -175,15 +175,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             out.write((prime or "") + text)
         out.write("\n")
         return 0
-    if prime:
-        out.write(prime)
 
     def stream(step: int, chars: list[str]) -> None:
+        if step == 0 and prime:  # only once the prime is known to be valid
+            out.write(prime)
         out.write(chars[0])
         out.flush()
 
     sample(args.run_dir, prime, config, which=args.checkpoint, device=args.device, on_text=stream)
-    out.write("\n")
+    if config.length:
+        out.write("\n")
     return 0
 
 

@@ -105,8 +105,8 @@ def _read_text(path: Path, vocab: Vocab) -> str:
     if not path.exists():
         raise DataError(f"{path}: no such file")
     data = path.read_bytes()
-    if vocab.kind == "bytes":
-        return data.decode("latin-1")
+    if vocab.kind == "bytes":  # round-trips any bytes through Vocab.encode's UTF-8 view
+        return data.decode("utf-8", "surrogateescape")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
