@@ -1,9 +1,11 @@
 """Building and loading the C++ fused-recurrence extension (JIT-compiled once, cached).
 
 The extension is compiled from ``recurrence.cpp`` beside this file by
-``torch.utils.cpp_extension.load`` on first use, into ``$RNNLAB_CACHE`` (default
-``~/.cache/rnnlab``), under a name that hashes the source, the compiler flags and the torch version,
-so an edit or an upgrade rebuilds and nothing stale is ever loaded. A failed build is never silent:
+``torch.utils.cpp_extension.load`` on first use, into ``$RNNLAB_KERNEL_CACHE`` (default
+``~/.cache/rnnlab/kernels``), under a name that hashes the source, the compiler flags and the torch
+version, so an edit or an upgrade rebuilds and nothing stale is ever loaded. It is deliberately not
+under ``$RNNLAB_CACHE`` (the corpus cache): runs and tests point that at scratch directories, and
+each would pay a fresh 30-60 s compile. A failed build is never silent:
 it warns once, naming the compiler's first error, and ``extension_status()`` keeps the reason.
 ``RNNLAB_NO_EXTENSION=1`` skips the build (the fused backend then falls back to reference).
 """
@@ -38,11 +40,9 @@ _status: ExtensionStatus | None = None
 
 
 def cache_directory() -> Path:
-    """Where builds live: ``$RNNLAB_CACHE`` or ``~/.cache/rnnlab``."""
-    root = os.environ.get("RNNLAB_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "rnnlab"
-    )
-    return Path(root)
+    """Where builds live: ``$RNNLAB_KERNEL_CACHE`` or ``~/.cache/rnnlab/kernels``."""
+    default = Path("~/.cache/rnnlab/kernels").expanduser()
+    return Path(os.environ.get("RNNLAB_KERNEL_CACHE") or default)
 
 
 def compiler_flags() -> list[str]:
