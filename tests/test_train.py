@@ -198,7 +198,7 @@ def test_exact_resume_in_a_fresh_process(text_file, tmp_path, cell, optimizer):
     base = dict(input=str(text_file), cell=cell, optimizer=optimizer, hidden_size=16,
                 num_layers=2, dropout=0.3, batch_size=4, seq_len=16, eval_every=6,
                 sample_length=10, threads=1, log_every=1, warmup_steps=3, max_steps=24,
-                lr_schedule="cosine", grad_clip=0.5)  # fmt: skip
+                lr_schedule="cosine", decay_steps=24, grad_clip=0.5)  # fmt: skip
     full = {**base, "out_dir": str(tmp_path / "full")}
     run_in_fresh_process(full, env=env)
     # Stop at step 12 (mid-epoch, mid-stream), then resume to 24 in a new process.

@@ -80,6 +80,7 @@ class TrainConfig:
     lr_schedule: str = field(default="cosine", metadata={"help": "|".join(SCHEDULES)})
     warmup_steps: int = 50
     min_lr_frac: float = field(default=0.1, metadata={"help": "cosine floor, fraction of lr"})
+    decay_steps: int = field(default=0, metadata={"help": "cosine horizon (0: max_steps)"})
     lr_decay: float = field(default=0.97, metadata={"help": "step schedule: factor per epoch"})
     lr_decay_after: int = field(default=1, metadata={"help": "step schedule: first decay epoch"})
     grad_clip: float = field(default=5.0, metadata={"help": "0 disables clipping"})
@@ -162,7 +163,7 @@ def lr_at(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
         epochs = step // steps_per_epoch - config.lr_decay_after + 1
         return config.lr * config.lr_decay ** max(0, epochs)
     if config.lr_schedule == "cosine":
-        span = max(1, config.max_steps - config.warmup_steps)
+        span = max(1, (config.decay_steps or config.max_steps) - config.warmup_steps)
         progress = min(1.0, (step - config.warmup_steps) / span)
         floor = config.lr * config.min_lr_frac
         return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
