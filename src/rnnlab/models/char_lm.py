@@ -81,6 +81,16 @@ class CharLM(nn.Module):
         h, state = self.rnn(x, state)  # (B, T, H)
         return self.head(self.drop(h)), state  # (B, T, V)
 
+    @torch.no_grad()
+    def step(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """One character per stream, for sampling: idx (B,) -> logits (B, V). No autograd; on
+        CPU the recurrence is one C++ call (``rnnlab.kernels.step_layers``), so generating a
+        character costs its matrix-vector products, not a framework call per layer."""
+        from rnnlab.kernels import step_layers
+
+        h, state = step_layers(self.rnn, self.embedding(idx), state)  # (B, H)
+        return self.head(h), state  # (B, V)
+
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         return self.rnn.initial_state(batch, self.head.weight.new_zeros(()).to(device))
 
