@@ -312,4 +312,5 @@ def test_peak_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
     size, extra = big.stat().st_size, big.stat().st_size - small.stat().st_size
     mb = f"{growth_small / 1e6:.1f} MB -> {growth_big / 1e6:.1f} MB for {size / 1e6:.1f} MB"
     assert growth_big < size, f"peak RSS grew far too much: {mb}"  # far below 2x the file
-    assert growth_big - growth_small < 0.2 * extra, f"peak RSS scales with the file: {mb}"
+    # A whole-file read would add >= 1x the extra bytes (4x as a UCS-4 str); allow noise.
+    assert growth_big - growth_small < 0.5 * extra, f"peak RSS scales with the file: {mb}"
