@@ -26,11 +26,19 @@ class Run:
 
 
 def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
-    """Load a run directory (its ``best`` or ``latest`` checkpoint) or a checkpoint directory.
+    """Load a run directory (its ``best`` checkpoint, or ``latest``; ``best`` falls back to the
+    newest checkpoint when no validation has run yet) or a checkpoint directory.
 
     Tensors are mapped to ``device``, so a run trained on a GPU loads on a CPU.
     """
-    ckpt = load_checkpoint(resolve_checkpoint(Path(path), which=which))
+    path = Path(path)
+    if (
+        which == "best"
+        and (path / "manifest.json").exists() is False
+        and not (path / "best").is_dir()
+    ):
+        which = "latest"  # no validation has run yet: the newest checkpoint is all there is
+    ckpt = load_checkpoint(resolve_checkpoint(path, which=which))
     model = CharLM(CharLMConfig(**ckpt.config["model"]))
     model.load_state_dict(ckpt.model)
     model.to(resolve_device(device)).eval()

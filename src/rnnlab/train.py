@@ -287,9 +287,6 @@ def train(
     stopped, loss_value = "max_steps", math.nan
     model.train()
     while step < config.max_steps:
-        if config.max_minutes and time.perf_counter() - start_time > 60 * config.max_minutes:
-            stopped = "max_minutes"
-            break
         if cursor >= train_data.num_batches:  # epoch boundary: streams restart, state resets
             cursor, epoch, carried = 0, epoch + 1, None
         x, y = (t.to(device) for t in train_data.get(cursor))  # (B, T) each
@@ -334,7 +331,12 @@ def train(
             record["tokens_per_s"] = window_tokens / max(now - window_start, 1e-9)
             window_tokens, window_start = 0, now
             emit({"kind": "step", **record})
-        if step % config.eval_every == 0 or step == config.max_steps:
+        out_of_time = bool(config.max_minutes) and (
+            time.perf_counter() - start_time > 60 * config.max_minutes
+        )
+        if out_of_time:
+            stopped = "max_minutes"
+        if step % config.eval_every == 0 or step == config.max_steps or out_of_time:
             val = _evaluate(model, val_data, config)
             record.update(val_loss=val, val_bpc=val / math.log(2))
             is_best = val < best
@@ -366,7 +368,7 @@ def train(
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
         history.append(record)
-        if stopped == "early_stop":
+        if stopped != "max_steps":
             break
     if not saved_steps or saved_steps[-1] != step:  # the final state is always saved
         checkpoint(False)
