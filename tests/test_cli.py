@@ -187,3 +187,39 @@ def test_gradcheck_command(capsys):
     assert code == 0
     for cell in ("rnn", "lstm", "gru", "mut1", "mut2", "mut3"):
         assert cell in out
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_resume_continues(tmp_path):
+    import json
+    import os
+    import signal
+    import time
+
+    path = tmp_path / "input.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    env = {**os.environ, "RNNLAB_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "rnnlab.cli", "train", str(path), "--out-dir", str(run),
+           "--max-steps", "100000", "--log-every", "1", *FAST]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < 5
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert b"interrupted at step" in err and b"Traceback" not in err
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    from rnnlab.checkpoint import latest_checkpoint
+
+    k = steps[-1]
+    assert latest_checkpoint(run).name == f"step-{k}"
+    resume = [sys.executable, "-m", "rnnlab.cli", "train", "--resume", str(run),
+              "--max-steps", str(k + 3)]  # fmt: skip
+    subprocess.run(resume, env=env, check=True, capture_output=True, timeout=120)
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, k + 4))

@@ -150,6 +150,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(**values)
     reporter = TrainReporter(progress=not args.no_progress and sys.stderr.isatty())
     result = train(config, resume=args.resume, on_event=reporter)
+    if result.stopped == "interrupted":
+        print(
+            f"interrupted at step {result.step}; checkpoint saved; continue with: rnnlab train "
+            f"--resume {result.run_dir}",
+            file=sys.stderr,
+        )
+        return 130
     print(f"run directory: {result.run_dir}  (rnnlab sample {result.run_dir})", file=sys.stderr)
     return 0
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -152,7 +154,7 @@ class TrainResult:
     step: int
     best_val_loss: float
     last_train_loss: float
-    stopped: str  # max_steps | max_minutes | early_stop
+    stopped: str  # max_steps | max_minutes | early_stop | interrupted
 
 
 def lr_at(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
@@ -192,9 +194,44 @@ def train(
     """Train (or resume) a CharLM on ``config.input``; returns where the run ended.
 
     ``on_event`` receives progress dicts (``kind``: start, step, eval, sample, checkpoint,
-    nonfinite, end); the library never prints.
+    nonfinite, end); the library never prints. SIGTERM or Ctrl-C finishes the current step,
+    writes a checkpoint and returns with ``stopped="interrupted"``; a second Ctrl-C stops at once
+    (checkpoints are atomic, so the last complete one is intact either way).
     """
-    emit = on_event or (lambda event: None)
+    with GracefulStop() as stop:
+        return _train(config, resume, on_event or (lambda event: None), stop)
+
+
+class GracefulStop:
+    """Turns SIGTERM and a first SIGINT into a flag the loop checks between steps (main thread
+    only; elsewhere signals keep their handlers). Restores the previous handlers on exit."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _train(
+    config: TrainConfig,
+    resume: str | Path | None,
+    emit: Callable[[Event], None],
+    stop: GracefulStop,
+) -> TrainResult:
     ckpt = None
     if resume is not None:
         ckpt = _resume_checkpoint(Path(resume))
@@ -336,7 +373,10 @@ def train(
         )
         if out_of_time:
             stopped = "max_minutes"
-        if step % config.eval_every == 0 or step == config.max_steps or out_of_time:
+        if stop.signal is not None:  # checkpoint below, without a (possibly long) evaluation
+            stopped = "interrupted"
+        evaluate_now = step % config.eval_every == 0 or step == config.max_steps or out_of_time
+        if evaluate_now and stopped != "interrupted":
             val = _evaluate(model, val_data, config)
             record.update(val_loss=val, val_bpc=val / math.log(2))
             is_best = val < best
