@@ -110,7 +110,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ours = run_rnnlab(args.data, marks, val, Path(tmp) / "run")
     base = run_baseline(corpus, marks, val)
-    print("\n| minutes | plain PyTorch LSTM 2x128 | rnnlab default preset | ratio | beats baseline |")
+    print("\n| minutes | plain PyTorch LSTM 2x128 | rnnlab default | ratio | beats baseline |")
     print("|---:|---:|---:|---:|:---:|")
     for m, b, o in zip(marks, base, ours, strict=True):
         print(f"| {m:g} | {b:.4f} | {o:.4f} | {o / b:.3f} | {'yes' if o < b else 'no'} |")
