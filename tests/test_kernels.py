@@ -101,11 +101,11 @@ def test_inference_path_and_threads(ext, cell, nonlinearity):
         want = m(x, state)
         m.backend = "fused"
         got = m(x, state)
-        ext.set_parallel_grain(1)  # every row its own task
+        ext.set_min_rows_per_thread(1)  # split even a batch of 4 over threads
         try:
             threaded = m(x, state)
         finally:
-            ext.set_parallel_grain(1 << 14)
+            ext.set_min_rows_per_thread(8)
     for a, b, c in zip(flat(want[1]) + [want[0]], flat(got[1]) + [got[0]],
                        flat(threaded[1]) + [threaded[0]], strict=True):  # fmt: skip
         assert_close(b, a)

@@ -68,7 +68,7 @@ def run_layers(module: torch.nn.Module, ext: ModuleType, x: Tensor, state: State
     lstm = module.cell == "lstm"
     h0, c0 = state if lstm else (state, None)
     cell = cell_id(module)
-    params = dict(module.named_parameters())
+    params = module._parameters  # Recurrent's flat weight_ih_l0 ...; no walk over submodules
     record = torch.is_grad_enabled() and (
         x.requires_grad
         or h0.requires_grad
@@ -99,7 +99,7 @@ def step_layers(
     """One step of every layer in one C++ call (no autograd): x (B, I) -> (h_top (B, H), state)."""
     lstm = module.cell == "lstm"
     h, c = state if lstm else (state, None)
-    params = dict(module.named_parameters())
+    params = module._parameters
     weights = [w for k in range(module.num_layers) for w in layer_weights(params, k, module.cell)]
     h_top, h_n, c_n = ext.step_layers(cell_id(module), x, h, c, weights)
     return h_top, ((h_n, c_n) if lstm else h_n)

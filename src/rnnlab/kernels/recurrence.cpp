@@ -5,11 +5,11 @@
 // Neural Networks on GPUs" (the cuDNN RNN design), on a CPU:
 //   1. the input projections of all T steps are one large GEMM  (T*B, I) @ (I, G) before the loop;
 //   2. each step runs only the GEMM(s) that depend on h_{t-1}, written into preallocated buffers;
-//   3. the element-wise gate math of a step is one fused loop (vectorised; rows split over threads
-//      only when a step carries enough work to repay the fork);
+//   3. the element-wise gate math of a step is one fused, vectorised loop;
 //   4. backward walks the steps in reverse computing only the pre-activation gradients dG_t and the
 //      carried dh/dc, then forms dW_ih, dW_hh, db and dx as single GEMMs/reductions over all steps.
-// Python never runs per step: one call per layer (training) or per character (sampling).
+// Python never runs per step: one call per layer (training) or per character (sampling). On a CPU
+// the batch is split over threads for the whole sequence (see split_batch).
 //
 // Layouts (row-major, T time, B batch, H hidden, I input):
 //   x   (T, B, I)   xw  (T, B, Gx) = x @ W_ih^T      out (T, B, H) = h_0 .. h_{T-1} (top of step t)
@@ -42,10 +42,12 @@ enum Cell : int64_t { kRnnTanh = 0, kRnnRelu = 1, kLstm = 2, kGru = 3, kMut1 = 4
 // ---------------------------------------------------------------------------------------------
 // Element-wise math. float uses a branch-free exp (Cephes' expf polynomial, < 2 ulp) that g++
 // vectorises, so a gate loop becomes straight AVX code instead of one libm call per element;
-// double (used by gradcheck) keeps libm.
+// double (used by gradcheck) keeps libm. Forced inline: a call inside a loop stops vectorisation.
 // ---------------------------------------------------------------------------------------------
 
-inline float exp_(float x) {
+#define RNNLAB_INLINE inline __attribute__((always_inline))
+
+RNNLAB_INLINE float exp_(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);  // keeps 2^n a normal float; NaN passes through
   float n = std::floor(x * 1.44269504088896341f + 0.5f);
   x -= n * 0.693359375f;
@@ -64,7 +66,7 @@ inline float exp_(float x) {
   return y * scale;
 }
 
-inline float tanh_(float x) {
+RNNLAB_INLINE float tanh_(float x) {
   // Cephes tanhf: an odd polynomial near 0 (where 1 - 2/(e^2x + 1) would cancel), else via exp.
   float ax = std::abs(x);
   float z = x * x;
@@ -79,19 +81,41 @@ inline float tanh_(float x) {
   return ax < 0.625f ? small : large;
 }
 
-inline float sigmoid_(float x) { return 1.0f / (1.0f + exp_(-x)); }
-inline double tanh_(double x) { return std::tanh(x); }
-inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+RNNLAB_INLINE float sigmoid_(float x) { return 1.0f / (1.0f + exp_(-x)); }
+RNNLAB_INLINE double tanh_(double x) { return std::tanh(x); }
+RNNLAB_INLINE double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-// Elements per thread below which splitting a step's rows over threads costs more than it saves
-// (an OpenMP fork/join is a few microseconds; a vectorised gate element a fraction of a ns).
-int64_t g_parallel_grain = 1 << 14;
+// Batch rows never interact in a recurrence, so on a CPU the batch is split over threads for the
+// whole sequence: each thread runs all T steps on its rows with single-threaded GEMMs and no
+// synchronisation, instead of MKL forking and joining twice per step on small GEMMs (which at
+// B*H ~ 32x128 roughly halves the step time on 2 cores). Below g_min_rows rows per thread one
+// thread runs everything and MKL parallelises each GEMM itself (B = 1 sampling).
+int64_t g_min_rows = 8;
 
 template <typename F>
-inline void for_rows(int64_t B, int64_t per_row, const F& f) {
-  const int64_t grain = std::max<int64_t>(1, g_parallel_grain / std::max<int64_t>(per_row, 1));
-  at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) f(b);
+void split_batch(int64_t B, const F& f) {
+  const int64_t chunks = std::min<int64_t>(at::get_num_threads(), B / g_min_rows);
+  if (chunks <= 1) return f(int64_t(0), B);
+  at::parallel_for(0, B, (B + chunks - 1) / chunks, [&](int64_t r0, int64_t r1) {
+    at::NoGradGuard no_grad;  // grad mode is thread-local: workers would otherwise record graphs
+    f(r0, r1);
+  });
+}
+
+// out = a @ w^T. Sampling (T = 1, few rows) is bound by reading the weights; one core cannot pull
+// the memory bandwidth of two, and MKL runs a 1-row GEMV on one, so outside a batch split the
+// weight rows are divided among the threads instead.
+void mm_nt(Tensor& out, const Tensor& a, const Tensor& w) {
+  const int64_t N = w.size(0), threads = at::get_num_threads();
+  if (at::in_parallel_region() || threads < 2 || a.size(0) > 64 ||
+      N * w.size(1) < (1 << 16)) {
+    at::mm_out(out, a, w.t());
+    return;
+  }
+  at::parallel_for(0, N, (N + threads - 1) / threads, [&](int64_t n0, int64_t n1) {
+    at::NoGradGuard no_grad;
+    Tensor part = out.narrow(1, n0, n1 - n0);
+    at::mm_out(part, a, w.narrow(0, n0, n1 - n0).t());
   });
 }
 
@@ -129,14 +153,19 @@ int64_t saved_width(int64_t cell) {
 template <typename scalar_t>
 void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& px, const Tensor& h0,
                   const Tensor& c0, const Tensor& w_hh, const Tensor& b1, const Tensor& b2,
-                  Tensor& out, Tensor& S, bool save) {
-  const int64_t T = d.T, B = d.B, H = d.H;
+                  Tensor& out, Tensor& S, bool save, int64_t r0, int64_t r1) {
+  // Rows r0..r1-1 of the batch; `b` below is a global row, `b - r0` a row of the local buffers.
+  const int64_t T = d.T, B = d.B, H = d.H, n_rows = r1 - r0;
   const int64_t Gx = xw.size(2);
   const int64_t K = saved_width(cell) * H;  // row width of S
   const int64_t ghw = (cell == kLstm ? 4 : cell == kGru ? 3 : cell == kMut2 ? 2 : 1) * H;
-  Tensor gh = at::empty({B, ghw}, out.options());   // recurrent GEMM output
-  Tensor gh2 = at::empty({B, H}, out.options());    // MUT: W_hh (r*h);  MUT3 also W_hr h in gh3
-  Tensor gh3 = cell == kMut3 ? at::empty({B, H}, out.options()) : Tensor();
+  Tensor gh = at::empty({n_rows, ghw}, out.options());  // recurrent GEMM output
+  Tensor gh2 = at::empty({n_rows, H}, out.options());   // MUT: W_hh (r*h); MUT3: W_hr h in gh3
+  Tensor gh3 = cell == kMut3 ? at::empty({n_rows, H}, out.options()) : Tensor();
+  auto rows = [&](const Tensor& t) { return t.narrow(0, r0, n_rows); };
+  auto each_row = [&](const auto& f) {
+    for (int64_t b = r0; b < r1; ++b) f(b);
+  };
   Tensor w_first = cell == kMut1 || cell == kMut3 ? w_hh.narrow(0, 0, H)
                    : cell == kMut2                ? w_hh.narrow(0, 0, 2 * H)
                                                   : w_hh;
@@ -154,32 +183,32 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
 
   for (int64_t t = 0; t < T; ++t) {
     const int64_t slot = save ? t : t % 2, prev_slot = save ? t - 1 : (t + 1) % 2;
-    Tensor h_prev = t == 0 ? h0 : out[t - 1];
-    const scalar_t* hp = h_prev.data_ptr<scalar_t>();
+    Tensor h_prev = rows(t == 0 ? h0 : out[t - 1]);
+    const scalar_t* hp = (t == 0 ? h0 : out[t - 1]).data_ptr<scalar_t>();
     const scalar_t* x_t = xwp + t * B * Gx;
     scalar_t* h_t = o + t * B * H;
     scalar_t* s_t = s ? s + slot * B * K : nullptr;
 
     if (cell == kMut3) {
       // tanh(h_prev) feeds W_hz: store it in S's last block, then both GEMMs read S/h_prev.
-      for_rows(B, H, [&](int64_t b) {
+      each_row([&](int64_t b) {
         scalar_t* th = s_t + b * K + 4 * H;
         const scalar_t* hb = hp + b * H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) th[j] = tanh_(hb[j]);
       });
-      at::mm_out(gh, S[slot].narrow(1, 4 * H, H), w_first.t());
-      at::mm_out(gh3, h_prev, w_hr3.t());
+      mm_nt(gh, rows(S[slot]).narrow(1, 4 * H, H), w_first);
+      mm_nt(gh3, h_prev, w_hr3);
     } else {
-      at::mm_out(gh, h_prev, w_first.t());
+      mm_nt(gh, h_prev, w_first);
     }
 
     switch (cell) {
       case kRnnTanh:
       case kRnnRelu: {
         const bool relu = cell == kRnnRelu;
-        for_rows(B, H, [&](int64_t b) {
-          const scalar_t *xb = x_t + b * Gx, *gb = g + b * H;
+        each_row([&](int64_t b) {
+          const scalar_t *xb = x_t + b * Gx, *gb = g + (b - r0) * H;
           scalar_t* hb = h_t + b * H;
           if (relu) {
 #pragma omp simd
@@ -194,8 +223,8 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
       case kLstm: {
         const scalar_t* c_prev = t == 0 ? c0.data_ptr<scalar_t>() : s + prev_slot * B * K + 4 * H;
         const int64_t cs = t == 0 ? H : K;  // row stride of c_prev
-        for_rows(B, 4 * H, [&](int64_t b) {
-          const scalar_t *xb = x_t + b * Gx, *gb = g + b * 4 * H, *cp = c_prev + b * cs;
+        each_row([&](int64_t b) {
+          const scalar_t *xb = x_t + b * Gx, *gb = g + (b - r0) * 4 * H, *cp = c_prev + b * cs;
           scalar_t *sb = s_t + b * K, *hb = h_t + b * H;
 #pragma omp simd
           for (int64_t j = 0; j < H; ++j) {
@@ -211,8 +240,8 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
         break;
       }
       case kGru: {
-        for_rows(B, 3 * H, [&](int64_t b) {
-          const scalar_t *xb = x_t + b * Gx, *gb = g + b * 3 * H, *hpb = hp + b * H;
+        each_row([&](int64_t b) {
+          const scalar_t *xb = x_t + b * Gx, *gb = g + (b - r0) * 3 * H, *hpb = hp + b * H;
           scalar_t *sb = s_t + b * K, *hb = h_t + b * H;
 #pragma omp simd
           for (int64_t j = 0; j < H; ++j) {
@@ -229,12 +258,12 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
       default: {  // MUT1-3: z, r and r*h first; then W_hh (r*h); then n and h'.
         const scalar_t* g3 = cell == kMut3 ? gh3.data_ptr<scalar_t>() : nullptr;
         const int64_t cell_ = cell;
-        for_rows(B, 2 * H, [&](int64_t b) {
+        each_row([&](int64_t b) {
           const scalar_t *xb = x_t + b * Gx, *hpb = hp + b * H;
           const scalar_t* pb = pxp ? pxp + (t * B + b) * H : nullptr;
           scalar_t* sb = s_t + b * K;
           if (cell_ == kMut1) {  // xw = [x_z, x_r]; gh = W_hr h
-            const scalar_t* gb = g + b * H;
+            const scalar_t* gb = g + (b - r0) * H;
 #pragma omp simd
             for (int64_t j = 0; j < H; ++j) {
               scalar_t z = sigmoid_(xb[j] + bias1[j]);
@@ -242,7 +271,7 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
               sb[j] = z, sb[H + j] = r, sb[3 * H + j] = r * hpb[j];
             }
           } else if (cell_ == kMut2) {  // xw = [x_z, x_h]; gh = [W_hz h, W_hr h]; r uses px
-            const scalar_t* gb = g + b * 2 * H;
+            const scalar_t* gb = g + (b - r0) * 2 * H;
 #pragma omp simd
             for (int64_t j = 0; j < H; ++j) {
               scalar_t z = sigmoid_(xb[j] + gb[j] + bias1[j]);
@@ -250,7 +279,7 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
               sb[j] = z, sb[H + j] = r, sb[3 * H + j] = r * hpb[j];
             }
           } else {  // MUT3: xw = [x_z, x_r, x_h]; gh = W_hz tanh(h); gh3 = W_hr h
-            const scalar_t *gb = g + b * H, *g3b = g3 + b * H;
+            const scalar_t *gb = g + (b - r0) * H, *g3b = g3 + (b - r0) * H;
 #pragma omp simd
             for (int64_t j = 0; j < H; ++j) {
               scalar_t z = sigmoid_(xb[j] + gb[j] + bias1[j]);
@@ -259,10 +288,10 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
             }
           }
         });
-        at::mm_out(gh2, S[slot].narrow(1, 3 * H, H), w_last.t());
+        mm_nt(gh2, rows(S[slot]).narrow(1, 3 * H, H), w_last);
         const int64_t xh = cell == kMut3 ? 2 * H : H;  // column of W_xh x in xw (MUT2/3)
-        for_rows(B, 2 * H, [&](int64_t b) {
-          const scalar_t *xb = x_t + b * Gx, *hpb = hp + b * H, *g2b = g2 + b * H;
+        each_row([&](int64_t b) {
+          const scalar_t *xb = x_t + b * Gx, *hpb = hp + b * H, *g2b = g2 + (b - r0) * H;
           const scalar_t* pb = pxp ? pxp + (t * B + b) * H : nullptr;
           scalar_t *sb = s_t + b * K, *hb = h_t + b * H;
           const scalar_t* bh = bias1 + 2 * H;
@@ -323,15 +352,25 @@ std::vector<Tensor> forward_layer(int64_t cell, const Tensor& x_in, const Tensor
   const Dims d{x.size(0), x.size(1), x.size(2), w.w_hh.size(1)};
   const Tensor x2 = x.view({d.T * d.B, d.I});
   // Appleyard et al. 2016: the input projections of all steps in one large GEMM.
-  const Tensor xw = at::mm(x2, w.w_ih.t()).view({d.T, d.B, -1});
-  Tensor px;
-  if (uses_px(cell)) px = w.w_proj.defined() ? at::mm(x2, w.w_proj.t()).view({d.T, d.B, d.H}) : x;
+  Tensor xw = at::empty({d.T * d.B, w.w_ih.size(0)}, x.options());
+  mm_nt(xw, x2, w.w_ih);
+  xw = xw.view({d.T, d.B, -1});
+  Tensor px = uses_px(cell) ? x : Tensor();
+  if (uses_px(cell) && w.w_proj.defined()) {
+    px = at::empty({d.T * d.B, d.H}, x.options());
+    mm_nt(px, x2, w.w_proj);
+    px = px.view({d.T, d.B, d.H});
+  }
   Tensor out = at::empty({d.T, d.B, d.H}, x.options());
   const int64_t K = saved_width(cell) * d.H;
   Tensor S = K ? at::empty({save ? d.T : 2, d.B, K}, x.options()) : Tensor();
   Tensor c0 = cell == kLstm ? c0_in->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab_forward", [&] {
-    forward_impl<scalar_t>(cell, d, xw, px, h0, c0, w.w_hh, w.b1, w.b2, out, S, save);
+    auto rows = [&](int64_t r0, int64_t r1) {
+      forward_impl<scalar_t>(cell, d, xw, px, h0, c0, w.w_hh, w.b1, w.b2, out, S, save, r0, r1);
+    };
+    // One step (sampling) splits each GEMM's weights instead (mm_nt): every thread reads half.
+    d.T > 1 ? split_batch(d.B, rows) : rows(0, d.B);
   });
   Tensor hT = out[d.T - 1].clone();
   Tensor cT;
@@ -354,8 +393,14 @@ std::vector<Tensor> layer_forward(int64_t cell, const Tensor& x, const Tensor& h
 template <typename scalar_t>
 void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor& out,
                    const Tensor& h0, const Tensor& c0, const Tensor& S, const Tensor& w_hh,
-                   Tensor& dh, Tensor& dc, Tensor& dG, Tensor& dA) {
-  const int64_t T = d.T, B = d.B, H = d.H;
+                   Tensor& dh, Tensor& dc, Tensor& dG, Tensor& dA, int64_t r0, int64_t r1) {
+  // Rows r0..r1-1 of the batch (see split_batch); tmp/tmp2 are local, indexed by b - r0.
+  const int64_t T = d.T, B = d.B, H = d.H, n_rows = r1 - r0;
+  auto rows = [&](const Tensor& t) { return t.narrow(0, r0, n_rows); };
+  auto each_row = [&](const auto& f) {
+    for (int64_t b = r0; b < r1; ++b) f(b);
+  };
+  Tensor dh_rows = rows(dh);
   const int64_t K = saved_width(cell) * H, GW = dG.size(2);
   const scalar_t* go = gout.data_ptr<scalar_t>();
   const scalar_t* o = out.data_ptr<scalar_t>();
@@ -364,8 +409,8 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
   scalar_t* dap = dA.defined() ? dA.data_ptr<scalar_t>() : nullptr;
   scalar_t* dhp = dh.data_ptr<scalar_t>();
   scalar_t* dcp = dc.defined() ? dc.data_ptr<scalar_t>() : nullptr;
-  Tensor tmp = at::empty({B, H}, dh.options());   // MUT: dL/d(r*h)
-  Tensor tmp2 = at::empty({B, H}, dh.options());  // MUT3: dL/d tanh(h_prev)
+  Tensor tmp = at::empty({n_rows, H}, dh.options());   // MUT: dL/d(r*h)
+  Tensor tmp2 = at::empty({n_rows, H}, dh.options());  // MUT3: dL/d tanh(h_prev)
   const scalar_t *tp1 = tmp.data_ptr<scalar_t>(), *tp2 = tmp2.data_ptr<scalar_t>();
   Tensor w_last = cell >= kMut1 ? w_hh.narrow(0, w_hh.size(0) - H, H) : Tensor();
 
@@ -379,7 +424,7 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
       case kRnnTanh:
       case kRnnRelu: {
         const bool relu = cell == kRnnRelu;
-        for_rows(B, H, [&](int64_t b) {
+        each_row([&](int64_t b) {
           const scalar_t *gb = go_t + b * H, *hb = h_t + b * H;
           const scalar_t* dhb = dhp + b * H;
           scalar_t* da = dg_t + b * GW;
@@ -389,13 +434,13 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
             da[j] = relu ? (hb[j] > 0 ? dht : scalar_t(0)) : dht * (1 - hb[j] * hb[j]);
           }
         });
-        at::mm_out(dh, dG[t], w_hh);
+        at::mm_out(dh_rows, rows(dG[t]), w_hh);
         break;
       }
       case kLstm: {
         const scalar_t* c_prev = t == 0 ? c0.data_ptr<scalar_t>() : s + (t - 1) * B * K + 4 * H;
         const int64_t cs = t == 0 ? H : K;
-        for_rows(B, 4 * H, [&](int64_t b) {
+        each_row([&](int64_t b) {
           const scalar_t *gb = go_t + b * H, *sb = s_t + b * K, *cp = c_prev + b * cs;
           scalar_t *dhb = dhp + b * H, *dcb = dcp + b * H, *da = dg_t + b * GW;
 #pragma omp simd
@@ -411,12 +456,12 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
             dcb[j] = dct * f;
           }
         });
-        at::mm_out(dh, dG[t], w_hh);
+        at::mm_out(dh_rows, rows(dG[t]), w_hh);
         break;
       }
       case kGru: {
         scalar_t* dan_t = dap + t * B * H;
-        for_rows(B, 3 * H, [&](int64_t b) {
+        each_row([&](int64_t b) {
           const scalar_t *gb = go_t + b * H, *sb = s_t + b * K, *hpb = hp + b * H;
           scalar_t *dhb = dhp + b * H, *dg = dg_t + b * GW, *dan = dan_t + b * H;
 #pragma omp simd
@@ -431,12 +476,12 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
             dhb[j] = dht * z;
           }
         });
-        dh.addmm_(dG[t], w_hh);
+        dh_rows.addmm_(rows(dG[t]), w_hh);
         break;
       }
       default: {  // MUT1-3, dG = [z r h]
         const int64_t cell_ = cell;
-        for_rows(B, 2 * H, [&](int64_t b) {
+        each_row([&](int64_t b) {
           const scalar_t *gb = go_t + b * H, *sb = s_t + b * K, *hpb = hp + b * H;
           scalar_t *dhb = dhp + b * H, *dg = dg_t + b * GW;
 #pragma omp simd
@@ -456,13 +501,13 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
             }
           }
         });
-        Tensor dG_t = dG[t];
+        Tensor dG_t = rows(dG[t]);
         at::mm_out(tmp, dG_t.narrow(1, 2 * H, H), w_last);  // d(r*h) = dan @ W_hh
         if (cell == kMut3) at::mm_out(tmp2, dG_t.narrow(1, 0, H), w_hh.narrow(0, 0, H));
-        for_rows(B, 2 * H, [&](int64_t b) {
-          const scalar_t *sb = s_t + b * K, *hpb = hp + b * H, *drh = tp1 + b * H;
+        each_row([&](int64_t b) {
+          const scalar_t *sb = s_t + b * K, *hpb = hp + b * H, *drh = tp1 + (b - r0) * H;
           scalar_t *dhb = dhp + b * H, *dg = dg_t + b * GW;
-          const scalar_t* dth = tp2 + b * H;
+          const scalar_t* dth = tp2 + (b - r0) * H;
           if (cell_ == kMut3) {
 #pragma omp simd
             for (int64_t j = 0; j < H; ++j) {
@@ -479,9 +524,9 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
             }
           }
         });
-        if (cell == kMut1) dh.addmm_(dG_t.narrow(1, H, H), w_hh.narrow(0, 0, H));
-        if (cell == kMut2) dh.addmm_(dG_t.narrow(1, 0, 2 * H), w_hh.narrow(0, 0, 2 * H));
-        if (cell == kMut3) dh.addmm_(dG_t.narrow(1, H, H), w_hh.narrow(0, H, H));
+        if (cell == kMut1) dh_rows.addmm_(dG_t.narrow(1, H, H), w_hh.narrow(0, 0, H));
+        if (cell == kMut2) dh_rows.addmm_(dG_t.narrow(1, 0, 2 * H), w_hh.narrow(0, 0, 2 * H));
+        if (cell == kMut3) dh_rows.addmm_(dG_t.narrow(1, H, H), w_hh.narrow(0, H, H));
       }
     }
   }
@@ -513,7 +558,9 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
   Tensor dG = at::empty({T, B, GW}, x.options());
   Tensor dA = cell == kGru || cell == kMut1 ? at::empty({T, B, H}, x.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab_backward", [&] {
-    backward_loop<scalar_t>(cell, d, gout, out, h0, c0, S, w_hh, dh, dc, dG, dA);
+    split_batch(B, [&](int64_t r0, int64_t r1) {
+      backward_loop<scalar_t>(cell, d, gout, out, h0, c0, S, w_hh, dh, dc, dG, dA, r0, r1);
+    });
   });
 
   // All-steps GEMMs (Appleyard et al. 2016): weights' gradients and dx from dG in one go each.
@@ -604,7 +651,7 @@ std::vector<Tensor> step_layers(int64_t cell, const Tensor& x, const Tensor& h,
   return {input[0], h_n, c_n};
 }
 
-void set_parallel_grain(int64_t grain) { g_parallel_grain = std::max<int64_t>(1, grain); }
+void set_min_rows_per_thread(int64_t rows) { g_min_rows = std::max<int64_t>(1, rows); }
 
 }  // namespace
 
@@ -613,5 +660,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_forward", &layer_forward, "one layer over T steps; saves for backward if asked");
   m.def("layer_backward", &layer_backward, "gradients of one layer from the saved tensors");
   m.def("step_layers", &step_layers, "one step of every layer, for sampling");
-  m.def("set_parallel_grain", &set_parallel_grain, "elements per thread in the gate loops");
+  m.def("set_min_rows_per_thread", &set_min_rows_per_thread, "batch rows a thread must get");
 }
