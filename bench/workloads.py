@@ -75,6 +75,10 @@ def train(a: argparse.Namespace) -> dict:
     steps = a.warmup + a.steps
     data = torch.randint(a.vocab, (a.batch, steps * a.seq + 1))  # B streams, walked in chunks of T
     state, times = None, []
+    if a.backend != "baseline":  # map the C++ engine's code now, so RSS growth is the step's data
+        from rnnlab.kernels import load_extension
+
+        load_extension()
     rss_before = rss_bytes()
     for i in range(steps):
         idx = data[:, i * a.seq : (i + 1) * a.seq]
