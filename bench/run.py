@@ -7,8 +7,9 @@
 For each size and cell it trains (truncated BPTT, Adam) with: the plain PyTorch baseline
 (nn.Embedding -> nn.LSTM/GRU/RNN -> nn.Linear; standard cells only), rnnlab's ``reference``
 backend (the hand-written Python loop over a cell's step), ``native`` (torch's oneDNN kernels under
-rnnlab) and ``fused`` (rnnlab's C++ engine), and reports characters/s, achieved GFLOP/s (forward +
-backward counted as 3x forward), that rate as a fraction of torch.mm's on the same size's
+rnnlab) and ``fused`` (rnnlab's C++ engine, with CharLM's embedding folded into layer 0's input
+projection; ``fused-nofold`` without the fold), and reports characters/s, achieved GFLOP/s
+(forward + backward counted as 3x forward), that rate as a fraction of torch.mm's on the same size's
 input-projection GEMM, peak RSS growth over the training steps, and the ratio to the baseline
 (MUT cells: GFLOP/s ratio to nn.GRU's). ``auto`` is whichever backend
 ``rnnlab.kernels.choose_backend`` picks. Then sampling characters/s, 1 and 32 streams. Each
@@ -67,12 +68,12 @@ def train_table(sizes: list, cells: list[str], steps: int, log) -> tuple[list[st
         gru_base = None
         for cell in cells:
             mm = measure("mm", cell=cell, **dims)["mm_large_gflops"]
-            backends = ["baseline", "reference", "native", "fused"]
+            backends = ["baseline", "reference", "native", "fused-nofold", "fused"]
             if cell not in STANDARD:
-                backends = ["reference", "fused"]
+                backends = ["reference", "fused-nofold", "fused"]
                 if gru_base is None:
                     gru_base = measure("train", cell="gru", backend="baseline", steps=steps, **dims)
-            auto = choose_backend(cell, H, torch.device("cpu"))
+            auto = choose_backend(cell, H, torch.device("cpu"), projected_input=True)  # CharLM
             base = None
             for backend in backends:
                 r = measure("train", cell=cell, backend=backend, steps=steps, **dims)

@@ -6,7 +6,8 @@ allocator or thread state from leaking into the next. Kinds:
 - ``train``: truncated-BPTT char-LM training steps (embedding -> recurrence -> linear, Adam) on
   random tokens (speed does not depend on the text), B parallel streams, state carried and
   detached between chunks of T. ``baseline`` is the plain PyTorch model a user would write;
-  any other backend is ``rnnlab.CharLM`` with that backend (``reference`` is the Python loop).
+  any other backend is ``rnnlab.CharLM`` with that backend (``reference`` is the Python loop;
+  ``fused`` folds the embedding into layer 0's input projection, ``fused-nofold`` does not).
 - ``sample``: generate characters one at a time for S streams (embedding, recurrence, head,
   softmax, multinomial): plain nn.LSTM/GRU/RNN at T = 1, or ``rnnlab.kernels.step_layers``.
 - ``mm``: torch.mm GFLOP/s on this size's large input-projection and per-step GEMM shapes.
@@ -46,9 +47,14 @@ def build(cell: str, backend: str, vocab_size: int, hidden_size: int, num_layers
         return BaselineCharLM(cell, vocab_size, hidden_size, num_layers)
     from rnnlab.models.char_lm import CharLM, CharLMConfig
 
+    nofold = backend == "fused-nofold"
+    backend = "fused" if nofold else backend
     config = CharLMConfig(vocab_size=vocab_size, cell=cell, hidden_size=hidden_size,
                           num_layers=num_layers, backend=backend)  # fmt: skip
-    return CharLM(config)
+    model = CharLM(config)
+    if nofold:
+        model.folds_embedding = lambda idx: False  # the engine projects every token itself
+    return model
 
 
 def flops_per_char(model: nn.Module) -> int:

@@ -217,6 +217,10 @@ def test_choose_and_describe_backend(ext):
         assert kernels.choose_backend(cell, 512, torch.device("cpu")) == "fused"
         assert kernels.choose_backend(cell, 512, torch.device("cuda")) == "fused"
     assert kernels.choose_backend("lstm", 128, "cpu") == "native"  # oneDNN's LSTM is faster
+    # ... unless the caller projects layer 0's input (CharLM's folded embedding)
+    for hidden in (128, 512):
+        assert kernels.choose_backend("lstm", hidden, "cpu", projected_input=True) == "fused"
+        assert kernels.choose_backend("lstm", hidden, "cuda", projected_input=True) == "native"
     for cell in ("rnn", "gru"):
         assert kernels.choose_backend(cell, 128, "cpu") == "fused"
     for cell in ("rnn", "lstm", "gru"):

@@ -3,8 +3,12 @@
 Public API:
 
 - ``run_layers(module, x, state)``: the ``fused`` backend of a ``Recurrent`` (x (T, B, I)).
+  With ``projected=True`` x is layer 0's input projection instead: rows of
+  ``input_table(module, E)``, for an input that is a row lookup in E (a char-LM's embedding).
+- ``can_project(module)``: whether ``projected=True`` can run here (CPU, C++ engine, f32/f64).
 - ``step_layers(module, x, state)``: one step of every layer for sampling (x (B, I)), no autograd.
-- ``choose_backend(cell, hidden_size, device)``: what ``backend="auto"`` runs.
+- ``choose_backend(cell, hidden_size, device, projected_input=False)``: what ``backend="auto"``
+  runs; ``projected_input=True`` for a caller that will feed ``projected=True`` (CharLM).
 - ``describe_backend(module)``: one line for the training log.
 - ``extension_status()``: whether the C++ engine built, and why not.
 
@@ -26,7 +30,9 @@ __all__ = [
     "ExtensionStatus",
     "choose_backend",
     "describe_backend",
+    "can_project",
     "extension_status",
+    "input_table",
     "run_layers",
     "step_layers",
 ]
@@ -39,17 +45,29 @@ NATIVE_CELLS = ("rnn", "lstm", "gru")
 # (fused is 1.1-1.8x faster), and it has no MUT cells.
 CPU_FASTEST = {"rnn": "fused", "lstm": "native", "gru": "fused",
                "mut1": "fused", "mut2": "fused", "mut3": "fused"}  # fmt: skip
+# With the input projection done by the caller (CharLM folds its embedding into a (V, G) table,
+# run_layers(..., projected=True)) the engine skips its largest GEMMs and also beats oneDNN's LSTM:
+# char-LM training 1.2x the baseline at H128 L1 and H256 L2, 1.16x at H512 L2, where oneDNN is
+# 0.97-1.0x (same machine, bench/RESULTS.md). So a CharLM on CPU runs every cell fused.
+CPU_FASTEST_PROJECTED = dict.fromkeys(CPU_FASTEST, "fused")
 
 
-def choose_backend(cell: str, hidden_size: int, device: torch.device | str) -> str:
-    """The backend ``auto`` resolves to for this cell, size and device (fastest proven correct)."""
+def choose_backend(
+    cell: str, hidden_size: int, device: torch.device | str, projected_input: bool = False
+) -> str:
+    """The backend ``auto`` resolves to for this cell, size and device (fastest proven correct).
+
+    ``projected_input``: the caller feeds layer 0's input projection (``run_layers(...,
+    projected=True)``, as CharLM does with its embedding), which saves the fused engine its
+    largest GEMMs; a bare ``Recurrent`` passes False."""
     device = torch.device(device)
     standard = cell in NATIVE_CELLS
     if device.type == "cuda":
         return "native" if standard else "fused"  # cuDNN; hoisted torch ops for MUT1-3
     if device.type != "cpu":
         return "native" if standard else "reference"
-    if CPU_FASTEST[cell] == "native":
+    fastest = CPU_FASTEST_PROJECTED if projected_input else CPU_FASTEST
+    if fastest[cell] == "native":
         return "native"
     if extension_status().available:
         return "fused"
@@ -73,10 +91,28 @@ def describe_backend(module: torch.nn.Module, device: torch.device | str | None 
     return f"{module.cell} {size}: {backend} ({how}{chosen})"
 
 
-def run_layers(module: torch.nn.Module, x: Tensor, state: State) -> tuple[Tensor, State]:
+input_table = fused.input_table
+
+
+def can_project(module: torch.nn.Module) -> bool:
+    """Whether ``run_layers(module, ..., projected=True)`` runs for ``module``'s parameters."""
+    p = module.weight_ih_l0
+    return p.device.type == "cpu" and p.dtype in fused.DTYPES and extension_status().available
+
+
+def run_layers(
+    module: torch.nn.Module, x: Tensor, state: State, projected: bool = False
+) -> tuple[Tensor, State]:
     """The fused backend of ``Recurrent``: x (T, B, I), state (L, B, H) or a pair of them ->
     (output (T, B, H), new state). Falls back to the reference loop (warned once) without the
-    C++ engine, and for dtypes it does not compile (half precision on CPU)."""
+    C++ engine, and for dtypes it does not compile (half precision on CPU).
+
+    ``projected``: x (T, B, G) is layer 0's input projection, rows of ``input_table`` (exact: the
+    engine would compute the same row for that input); needs ``can_project(module)``."""
+    if projected:
+        if not can_project(module):
+            raise RuntimeError("run_layers: projected input needs the C++ engine (CPU, f32/f64)")
+        return fused.run_layers(module, load_extension(), x, state, projected=True)
     if x.device.type == "cuda":
         return hoisted.run_layers(module, x, state)
     ext = load_extension() if x.device.type == "cpu" and x.dtype in fused.DTYPES else None

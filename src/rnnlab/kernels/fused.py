@@ -41,30 +41,52 @@ def layer_weights(params: dict[str, Tensor], k: int, cell: str) -> list[Tensor |
 
 
 class FusedLayer(torch.autograd.Function):
-    """One layer over all steps: (x (T,B,I), h0 (B,H), c0, weights) -> (out (T,B,H), h_T[, c_T])."""
+    """One layer over all steps: (x (T,B,I), h0 (B,H), c0, weights) -> (out (T,B,H), h_T[, c_T]).
+
+    ``projected``: x is the layer's input projection [x W_ih^T | px] (T,B,G) (see
+    ``input_table``), w_ih and w_proj are None, and backward returns dx = d[x W_ih^T | px].
+    """
 
     @staticmethod
-    def forward(ctx, ext, cell, x, h0, c0, w_ih, w_hh, b_a, b_b, w_proj):  # noqa: ANN001, ANN205
+    def forward(ctx, ext, cell, projected, x, h0, c0, w_ih, w_hh, b_a, b_b, w_proj):  # noqa: ANN001, ANN205
         out, h_t, c_t, saved = ext.layer_forward(
-            cell, x, h0, c0, w_ih, w_hh, b_a, b_b, w_proj, True
+            cell, x, h0, c0, w_ih, w_hh, b_a, b_b, w_proj, True, projected
         )
-        ctx.ext, ctx.cell = ext, cell
+        ctx.ext, ctx.cell, ctx.projected = ext, cell, projected
         ctx.set_materialize_grads(False)  # missing output gradients arrive as None: skip them
-        ctx.save_for_backward(x, h0, c0, out, saved, w_ih, w_hh, b_a, b_b, w_proj)
+        x_saved = None if projected else x  # backward needs no projected input: don't hold it
+        ctx.save_for_backward(x_saved, h0, c0, out, saved, w_ih, w_hh, b_a, b_b, w_proj)
         return (out, h_t, c_t) if c_t is not None else (out, h_t)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_h, grad_c=None):  # noqa: ANN001, ANN205
         x, h0, c0, out, saved, w_ih, w_hh, b_a, b_b, w_proj = ctx.saved_tensors
-        need_dx = ctx.needs_input_grad[2]
+        need_dx = ctx.needs_input_grad[3]
         grads = ctx.ext.layer_backward(ctx.cell, grad_out, grad_h, grad_c, x, h0, c0, out, saved,
-                                       w_ih, w_hh, b_a, b_b, w_proj, need_dx)  # fmt: skip
-        return (None, None, *grads)
+                                       w_ih, w_hh, b_a, b_b, w_proj, need_dx,
+                                       ctx.projected)  # fmt: skip
+        return (None, None, None, *grads)
 
 
-def run_layers(module: torch.nn.Module, ext: ModuleType, x: Tensor, state: State) -> tuple:
-    """All layers of ``module`` (a Recurrent) on x (T, B, I) from state (L, B, H) [or (h, c)]."""
+def input_table(module: torch.nn.Module, weight: Tensor) -> Tensor:
+    """Layer 0's input projection of every row of ``weight`` (V, I): (V, G) = weight @ W_ih^T,
+    with the MUT1/MUT2 hidden-sized input px (weight itself, or weight @ W_proj^T) appended.
+    Autograd tracks it. Row v is what the fused engine computes for input x = weight[v] before the
+    recurrence (biases stay in the engine), so gathering rows is exact."""
+    params = module._parameters
+    table = F.linear(weight, params["weight_ih_l0"])
+    if module.cell in ("mut1", "mut2"):
+        proj = params.get("weight_proj_l0")
+        table = torch.cat([table, weight if proj is None else F.linear(weight, proj)], 1)
+    return table
+
+
+def run_layers(
+    module: torch.nn.Module, ext: ModuleType, x: Tensor, state: State, projected: bool = False
+) -> tuple:
+    """All layers of ``module`` (a Recurrent) on x (T, B, I) from state (L, B, H) [or (h, c)].
+    ``projected``: x is layer 0's input projection (T, B, G), rows of ``input_table``."""
     lstm = module.cell == "lstm"
     h0, c0 = state if lstm else (state, None)
     cell = cell_id(module)
@@ -80,11 +102,14 @@ def run_layers(module: torch.nn.Module, ext: ModuleType, x: Tensor, state: State
         if k > 0 and module.dropout > 0:
             x = F.dropout(x, module.dropout, module.training)
         w = layer_weights(params, k, module.cell)
+        proj_k = projected and k == 0
+        if proj_k:
+            w[0] = w[4] = None  # applied already: x is layer 0's input projection
         c0_k = c0[k] if lstm else None
         if record:
-            result = FusedLayer.apply(ext, cell, x, h0[k], c0_k, *w)
+            result = FusedLayer.apply(ext, cell, proj_k, x, h0[k], c0_k, *w)
         else:
-            result = ext.layer_forward(cell, x, h0[k], c0_k, *w, False)
+            result = ext.layer_forward(cell, x, h0[k], c0_k, *w, False, proj_k)
         x = result[0]  # (T, B, H)
         hs.append(result[1])
         if lstm:

@@ -20,6 +20,11 @@
 //                   mut [z r h] (the order of the MUT `bias`), rnn [a].
 // h_prev of step t is h0 for t = 0 and out[t-1] after, so no copy of the h sequence is made:
 // dW_hh = dG[1:]^T @ out[:-1] + dG[0]^T @ h0.
+//
+// `projected` layers take the input projection ready-made: x is then (T, B, Gx [+ H]) = [xw | px]
+// (px only for MUT1/MUT2), e.g. rows gathered from a (V, Gx) table E @ W_ih^T when the input is an
+// embedding lookup (rnnlab.models.char_lm), and backward returns its gradient instead of dx, dW_ih
+// and dW_proj, which the caller's autograd forms from it.
 
 #include <torch/extension.h>
 
@@ -156,7 +161,9 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
                   Tensor& out, Tensor& S, bool save, int64_t r0, int64_t r1) {
   // Rows r0..r1-1 of the batch; `b` below is a global row, `b - r0` a row of the local buffers.
   const int64_t T = d.T, B = d.B, H = d.H, n_rows = r1 - r0;
-  const int64_t Gx = xw.size(2);
+  // xw and px may be column blocks of one [xw | px] buffer (projected input): index by strides.
+  const int64_t xs0 = xw.stride(0), Gx = xw.stride(1);
+  const int64_t ps0 = px.defined() ? px.stride(0) : 0, ps1 = px.defined() ? px.stride(1) : 0;
   const int64_t K = saved_width(cell) * H;  // row width of S
   const int64_t ghw = (cell == kLstm ? 4 : cell == kGru ? 3 : cell == kMut2 ? 2 : 1) * H;
   Tensor gh = at::empty({n_rows, ghw}, out.options());  // recurrent GEMM output
@@ -185,7 +192,7 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
     const int64_t slot = save ? t : t % 2, prev_slot = save ? t - 1 : (t + 1) % 2;
     Tensor h_prev = rows(t == 0 ? h0 : out[t - 1]);
     const scalar_t* hp = (t == 0 ? h0 : out[t - 1]).data_ptr<scalar_t>();
-    const scalar_t* x_t = xwp + t * B * Gx;
+    const scalar_t* x_t = xwp + t * xs0;
     scalar_t* h_t = o + t * B * H;
     scalar_t* s_t = s ? s + slot * B * K : nullptr;
 
@@ -260,7 +267,7 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
         const int64_t cell_ = cell;
         each_row([&](int64_t b) {
           const scalar_t *xb = x_t + b * Gx, *hpb = hp + b * H;
-          const scalar_t* pb = pxp ? pxp + (t * B + b) * H : nullptr;
+          const scalar_t* pb = pxp ? pxp + t * ps0 + b * ps1 : nullptr;
           scalar_t* sb = s_t + b * K;
           if (cell_ == kMut1) {  // xw = [x_z, x_r]; gh = W_hr h
             const scalar_t* gb = g + (b - r0) * H;
@@ -292,7 +299,7 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
         const int64_t xh = cell == kMut3 ? 2 * H : H;  // column of W_xh x in xw (MUT2/3)
         each_row([&](int64_t b) {
           const scalar_t *xb = x_t + b * Gx, *hpb = hp + b * H, *g2b = g2 + (b - r0) * H;
-          const scalar_t* pb = pxp ? pxp + (t * B + b) * H : nullptr;
+          const scalar_t* pb = pxp ? pxp + t * ps0 + b * ps1 : nullptr;
           scalar_t *sb = s_t + b * K, *hb = h_t + b * H;
           const scalar_t* bh = bias1 + 2 * H;
           if (cell_ == kMut1) {  // n = tanh(W_hh(r*h) + tanh(px) + b_h)
@@ -325,15 +332,18 @@ struct Weights {
 
 // Biases as the loops read them: rnn/lstm add b_ih + b_hh once; gru keeps both (b_hn sits inside
 // r * (W_hn h + b_hn)); MUT cells have one `bias`. Missing biases (bias=False) become zeros.
-Weights prepare(int64_t cell, const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_a,
-                const optional<Tensor>& b_b, const optional<Tensor>& w_proj) {
-  Weights w{w_ih.contiguous(), w_hh.contiguous(), Tensor(), Tensor(), Tensor()};
-  const int64_t G = w_hh.size(0);
+// w_ih is absent for a projected layer.
+Weights prepare(int64_t cell, const optional<Tensor>& w_ih, const Tensor& w_hh,
+                const optional<Tensor>& b_a, const optional<Tensor>& b_b,
+                const optional<Tensor>& w_proj) {
+  Weights w{w_ih.has_value() ? w_ih->contiguous() : Tensor(), w_hh.contiguous(), Tensor(),
+            Tensor(), Tensor()};
+  const int64_t G = w_hh.size(0);  // == rows of w_ih for rnn/lstm/gru
   if (cell >= kMut1) {
     w.b1 = b_a->contiguous();
   } else if (!b_a.has_value()) {
-    w.b1 = at::zeros({w_ih.size(0)}, w_ih.options());
-    if (cell == kGru) w.b2 = at::zeros({G}, w_ih.options());
+    w.b1 = at::zeros({G}, w_hh.options());
+    if (cell == kGru) w.b2 = at::zeros({G}, w_hh.options());
   } else if (cell == kGru) {
     w.b1 = b_a->contiguous(), w.b2 = b_b->contiguous();
   } else {
@@ -345,18 +355,38 @@ Weights prepare(int64_t cell, const Tensor& w_ih, const Tensor& w_hh, const opti
 
 bool uses_px(int64_t cell) { return cell == kMut1 || cell == kMut2; }
 
+// Columns of xw = x @ W_ih^T: the H-blocks of weight_ih.
+int64_t gates_x(int64_t cell, int64_t H) {
+  switch (cell) {
+    case kLstm: return 4 * H;
+    case kGru: case kMut3: return 3 * H;
+    case kMut1: case kMut2: return 2 * H;
+    default: return H;
+  }
+}
+
 // Returns {out (T,B,H), h_T (B,H), c_T (B,H) or undefined, S or undefined}.
 std::vector<Tensor> forward_layer(int64_t cell, const Tensor& x_in, const Tensor& h0_in,
-                                  const optional<Tensor>& c0_in, const Weights& w, bool save) {
+                                  const optional<Tensor>& c0_in, const Weights& w, bool save,
+                                  bool projected = false) {
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous();
   const Dims d{x.size(0), x.size(1), x.size(2), w.w_hh.size(1)};
+  const int64_t Gx = gates_x(cell, d.H);
+  Tensor xw, px;
+  if (projected) {  // x = [xw | px], see the header
+    TORCH_CHECK(d.I == Gx + (uses_px(cell) ? d.H : 0), "layer_forward: projected input has ",
+                d.I, " columns, expected ", Gx + (uses_px(cell) ? d.H : 0));
+    xw = x.narrow(2, 0, Gx);
+    if (uses_px(cell)) px = x.narrow(2, Gx, d.H);
+  } else {
+    // Appleyard et al. 2016: the input projections of all steps in one large GEMM.
+    xw = at::empty({d.T * d.B, Gx}, x.options());
+    mm_nt(xw, x.view({d.T * d.B, d.I}), w.w_ih);
+    xw = xw.view({d.T, d.B, Gx});
+    px = uses_px(cell) ? x : Tensor();
+  }
   const Tensor x2 = x.view({d.T * d.B, d.I});
-  // Appleyard et al. 2016: the input projections of all steps in one large GEMM.
-  Tensor xw = at::empty({d.T * d.B, w.w_ih.size(0)}, x.options());
-  mm_nt(xw, x2, w.w_ih);
-  xw = xw.view({d.T, d.B, -1});
-  Tensor px = uses_px(cell) ? x : Tensor();
-  if (uses_px(cell) && w.w_proj.defined()) {
+  if (!projected && uses_px(cell) && w.w_proj.defined()) {
     px = at::empty({d.T * d.B, d.H}, x.options());
     mm_nt(px, x2, w.w_proj);
     px = px.view({d.T, d.B, d.H});
@@ -379,11 +409,13 @@ std::vector<Tensor> forward_layer(int64_t cell, const Tensor& x_in, const Tensor
 }
 
 std::vector<Tensor> layer_forward(int64_t cell, const Tensor& x, const Tensor& h0,
-                                  const optional<Tensor>& c0, const Tensor& w_ih,
+                                  const optional<Tensor>& c0, const optional<Tensor>& w_ih,
                                   const Tensor& w_hh, const optional<Tensor>& b_a,
                                   const optional<Tensor>& b_b, const optional<Tensor>& w_proj,
-                                  bool save) {
-  return forward_layer(cell, x, h0, c0, prepare(cell, w_ih, w_hh, b_a, b_b, w_proj), save);
+                                  bool save, bool projected) {
+  TORCH_CHECK(projected || w_ih.has_value(), "layer_forward: weight_ih is required");
+  return forward_layer(cell, x, h0, c0, prepare(cell, w_ih, w_hh, b_a, b_b, w_proj), save,
+                       projected);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,17 +565,20 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
 }
 
 // Returns {dx, dh0, dc0, dw_ih, dw_hh, db_a, db_b, dw_proj}; undefined where not applicable.
+// projected: x, w_ih and w_proj are not needed (pass None) and dx is the gradient of [xw | px].
 std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_out,
                                    const optional<Tensor>& grad_hT, const optional<Tensor>& grad_cT,
-                                   const Tensor& x_in, const Tensor& h0_in,
+                                   const optional<Tensor>& x_in, const Tensor& h0_in,
                                    const optional<Tensor>& c0_in, const Tensor& out,
-                                   const optional<Tensor>& S_in, const Tensor& w_ih_in,
+                                   const optional<Tensor>& S_in, const optional<Tensor>& w_ih_in,
                                    const Tensor& w_hh_in, const optional<Tensor>& b_a,
                                    const optional<Tensor>& b_b, const optional<Tensor>& w_proj_in,
-                                   bool need_dx) {
-  const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous();
-  const Tensor w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const Dims d{x.size(0), x.size(1), x.size(2), w_hh.size(1)};
+                                   bool need_dx, bool projected) {
+  TORCH_CHECK(projected || (x_in.has_value() && w_ih_in.has_value()),
+              "layer_backward: x and weight_ih are required");
+  const Tensor x = projected ? Tensor() : x_in->contiguous(), h0 = h0_in.contiguous();
+  const Tensor w_ih = projected ? Tensor() : w_ih_in->contiguous(), w_hh = w_hh_in.contiguous();
+  const Dims d{out.size(0), out.size(1), projected ? 0 : x.size(2), w_hh.size(1)};
   const int64_t T = d.T, B = d.B, H = d.H;
   const Tensor gout = grad_out.has_value() ? grad_out->contiguous() : at::zeros_like(out);
   Tensor dh = grad_hT.has_value() ? grad_hT->clone().contiguous() : at::zeros_like(h0);
@@ -555,41 +590,45 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
   // dG: lstm 4H, gru 3H (hh side: [r, z, r*hn]), mut 3H [z r h], rnn H.
   // dA: gru's n-block of the ih side (dan) / mut1's dL/d px; (T,B,H).
   const int64_t GW = cell == kLstm ? 4 * H : (cell == kGru || cell >= kMut1) ? 3 * H : H;
-  Tensor dG = at::empty({T, B, GW}, x.options());
-  Tensor dA = cell == kGru || cell == kMut1 ? at::empty({T, B, H}, x.options()) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab_backward", [&] {
+  Tensor dG = at::empty({T, B, GW}, out.options());
+  Tensor dA = cell == kGru || cell == kMut1 ? at::empty({T, B, H}, out.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnlab_backward", [&] {
     split_batch(B, [&](int64_t r0, int64_t r1) {
       backward_loop<scalar_t>(cell, d, gout, out, h0, c0, S, w_hh, dh, dc, dG, dA, r0, r1);
     });
   });
 
   // All-steps GEMMs (Appleyard et al. 2016): weights' gradients and dx from dG in one go each.
-  const Tensor x2 = x.view({T * B, d.I});
+  const Tensor x2 = projected ? Tensor() : x.view({T * B, d.I});
   const bool has_proj = w_proj_in.has_value();
   const Tensor w_proj = has_proj ? w_proj_in->contiguous() : Tensor();
   Tensor dx, dw_ih, dw_hh, db_a, db_b, dw_proj;
   auto blk = [&](const Tensor& t, int64_t k) { return t.narrow(2, k * H, H); };
   auto bsum = [](const Tensor& t) { return t.sum(at::IntArrayRef{0, 1}); };
   const bool has_bias = b_a.has_value();
+  // projected: dx is d[xw | px] (the header), and there is no dW_ih / dW_proj to form here.
+  const bool want_dx = need_dx && !projected;
   switch (cell) {
     case kRnnTanh:
     case kRnnRelu:
     case kLstm: {
-      dw_ih = at::mm(flat(dG).t(), x2);
+      if (!projected) dw_ih = at::mm(flat(dG).t(), x2);
       dw_hh = grad_hprev(dG, out, h0);
       if (has_bias) db_a = bsum(dG), db_b = db_a.clone();
-      if (need_dx) dx = at::mm(flat(dG), w_ih);
+      if (want_dx) dx = at::mm(flat(dG), w_ih);
+      if (projected && need_dx) dx = dG;
       break;
     }
     case kGru: {
       const Tensor drz = dG.narrow(2, 0, 2 * H);
-      dw_ih = at::cat({at::mm(flat(drz).t(), x2), at::mm(flat(dA).t(), x2)});
+      if (!projected) dw_ih = at::cat({at::mm(flat(drz).t(), x2), at::mm(flat(dA).t(), x2)});
       dw_hh = grad_hprev(dG, out, h0);
       if (has_bias) db_b = bsum(dG), db_a = at::cat({db_b.narrow(0, 0, 2 * H), bsum(dA)});
-      if (need_dx) {
+      if (want_dx) {
         dx = at::mm(flat(drz), w_ih.narrow(0, 0, 2 * H));
         dx.addmm_(flat(dA), w_ih.narrow(0, 2 * H, H));
       }
+      if (projected && need_dx) dx = at::cat({drz, dA}, 2);
       break;
     }
     default: {  // MUT: dG = [z r h]; S = [z r n rh (tanh px | tanh h_prev)]
@@ -598,17 +637,25 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
       db_a = bsum(dG);
       if (cell == kMut1) {
         const Tensor dzr = dG.narrow(2, 0, 2 * H);
-        dw_ih = at::mm(flat(dzr).t(), x2);
         dw_hh = at::cat({grad_hprev(dr, out, h0), at::mm(flat(dn).t(), flat(RH))});
+        if (projected) {
+          if (need_dx) dx = at::cat({dzr, dA}, 2);
+          break;
+        }
+        dw_ih = at::mm(flat(dzr).t(), x2);
         if (has_proj) dw_proj = at::mm(flat(dA).t(), x2);
         if (need_dx) {
           dx = has_proj ? at::mm(flat(dA), w_proj) : flat(dA).clone();
           dx.addmm_(flat(dzr), w_ih);
         }
       } else if (cell == kMut2) {
-        dw_ih = at::cat({at::mm(flat(dz).t(), x2), at::mm(flat(dn).t(), x2)});
         dw_hh = at::cat({grad_hprev(dG.narrow(2, 0, 2 * H), out, h0),
                          at::mm(flat(dn).t(), flat(RH))});
+        if (projected) {
+          if (need_dx) dx = at::cat({dz, dn, dr}, 2);
+          break;
+        }
+        dw_ih = at::cat({at::mm(flat(dz).t(), x2), at::mm(flat(dn).t(), x2)});
         if (has_proj) dw_proj = at::mm(flat(dr).t(), x2);
         if (need_dx) {
           dx = has_proj ? at::mm(flat(dr), w_proj) : flat(dr).clone();
@@ -616,14 +663,15 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
           dx.addmm_(flat(dn), w_ih.narrow(0, H, H));
         }
       } else {
-        dw_ih = at::mm(flat(dG).t(), x2);
         dw_hh = at::cat({at::mm(flat(dz).t(), flat(blk(S, 4))), grad_hprev(dr, out, h0),
                          at::mm(flat(dn).t(), flat(RH))});
-        if (need_dx) dx = at::mm(flat(dG), w_ih);
+        if (!projected) dw_ih = at::mm(flat(dG).t(), x2);
+        if (want_dx) dx = at::mm(flat(dG), w_ih);
+        if (projected && need_dx) dx = dG;
       }
     }
   }
-  if (dx.defined()) dx = dx.view({T, B, d.I});
+  if (want_dx) dx = dx.view({T, B, d.I});
   return {dx, dh, dc, dw_ih, dw_hh, db_a, db_b, dw_proj};
 }
 
@@ -641,7 +689,7 @@ std::vector<Tensor> step_layers(int64_t cell, const Tensor& x, const Tensor& h,
   Tensor input = x.unsqueeze(0);  // (1, B, I)
   for (int64_t k = 0; k < L; ++k) {
     const auto* w = &ws[5 * k];
-    Weights lw = prepare(cell, *w[0], *w[1], w[2], w[3], w[4]);
+    Weights lw = prepare(cell, w[0], *w[1], w[2], w[3], w[4]);
     optional<Tensor> c0 = c.has_value() ? optional<Tensor>((*c)[k]) : c10::nullopt;
     std::vector<Tensor> r = forward_layer(cell, input, h[k], c0, lw, /*save=*/false);
     h_n[k].copy_(r[1]);
