@@ -286,7 +286,7 @@ def _train(
             "vocab_size": len(corpus.vocab),
             "train_tokens": len(corpus.split("train")),
             "steps_per_epoch": train_data.num_batches,
-            "backend": model.rnn.resolved_backend(device),
+            "backend": model.resolved_backend(device),
             "resumed": ckpt is not None,
         }
     )
