@@ -367,6 +367,8 @@ StepFunction = Callable[[Tensor, State, Params], tuple[State, Gates]]
 def step_function(name: str, nonlinearity: str = "tanh") -> StepFunction:
     """The pure step equations of a cell: ``(x, state, params) -> (new_state, gates)``."""
     cls = cell_class(name)
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
     if cls is RNNCell:
         return lambda x, h, p: rnn_step(x, h, p, nonlinearity)  # type: ignore[arg-type]
     return {
