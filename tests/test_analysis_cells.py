@@ -1,0 +1,112 @@
+"""Trace, cell search and gate saturation (rnnlab.analysis) on planted and random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from analysis_models import planted_lstm, planted_text
+
+from rnnlab.analysis import analyze, iter_trace, trace_text
+from rnnlab.analysis.cellsearch import CellSearch
+from rnnlab.analysis.features import bracket_depth, in_quote
+from rnnlab.analysis.saturation import SaturationCounter
+from rnnlab.models import CharLM, CharLMConfig
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model, vocab = planted_lstm()
+    text = planted_text(3000, seed=1)
+    return model, vocab, text, vocab.encode(text)
+
+
+def test_planted_counter_is_exact(planted):
+    model, _, text, ids = planted
+    tr = trace_text(model, ids, chunk_len=97)
+    np.testing.assert_array_equal(tr.values["L0.c"][:, 0], bracket_depth(text))
+
+
+def test_planted_units_rank_first(planted):
+    model, _, text, ids = planted
+    result = analyze(model, ids, text, ["bracket_depth", "in_quote", "vowel"], chunk_len=128)
+    depth = result.cells.features["bracket_depth"].top
+    assert depth[0].unit == "L0.c.0"  # the raw count: correlation 1
+    assert depth[0].corr == pytest.approx(1.0, abs=1e-6)
+    assert {s.unit for s in depth[:2]} == {"L0.c.0", "L0.h.0"}
+    quote = result.cells.features["in_quote"].top
+    assert {s.unit for s in quote[:2]} == {"L0.c.1", "L0.h.1"}
+    assert quote[0].corr > 0.9
+    assert quote[0].accuracy > 0.95  # held-out threshold classifier
+    # nothing else comes close
+    assert max(abs(s.corr) for s in depth[2:]) < 0.8
+    assert max(abs(s.corr) for s in quote[2:]) < 0.8
+    assert result.cells.features["vowel"].binary
+
+
+def test_trace_loss_matches_forward_with_state_carried():
+    torch.manual_seed(0)
+    model = CharLM(CharLMConfig(7, "gru", hidden_size=8, num_layers=2, backend="reference")).eval()
+    ids = torch.randint(0, 7, (101,))
+    with torch.no_grad():
+        logp = F.log_softmax(model(ids[None])[0][0], -1)  # (T, V)
+    expected = -logp[:-1].gather(1, ids[1:, None])[:, 0].numpy()
+    chunks = list(iter_trace(model, ids, chunk_len=10, top_k=3))
+    assert [c.start for c in chunks] == list(range(0, 101, 10))
+    loss = np.concatenate([c.loss for c in chunks])
+    assert np.isnan(loss[0])
+    np.testing.assert_allclose(loss[1:], expected, rtol=1e-5, atol=1e-5)
+    top = np.concatenate([c.top_ids for c in chunks])
+    np.testing.assert_array_equal(top[:, 0], logp.argmax(-1).numpy())
+    assert set(chunks[0].values) == {f"L{k}.{g}" for k in (0, 1) for g in "rznh"}
+
+
+def test_trace_rejects_bad_ids():
+    model = CharLM(CharLMConfig(5, "rnn", hidden_size=4, num_layers=1))
+    with pytest.raises(ValueError, match="vocabulary"):
+        next(iter_trace(model, [0, 5]))
+    with pytest.raises(ValueError, match="empty"):
+        next(iter_trace(model, []))
+    with pytest.raises(ValueError, match="max_chars"):
+        trace_text(model, [0] * 20, max_chars=10)
+
+
+def test_streaming_search_equals_one_shot():
+    """Chunk boundaries and the fit/held split do not change the statistics."""
+    model, vocab = planted_lstm()
+    text = planted_text(800, seed=3)
+    ids = vocab.encode(text)
+    feats = np.stack([bracket_depth(text), in_quote(text)], 1)
+    results = []
+    for chunk_len in (800, 33):
+        search = CellSearch(["bracket_depth", "in_quote"], [False, True], fit_chars=400)
+        for chunk in iter_trace(model, ids, chunk_len):
+            search.add(chunk, feats[chunk.start : chunk.start + len(chunk.ids)])
+        results.append(search.result())
+    np.testing.assert_allclose(results[0].corr, results[1].corr, atol=1e-9)
+    np.testing.assert_allclose(results[0].accuracy, results[1].accuracy)
+    # held-out correlation equals numpy's on the held-out half
+    tr = trace_text(model, ids)
+    names, a = tr.units()
+    u = names.index("L0.c.0")
+    np.testing.assert_allclose(
+        results[0].corr[u, 0], np.corrcoef(a[400:, u], feats[400:, 0])[0, 1], atol=1e-6
+    )
+
+
+def test_saturation_counts_planted_gates(planted):
+    model, _, _, ids = planted
+    counter = SaturationCounter("lstm")
+    for chunk in iter_trace(model, ids, 256):
+        counter.add(chunk)
+    sat = counter.result()
+    assert sat.steps == len(ids)
+    f_right = sat.right["L0"]["f"]
+    assert f_right[0] == 1.0  # the counter never forgets
+    quotes = float(np.mean(np.asarray(ids) == 1))  # '"' is token 1 of ' "()ab'
+    assert sat.left["L0"]["f"][1] == pytest.approx(quotes)  # unit 1 forgets only at quotes
+    assert set(sat.left["L0"]) == {"i", "f", "o"}
+    assert SaturationCounter("rnn").cell == "rnn"
+    with pytest.raises(ValueError, match="cell"):
+        SaturationCounter("transformer")
