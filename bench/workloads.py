@@ -53,7 +53,7 @@ def build(cell: str, backend: str, vocab_size: int, hidden_size: int, num_layers
                           num_layers=num_layers, backend=backend)  # fmt: skip
     model = CharLM(config)
     if nofold:
-        model.folds_embedding = lambda idx: False  # the engine projects every token itself
+        model.rnn.fold_lookup = False  # the engine projects every token itself
     return model
 
 
@@ -110,18 +110,15 @@ def sample(a: argparse.Namespace) -> dict:
     model = build(a.cell, a.backend, a.vocab, a.hidden, a.layers).eval()
     idx = torch.zeros(a.streams, dtype=torch.long)
     state = None
-    if a.backend != "baseline":
-        from rnnlab.kernels import step_layers
     times = []
     for _ in range(a.warmup + a.steps):
         start = time.perf_counter()
-        x = model.embedding(idx)  # (S, E)
         if a.backend == "baseline":
-            h, state = model.rnn(x[:, None], state)  # one nn.LSTM call per character
-            h = h[:, 0]
+            h, state = model.rnn(model.embedding(idx)[:, None], state)  # one nn.LSTM call a char
+            logits = model.head(h[:, 0])
         else:
-            h, state = step_layers(model.rnn, x, state)  # (S, H): all layers in one C++ call
-        probs = F.softmax(model.head(h), dim=-1)  # (S, V)
+            logits, state = model.step(idx, state)  # (S, V): all layers in one C++ call
+        probs = F.softmax(logits, dim=-1)  # (S, V)
         idx = torch.multinomial(probs, 1)[:, 0]
         times.append(time.perf_counter() - start)
     timed = sorted(times[a.warmup :])

@@ -150,7 +150,7 @@ def test_fold_only_where_it_pays():
     assert not CharLM(CharLMConfig(7, cell="gru", hidden_size=8, backend="native")).folds_embedding(
         torch.zeros(4, 5, dtype=torch.long)
     )
-    with pytest.raises(ValueError, match="state: expected h_0 of shape"):
+    with pytest.raises(ValueError, match="hx: expected h_0 of shape"):
         model(torch.zeros(4, 5, dtype=torch.long), torch.zeros(1, 3, 8))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rnnlab import kernels
-from rnnlab.kernels import extension, hoisted
+from rnnlab.kernels import extension
 from rnnlab.recurrent import Recurrent
 
 # (cell, nonlinearity): every compiled cell variant.
@@ -26,7 +26,8 @@ def ext():
 
 def make(cell, nonlinearity, input_size=6, num_layers=2, dtype=torch.float32, **kw):
     torch.manual_seed(0)
-    m = Recurrent(cell, input_size, H, num_layers, nonlinearity=nonlinearity, **kw).to(dtype)
+    m = Recurrent(cell, input_size, H, num_layers=num_layers, nonlinearity=nonlinearity, **kw)
+    m = m.to(dtype)
     return m
 
 
@@ -179,37 +180,33 @@ def test_auto_equals_reference(cell, nonlinearity):
 
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("cell,nonlinearity", CELLS, ids=IDS)
-def test_step_layers_walks_the_sequence(ext, cell, nonlinearity, batch_first):
+def test_cpp_step_walks_the_sequence(ext, cell, nonlinearity, batch_first):
+    """Recurrent.step under no_grad (one C++ call for every layer) equals forward."""
     m = make(cell, nonlinearity, batch_first=batch_first, backend="reference")
     x = torch.randn(5, 3, 6)
     with torch.no_grad():
         want, want_state = m(x.transpose(0, 1) if batch_first else x)
+    m.backend = "fused"
     state = None
-    for t in range(5):
-        top, state = kernels.step_layers(m, x[t], state)
-        assert_close(top, want[:, t] if batch_first else want[t])
+    with torch.no_grad():
+        for t in range(5):
+            top, state = m.step(x[t], state)
+            assert_close(top, want[:, t] if batch_first else want[t])
     for a, b in zip(flat(state), flat(want_state), strict=True):
         assert_close(a, b)
     assert not top.requires_grad
     with pytest.raises(ValueError, match="input"):
-        kernels.step_layers(m, x[0, :, :4], state)
+        m.step(x[0, :, :4], state)
 
 
-@pytest.mark.parametrize("cell", ["mut1", "mut2", "mut3"])
-@pytest.mark.parametrize("input_size", [6, H])
-def test_hoisted_torch_path_equals_reference(cell, input_size):
-    """The CUDA path's MUT equations (plain torch ops), checked here on CPU."""
-    m = make(cell, "tanh", input_size, dropout=0.0)
-    x, state = torch.randn(5, 3, input_size, requires_grad=True), make_state(cell, 2, 3)
-    out_r, _, grads_r = run(m, "reference", x, state)
-    out_h, state_h = hoisted.run_layers(m, x, state)
-    m.backend = "reference"
-    assert_close(out_h, out_r)
-    assert_close(state_h, m(x, state)[1])
-    loss = (out_h * torch.linspace(-1, 1, out_h.numel()).view_as(out_h)).sum() + (state_h**2).sum()
-    grads_h = torch.autograd.grad(loss, [x, state, *m.parameters()])
-    for a, b in zip(grads_h, grads_r, strict=True):
-        assert_close(a, b)
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mut1", "mut2", "mut3"])
+def test_fused_off_the_cpu_engine_resolves_to_what_runs_there(cell):
+    """On CUDA, ``fused`` means cuDNN for the standard cells and the reference loop (its input
+    projection hoisted into one GEMM) for MUT1-3 and conditioned layers."""
+    m = make(cell, "tanh", backend="fused")
+    native = cell in ("rnn", "lstm", "gru")
+    assert m.resolved_backend("cuda") == ("native" if native else "reference")
+    assert m.resolved_backend("cuda", conditioned=True) == "reference"
 
 
 def test_choose_and_describe_backend(ext):
@@ -219,13 +216,16 @@ def test_choose_and_describe_backend(ext):
     assert kernels.choose_backend("lstm", 128, "cpu") == "native"  # oneDNN's LSTM is faster
     # ... unless the caller projects layer 0's input (CharLM's folded embedding)
     for hidden in (128, 512):
-        assert kernels.choose_backend("lstm", hidden, "cpu", projected_input=True) == "fused"
-        assert kernels.choose_backend("lstm", hidden, "cuda", projected_input=True) == "native"
+        assert kernels.choose_backend("lstm", hidden, "cpu", lookup_input=True) == "fused"
+        assert kernels.choose_backend("lstm", hidden, "cuda", lookup_input=True) == "native"
+    # torch's kernels take no conditioning vector; the C++ engine has no LSTM projections
+    assert kernels.choose_backend("lstm", 128, "cpu", conditioned=True) == "fused"
+    assert kernels.choose_backend("lstm", 128, "cpu", proj_size=4) == "native"
     for cell in ("rnn", "gru"):
         assert kernels.choose_backend(cell, 128, "cpu") == "fused"
     for cell in ("rnn", "lstm", "gru"):
         assert kernels.choose_backend(cell, 128, "cuda") == "native"
-    line = kernels.describe_backend(Recurrent("mut2", 4, 8, 2))
+    line = kernels.describe_backend(Recurrent("mut2", 4, 8, num_layers=2))
     assert line.startswith("mut2 2x8: fused (rnnlab C++ engine, auto)")
 
 
@@ -256,7 +256,8 @@ def test_build_failure_warns_names_the_error_and_falls_back(monkeypatch):
         assert "fused unavailable" in kernels.describe_backend(
             Recurrent("mut1", 4, 8, backend="fused")
         )
-        top, _ = kernels.step_layers(m, x[0])
+        with torch.no_grad():
+            top, _ = m.step(x[0])
     assert_close(top, m(x[:1])[0][0])
 
 

@@ -40,7 +40,7 @@ def test_parity_with_torch(cell, L, batch_first, with_state, batched, backend):
     torch.manual_seed(0)
     I, H, T, B = 5, 6, 7, 3
     theirs = TORCH[cell](I, H, L, batch_first=batch_first)
-    ours = Recurrent(cell, I, H, L, batch_first=batch_first, backend=backend)
+    ours = Recurrent(cell, I, H, num_layers=L, batch_first=batch_first, backend=backend)
     assert [(n, p.shape) for n, p in ours.named_parameters()] == [
         (n, p.shape) for n, p in theirs.named_parameters()
     ]
@@ -68,7 +68,7 @@ def test_parity_with_torch(cell, L, batch_first, with_state, batched, backend):
 
 
 def test_state_dict_crosses_both_ways():
-    ours = Recurrent("lstm", 4, 5, 2)
+    ours = Recurrent("lstm", 4, 5, num_layers=2)
     theirs = nn.LSTM(4, 5, 2)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(3, 2, 4)
@@ -79,7 +79,7 @@ def test_state_dict_crosses_both_ways():
 @pytest.mark.parametrize("backend", ["reference", "auto"])
 def test_chunked_run_equals_full_run(cell, backend):
     torch.manual_seed(1)
-    m = Recurrent(cell, 4, 4, 2, backend=backend)
+    m = Recurrent(cell, 4, 4, num_layers=2, backend=backend)
     x = torch.randn(12, 3, 4)
     full, s_full = m(x)
     outs, s = [], None
@@ -94,7 +94,7 @@ def test_chunked_run_equals_full_run(cell, backend):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_gradcheck_every_cell_two_layers(cell):
     torch.manual_seed(2)
-    m = Recurrent(cell, 3, 3, 2, backend="reference").double()
+    m = Recurrent(cell, 3, 3, num_layers=2, backend="reference").double()
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
     state = (h0, torch.randn_like(h0).requires_grad_()) if cell == "lstm" else h0
@@ -108,9 +108,9 @@ def test_gradcheck_every_cell_two_layers(cell):
 def test_multilayer_is_a_stack_of_cells():
     """Layer k's input is layer k-1's output sequence (no hidden coupling across layers)."""
     torch.manual_seed(3)
-    m = Recurrent("mut2", 4, 4, 2)
-    lower = Recurrent("mut2", 4, 4, 1)
-    upper = Recurrent("mut2", 4, 4, 1)
+    m = Recurrent("mut2", 4, 4, num_layers=2)
+    lower = Recurrent("mut2", 4, 4, num_layers=1)
+    upper = Recurrent("mut2", 4, 4, num_layers=1)
     sd = m.state_dict()
     lower.load_state_dict({k: v for k, v in sd.items() if k.endswith("_l0")})
     upper.load_state_dict({k.replace("_l1", "_l0"): v for k, v in sd.items() if k.endswith("_l1")})
@@ -120,7 +120,7 @@ def test_multilayer_is_a_stack_of_cells():
 
 def test_dropout_train_and_eval():
     torch.manual_seed(4)
-    m = Recurrent("gru", 4, 8, 2, dropout=0.5, backend="reference")
+    m = Recurrent("gru", 4, 8, num_layers=2, dropout=0.5, backend="reference")
     x = torch.randn(5, 3, 4)
     m.eval()
     torch.testing.assert_close(m(x)[0], m(x)[0], rtol=0, atol=0)
@@ -130,7 +130,7 @@ def test_dropout_train_and_eval():
 
 def test_trace_matches_forward_and_records_gates():
     torch.manual_seed(5)
-    m = Recurrent("lstm", 3, 4, 2, batch_first=True)
+    m = Recurrent("lstm", 3, 4, num_layers=2, batch_first=True)
     x = torch.randn(2, 6, 3)
     out, state, gates = m.trace(x)
     torch.testing.assert_close(out, m(x)[0], rtol=0, atol=1e-6)
@@ -141,7 +141,7 @@ def test_trace_matches_forward_and_records_gates():
 
 
 def test_lstm_forget_bias_default_and_none():
-    m = Recurrent("lstm", 3, 4, 2)
+    m = Recurrent("lstm", 3, 4, num_layers=2)
     for k in range(2):
         assert torch.all(getattr(m, f"bias_ih_l{k}")[4:8] + getattr(m, f"bias_hh_l{k}")[4:8] == 1)
     m = Recurrent("lstm", 3, 4, forget_bias=None)
@@ -153,35 +153,35 @@ def test_lstm_forget_bias_default_and_none():
     [
         (lambda: Recurrent("lsmt", 3, 4), "cell: expected one of rnn|lstm|gru|mut1|mut2|mut3"),
         (
-            lambda: Recurrent("lstm", 3, 4, dropout=1.0),
-            "dropout: expected a number in [0, 1), got 1.0",
+            lambda: Recurrent("lstm", 3, 4, dropout=1.5),
+            "dropout: expected a number in [0, 1], got 1.5",
         ),
-        (lambda: Recurrent("lstm", 3, 4, dropout=-0.1), "dropout: expected a number in [0, 1)"),
+        (lambda: Recurrent("lstm", 3, 4, dropout=-0.1), "dropout: expected a number in [0, 1]"),
         (lambda: Recurrent("lstm", 3, 0), "hidden_size: expected a positive integer, got 0"),
         (lambda: Recurrent("lstm", 3, 4, num_layers=0), "num_layers: expected a positive integer"),
         (lambda: Recurrent("mut1", 3, 4, backend="native"), "backend: 'native' supports"),
         (lambda: Recurrent("lstm", 3, 4, backend="cudnn"), "backend: expected one of"),
         (
             lambda: Recurrent("gru", 3, 4)(torch.randn(2, 3, 4, 5)),
-            "input: expected a 2-D (T, I) or 3-D",
+            "input: expected 2-D (T, I) or 3-D (T, B, I)",
         ),
         (
             lambda: Recurrent("gru", 3, 4)(torch.randn(2, 3, 5)),
             "input: expected size 3 in the last dimension, got 5",
         ),
         (
-            lambda: Recurrent("gru", 3, 4, 2)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)),
-            "state: expected h_0 of shape (2, 2, 4), got (1, 2, 4)",
+            lambda: Recurrent("gru", 3, 4, num_layers=2)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)),
+            "hx: expected h_0 of shape (2, 2, 4), got (1, 2, 4)",
         ),
         (
             lambda: Recurrent("lstm", 3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)),
-            "state: expected a tuple (h_0, c_0) for cell 'lstm'",
+            "hx: expected a tuple (h_0, c_0) for cell 'lstm'",
         ),
         (
             lambda: Recurrent("lstm", 3, 4)(
                 torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 3, 4))
             ),
-            "state: expected c_0 of shape (1, 2, 4), got (1, 3, 4)",
+            "hx: expected c_0 of shape (1, 2, 4), got (1, 3, 4)",
         ),
     ],
 )

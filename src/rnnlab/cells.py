@@ -1,66 +1,97 @@
-"""The six recurrent cells: parameters in torch.nn naming and the one-step equations.
+"""The six recurrent cells: parameters in torch.nn naming and the equations, written once.
 
 Shape letters used throughout rnnlab: B batch, T time, I input size, H hidden size, L layers,
-G gate width (k*H).
+G gate width (k*H), C conditioning size, V vocabulary.
 
-Every cell's equations live in exactly one place, a pure function ``<cell>_step(x, state, p)``
-that takes the parameters as a mapping and returns ``(new_state, gates)``. ``gates`` names every
-intermediate activation so analysis can trace them without a second copy of the equations. The
-``nn.Module`` cells below own their parameters and call these functions; ``Recurrent`` owns flat,
-per-layer parameters (``weight_ih_l0`` ...) and calls the very same functions.
+Every cell is two pure functions of its parameters ``p`` (a mapping named as in the classes):
 
+- ``input_projection(cell, x, p)`` -> ``u`` (..., Gx [+ H]): everything that depends on the input
+  alone, ``x W_ih^T``, with MUT1/MUT2's hidden-sized input ``px`` (x itself, or ``W_proj x``)
+  appended. It has no recurrence, so a sequence projects all T steps in one GEMM (Appleyard et al.
+  2016; torch-rnn's LSTM.lua does the same), and a lookup-table input projects the table once.
+- ``recurrent_step(cell, u_t, state, p)`` -> ``(new_state, gates)``: one step from the projected
+  input; the biases and every h-dependent term live here. ``gates`` names every intermediate
+  activation, so analysis traces them without a second copy of the equations.
+
+``cell_step`` composes the two (one step from raw x). The cell modules below, ``Recurrent`` (all
+backends' Python paths), the C++ engine's tests and the BPTT oracle's tests use exactly these.
 State is a tensor ``h`` (B, H), or for the LSTM a tuple ``(h, c)``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 State = Tensor | tuple[Tensor, Tensor]
 Gates = dict[str, Tensor]
 Params = Mapping[str, Tensor]
+NONLINEARITIES = ("tanh", "relu")
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return torch.nn.functional.linear(x, weight, bias)
+class ShapeError(ValueError, RuntimeError):
+    """A wrong input or state shape. Both a ValueError (rnnlab's convention for bad arguments) and
+    a RuntimeError (what torch.nn's recurrent modules raise), so either ``except`` catches it."""
 
 
 # ---------------------------------------------------------------------------------------------
-# The step equations. x: (B, I), h/c: (B, H); p holds the parameters named as in the classes.
+# The equations. u: (B, Gx [+ H]) from input_projection; h/c: (B, H); p: the cell's parameters.
 # ---------------------------------------------------------------------------------------------
 
 
-def rnn_step(x: Tensor, h: Tensor, p: Params, nonlinearity: str = "tanh") -> tuple[Tensor, Gates]:
+def uses_px(cell: str) -> bool:
+    """Whether the cell feeds a hidden-sized copy of x into a sum (MUT1's tanh(x), MUT2's r)."""
+    return cell in ("mut1", "mut2")
+
+
+def input_projection(cell: str, x: Tensor, p: Params, extra: Tensor | None = None) -> Tensor:
+    """``[x W_ih^T + extra | px]`` (..., Gx [+ H]) for x (..., I); no biases (the step adds them).
+
+    ``extra`` (..., Gx), broadcast over leading dimensions, is added to the ``W_ih x`` block: the
+    conditioning term ``W_ch v`` of ``Recurrent``. ``px`` (MUT1/MUT2 only) is x itself when
+    I == H, else ``W_proj x``; it is never conditioned (the cells' raw-x terms stay as published).
+    """
+    xw = F.linear(x, p["weight_ih"])
+    if extra is not None:
+        xw = xw + extra
+    if not uses_px(cell):
+        return xw
+    w_proj = p.get("weight_proj")
+    px = x if w_proj is None else F.linear(x, w_proj)
+    return torch.cat([xw, px.expand(*xw.shape[:-1], px.shape[-1])], -1)
+
+
+def _rnn(u: Tensor, h: Tensor, p: Params, nonlinearity: str) -> tuple[Tensor, Gates]:
     """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
-    a = _linear(x, p["weight_ih"], p.get("bias_ih")) + _linear(h, p["weight_hh"], p.get("bias_hh"))
+    a = _biased(u, p.get("bias_ih")) + F.linear(h, p["weight_hh"], p.get("bias_hh"))
     h_new = torch.tanh(a) if nonlinearity == "tanh" else torch.relu(a)
     return h_new, {"h": h_new}
 
 
-def lstm_step(
-    x: Tensor, state: tuple[Tensor, Tensor], p: Params
-) -> tuple[tuple[Tensor, Tensor], Gates]:
-    """LSTM, gates stacked (i, f, g, o) as in torch.nn.LSTM."""
+def _lstm(u: Tensor, state: tuple[Tensor, Tensor], p: Params) -> tuple[State, Gates]:
+    """LSTM, gates stacked (i, f, g, o) as in torch.nn.LSTM; with ``weight_hr`` (P, H) the output
+    is projected, h' = W_hr (o * tanh(c')) (Sak et al. 2014; torch's ``proj_size``)."""
     h, c = state
-    a = _linear(x, p["weight_ih"], p.get("bias_ih")) + _linear(h, p["weight_hh"], p.get("bias_hh"))
+    a = _biased(u, p.get("bias_ih")) + F.linear(h, p["weight_hh"], p.get("bias_hh"))
     ai, af, ag, ao = a.chunk(4, dim=-1)  # each (B, H)
     i, f, g, o = torch.sigmoid(ai), torch.sigmoid(af), torch.tanh(ag), torch.sigmoid(ao)
     c_new = f * c + i * g
     h_new = o * torch.tanh(c_new)
+    if "weight_hr" in p:
+        h_new = F.linear(h_new, p["weight_hr"])
     return (h_new, c_new), {"i": i, "f": f, "g": g, "o": o, "c": c_new, "h": h_new}
 
 
-def gru_step(x: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+def _gru(u: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
     """GRU in torch's convention (reset applied after the recurrent matmul), gates (r, z, n)."""
-    gi = _linear(x, p["weight_ih"], p.get("bias_ih"))  # (B, 3H)
-    gh = _linear(h, p["weight_hh"], p.get("bias_hh"))  # (B, 3H)
-    i_r, i_z, i_n = gi.chunk(3, dim=-1)
-    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    i_r, i_z, i_n = _biased(u, p.get("bias_ih")).chunk(3, dim=-1)
+    h_r, h_z, h_n = F.linear(h, p["weight_hh"], p.get("bias_hh")).chunk(3, dim=-1)
     r = torch.sigmoid(i_r + h_r)
     z = torch.sigmoid(i_z + h_z)
     n = torch.tanh(i_n + r * h_n)
@@ -68,49 +99,74 @@ def gru_step(x: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
     return h_new, {"r": r, "z": z, "n": n, "h": h_new}
 
 
-def _projected(x: Tensor, p: Params) -> Tensor:
-    """x itself when I == H, else the learned projection W_proj x (our documented deviation)."""
-    w = p.get("weight_proj")
-    return x if w is None else _linear(x, w, None)
-
-
-def mut1_step(x: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+def _mut1(u: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
     """MUT1: z = σ(W_xz x + b_z); r = σ(W_xr x + W_hr h + b_r);
-    h' = tanh(W_hh(r⊙h) + tanh(x) + b_h)⊙z + h⊙(1−z)."""
+    h' = tanh(W_hh(r⊙h) + tanh(x) + b_h)⊙z + h⊙(1−z).  u = [W_xz x, W_xr x, px]."""
     b_z, b_r, b_h = p["bias"].chunk(3)
-    x_z, x_r = _linear(x, p["weight_ih"], None).chunk(2, dim=-1)  # W_xz x, W_xr x
+    x_z, x_r, px = u.chunk(3, dim=-1)
     w_hr, w_hh = p["weight_hh"].chunk(2, dim=0)
     z = torch.sigmoid(x_z + b_z)
-    r = torch.sigmoid(x_r + _linear(h, w_hr, b_r))
-    n = torch.tanh(_linear(r * h, w_hh, b_h) + torch.tanh(_projected(x, p)))
+    r = torch.sigmoid(x_r + F.linear(h, w_hr, b_r))
+    n = torch.tanh(F.linear(r * h, w_hh, b_h) + torch.tanh(px))
     h_new = n * z + h * (1 - z)
     return h_new, {"z": z, "r": r, "n": n, "h": h_new}
 
 
-def mut2_step(x: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+def _mut2(u: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
     """MUT2: z = σ(W_xz x + W_hz h + b_z); r = σ(x + W_hr h + b_r);
-    h' = tanh(W_hh(r⊙h) + W_xh x + b_h)⊙z + h⊙(1−z)."""
+    h' = tanh(W_hh(r⊙h) + W_xh x + b_h)⊙z + h⊙(1−z).  u = [W_xz x, W_xh x, px]."""
     b_z, b_r, b_h = p["bias"].chunk(3)
-    x_z, x_h = _linear(x, p["weight_ih"], None).chunk(2, dim=-1)  # W_xz x, W_xh x
+    x_z, x_h, px = u.chunk(3, dim=-1)
     w_hz, w_hr, w_hh = p["weight_hh"].chunk(3, dim=0)
-    z = torch.sigmoid(x_z + _linear(h, w_hz, b_z))
-    r = torch.sigmoid(_projected(x, p) + _linear(h, w_hr, b_r))
-    n = torch.tanh(_linear(r * h, w_hh, b_h) + x_h)
+    z = torch.sigmoid(x_z + F.linear(h, w_hz, b_z))
+    r = torch.sigmoid(px + F.linear(h, w_hr, b_r))
+    n = torch.tanh(F.linear(r * h, w_hh, b_h) + x_h)
     h_new = n * z + h * (1 - z)
     return h_new, {"z": z, "r": r, "n": n, "h": h_new}
 
 
-def mut3_step(x: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+def _mut3(u: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
     """MUT3: z = σ(W_xz x + W_hz tanh(h) + b_z); r = σ(W_xr x + W_hr h + b_r);
-    h' = tanh(W_hh(r⊙h) + W_xh x + b_h)⊙z + h⊙(1−z)."""
+    h' = tanh(W_hh(r⊙h) + W_xh x + b_h)⊙z + h⊙(1−z).  u = [W_xz x, W_xr x, W_xh x]."""
     b_z, b_r, b_h = p["bias"].chunk(3)
-    x_z, x_r, x_h = _linear(x, p["weight_ih"], None).chunk(3, dim=-1)
+    x_z, x_r, x_h = u.chunk(3, dim=-1)
     w_hz, w_hr, w_hh = p["weight_hh"].chunk(3, dim=0)
-    z = torch.sigmoid(x_z + _linear(torch.tanh(h), w_hz, b_z))
-    r = torch.sigmoid(x_r + _linear(h, w_hr, b_r))
-    n = torch.tanh(_linear(r * h, w_hh, b_h) + x_h)
+    z = torch.sigmoid(x_z + F.linear(torch.tanh(h), w_hz, b_z))
+    r = torch.sigmoid(x_r + F.linear(h, w_hr, b_r))
+    n = torch.tanh(F.linear(r * h, w_hh, b_h) + x_h)
     h_new = n * z + h * (1 - z)
     return h_new, {"z": z, "r": r, "n": n, "h": h_new}
+
+
+def recurrent_step(
+    cell: str, u: Tensor, state: State, p: Params, nonlinearity: str = "tanh"
+) -> tuple[State, Gates]:
+    """One step from the projected input u (B, Gx [+ H]): ``(new_state, gates)``."""
+    if cell == "rnn":
+        return _rnn(u, state, p, nonlinearity)  # type: ignore[arg-type]
+    return _RECURRENCES[cell](u, state, p)
+
+
+def cell_step(
+    cell: str, x: Tensor, state: State, p: Params, nonlinearity: str = "tanh"
+) -> tuple[State, Gates]:
+    """One step from x (B, I): ``recurrent_step(input_projection(x))``."""
+    return recurrent_step(cell, input_projection(cell, x, p), state, p, nonlinearity)
+
+
+def _biased(u: Tensor, bias: Tensor | None) -> Tensor:
+    return u if bias is None else u + bias
+
+
+_RECURRENCES = {"lstm": _lstm, "gru": _gru, "mut1": _mut1, "mut2": _mut2, "mut3": _mut3}
+
+# The per-cell names the lecture and the BPTT oracle use: (x, state, p) -> (new_state, gates).
+rnn_step = functools.partial(cell_step, "rnn")
+lstm_step = functools.partial(cell_step, "lstm")
+gru_step = functools.partial(cell_step, "gru")
+mut1_step = functools.partial(cell_step, "mut1")
+mut2_step = functools.partial(cell_step, "mut2")
+mut3_step = functools.partial(cell_step, "mut3")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +229,13 @@ class Cell(nn.Module):
 
     def step(self, x: Tensor, state: State, p: Params) -> tuple[State, Gates]:
         """One batched step (x: (B, I)) with parameters ``p``; returns (new_state, gates)."""
-        return step_function(self.name, getattr(self, "nonlinearity", "tanh"))(x, state, p)
+        return cell_step(self.name, x, state, p, getattr(self, "nonlinearity", "tanh"))
+
+    def effective_parameters(self) -> dict[str, Tensor]:
+        """The weights as the equations use them, read as attributes so that parametrizations
+        (weight_norm, orthogonal, spectral_norm) and re-assigned weights apply."""
+        names = self.parameter_shapes(self.input_size, self.hidden_size, self.has_bias)
+        return {name: getattr(self, name) for name in names}
 
     def initial_state(self, batch: int, like: Tensor) -> State:
         h = like.new_zeros(batch, self.hidden_size)
@@ -182,9 +244,9 @@ class Cell(nn.Module):
     def forward(self, x: Tensor, state: State | None = None) -> State:
         """x: (B, I) or unbatched (I,); state as returned by a previous call, or None for zeros."""
         if x.dim() not in (1, 2):
-            raise ValueError(f"input: expected a 1-D (I,) or 2-D (B, I) tensor, got {x.dim()}-D")
+            raise ShapeError(f"input: expected a 1-D (I,) or 2-D (B, I) tensor, got {x.dim()}-D")
         if x.shape[-1] != self.input_size:
-            raise ValueError(
+            raise ShapeError(
                 f"input: expected size {self.input_size} in the last dimension, got {x.shape[-1]}"
             )
         unbatched = x.dim() == 1
@@ -197,11 +259,11 @@ class Cell(nn.Module):
         for t in state if isinstance(state, tuple) else (state,):
             if tuple(t.shape) != expected:
                 shape = expected[1:] if unbatched else expected
-                raise ValueError(
+                raise ShapeError(
                     f"state: expected shape {tuple(shape)}, "
                     f"got {tuple(t.shape[1:] if unbatched else t.shape)}"
                 )
-        new_state, _ = self.step(xb, state, dict(self.named_parameters()))
+        new_state, _ = self.step(xb, state, self.effective_parameters())
         return _map_state(new_state, lambda t: t.squeeze(0)) if unbatched else new_state
 
     def extra_repr(self) -> str:
@@ -221,7 +283,7 @@ class RNNCell(Cell):
     def __init__(
         self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh"
     ) -> None:
-        if nonlinearity not in ("tanh", "relu"):
+        if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias)
@@ -365,19 +427,12 @@ StepFunction = Callable[[Tensor, State, Params], tuple[State, Gates]]
 
 
 def step_function(name: str, nonlinearity: str = "tanh") -> StepFunction:
-    """The pure step equations of a cell: ``(x, state, params) -> (new_state, gates)``."""
+    """The pure step equations of a cell: ``(x, state, params) -> (new_state, gates)``.
+    A ``functools.partial`` of ``cell_step``, so a module holding it still pickles."""
     cls = cell_class(name)
-    if nonlinearity not in ("tanh", "relu"):
+    if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-    if cls is RNNCell:
-        return lambda x, h, p: rnn_step(x, h, p, nonlinearity)  # type: ignore[arg-type]
-    return {
-        "lstm": lstm_step,
-        "gru": gru_step,
-        "mut1": mut1_step,
-        "mut2": mut2_step,
-        "mut3": mut3_step,
-    }[cls.name]  # type: ignore[return-value]
+    return functools.partial(cell_step, cls.name, nonlinearity=nonlinearity)
 
 
 def cell_class(name: str) -> type[Cell]:
@@ -395,3 +450,45 @@ def _check_positive(arg: str, value: int) -> None:
 
 def _map_state(state: State, fn: Callable[[Tensor], Tensor]) -> State:
     return tuple(fn(t) for t in state) if isinstance(state, tuple) else fn(state)  # type: ignore
+
+
+def unroll(
+    cell: str,
+    u: Tensor,
+    state: State,
+    p: Params,
+    nonlinearity: str = "tanh",
+    lengths: Tensor | None = None,
+    record: bool = False,
+) -> tuple[Tensor, State, Gates]:
+    """Run ``recurrent_step`` over every step of u (T, B, Gx [+ H]): the lecture's unrolled graph.
+
+    Returns ``(output (T, B, H), final state, gates)``; ``gates[name]`` is (T, B, H) when
+    ``record``, else empty. With ``lengths`` (B,) (each in 1..T) a sequence stops at its length:
+    its later outputs (and gates) are 0 and its final state is the one after its last real step,
+    exactly as if it had been run alone.
+    """
+    outputs: list[Tensor] = []
+    steps: list[Gates] = []
+    for t in range(u.shape[0]):
+        new_state, gates = recurrent_step(cell, u[t], state, p, nonlinearity)
+        h = new_state[0] if isinstance(new_state, tuple) else new_state
+        if lengths is not None:
+            live = (lengths > t).unsqueeze(1)  # (B, 1): still inside its sequence
+            new_state = _map_pair(new_state, state, live)
+            h = h.masked_fill(~live, 0.0)
+            if record:
+                gates = {n: g.masked_fill(~live, 0.0) for n, g in gates.items()}
+        state = new_state
+        outputs.append(h)
+        if record:
+            steps.append(gates)
+    recorded = {n: torch.stack([g[n] for g in steps]) for n in steps[0]} if record else {}
+    return torch.stack(outputs), state, recorded
+
+
+def _map_pair(new: State, old: State, live: Tensor) -> State:
+    """``new`` where ``live`` (B, 1), else ``old``: a finished sequence keeps its state."""
+    if isinstance(new, tuple):
+        return tuple(torch.where(live, a, b) for a, b in zip(new, old, strict=True))  # type: ignore
+    return torch.where(live, new, old)  # type: ignore[arg-type]

@@ -1,45 +1,94 @@
 """Recurrent: a stack of cells run over time, a drop-in for torch.nn.RNN / LSTM / GRU.
 
-Input (T, B, I), or (B, T, I) with ``batch_first=True``, or unbatched (T, I). Returns
-``(output, state)``: output (T, B, H) (or as the input's layout) is the top layer's h at every step;
-state is ``h_n`` (L, B, H), or ``(h_n, c_n)`` for the LSTM, (L, H) when unbatched. Parameters are
-flat and named as torch.nn's (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``,
-...), so ``load_state_dict`` crosses between ``Recurrent("lstm", ...)`` and ``nn.LSTM`` both ways.
+Input (T, B, I), or (B, T, I) with ``batch_first=True``, or unbatched (T, I), or a
+``PackedSequence``. Returns ``(output, h_n)``: output (T, B, D*H_out) is the top layer's h at every
+step (both directions concatenated when bidirectional, D = 2); h_n is (L*D, B, H_out), or
+``(h_n, c_n)`` for the LSTM with c_n (L*D, B, H); H_out is ``proj_size`` or ``hidden_size``.
+Parameters are named as torch.nn's (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+``bias_hh_l0``, ``weight_hr_l0``, ``..._reverse``), so ``load_state_dict`` crosses between
+``rnnlab.LSTM`` and ``nn.LSTM`` both ways; rnnlab adds ``weight_proj_l*`` (MUT1/MUT2 with
+I != H) and ``weight_ch_l0`` (conditioning).
 
-Backends compute the same function:
+Beyond torch.nn, for the graphs of the lecture (keyword-only arguments of ``forward``):
 
-- ``reference``: a readable Python loop over the cell's step equations (the lecture's unrolled
-  graph).
-- ``native``: torch's own RNN/LSTM/GRU kernels (oneDNN / cuDNN) over our parameters; rnn/lstm/gru.
-- ``fused``: rnnlab's engine (``rnnlab.kernels``) for every cell, MUT1-3 included.
-- ``auto``: the fastest backend proven equal for this cell and device.
+- ``lengths`` (B,): a padded batch of sequences of different lengths. Outputs past a sequence's
+  length are 0 and h_n is its state after its last real step, in both directions: each sequence
+  gets exactly what it would alone. (A PackedSequence input means the same.)
+- ``condition`` (B, C): a per-sequence vector entering every step of layer 0 through
+  ``weight_ch_l0`` (G, C), added wherever the cell's pre-activations take ``W_ih x``: the
+  lecture's captioning equation ``h = tanh(W_xh x + W_hh h + W_ch v)``. Computed once per sequence.
+- ``embedding`` (V, I): the input holds token ids and layer 0's input is ``embedding[ids]``. On
+  the fused engine the lookup is folded into layer 0's input projection (exact: ``emb(ids) W_ih^T``
+  is row ``ids`` of the (V, G) table ``E W_ih^T``), so one V-row GEMM replaces a T*B-row one.
+- ``step(x_t, h)``: one step, for decoders (sampling, beam search, scheduled sampling,
+  attention); differentiable under grad mode, one C++ call under ``torch.no_grad()`` on CPU.
+
+Backends compute the same function (tests prove it):
+
+- ``reference``: a readable Python loop over the cell's equations (``rnnlab.cells.unroll``), the
+  input projection of all steps hoisted into one GEMM.
+- ``native``: torch's own RNN/LSTM/GRU kernels (oneDNN / cuDNN) over our parameters.
+- ``fused``: rnnlab's C++ engine (``rnnlab.kernels``) for every cell, MUT1-3, bidirectional layers,
+  padded batches and conditioning included (``proj_size`` runs on reference/native).
+- ``auto``: the fastest backend proven equal for this cell, device and input.
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnlab.cells import Gates, State, cell_class, step_function
+from rnnlab import kernels
+from rnnlab.cells import (
+    NONLINEARITIES,
+    Cell,
+    Gates,
+    ShapeError,
+    State,
+    cell_class,
+    input_projection,
+    unroll,
+)
 
 BACKENDS = ("auto", "reference", "native", "fused")
 NATIVE_CELLS = ("rnn", "lstm", "gru")
 
 
+@dataclass
+class _Batch:
+    """A forward's inputs, validated and time-major: x (T, B, I) or token ids (T, B)."""
+
+    x: Tensor
+    state: State
+    lengths: Tensor | None  # (B,) int64 on CPU, each in 1..T
+    condition: Tensor | None  # (B, C)
+    embedding: Tensor | None  # (V, I): x holds ids
+    unbatched: bool
+
+
 class Recurrent(nn.Module):
-    """A multilayer recurrent network of any rnnlab cell.
+    """A multilayer, optionally bidirectional recurrent network of any rnnlab cell.
 
     Args:
         cell: ``rnn | lstm | gru | mut1 | mut2 | mut3``.
-        input_size, hidden_size, num_layers, bias, dropout, batch_first: as in torch.nn.LSTM;
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size (LSTM only), nonlinearity (rnn only), device, dtype: as in torch.nn;
             ``dropout`` applies to the outputs of every layer but the last, in training mode.
+        condition_size: C > 0 adds ``weight_ch_l0`` (G, C) and makes ``forward`` take
+            ``condition=`` (B, C).
         backend: ``auto | reference | native | fused`` (see the module docstring).
-        nonlinearity: ``tanh`` or ``relu``, for the vanilla RNN only.
-        forget_bias: initial LSTM forget-gate bias (default 1.0; None keeps torch's init).
+        forget_bias: initial LSTM forget-gate bias (default 1.0, as char-rnn and Jozefowicz et
+            al. 2015; the one intended deviation from torch). ``None`` gives torch's init bit for
+            bit (same seed, same values).
+
+    Raises TypeError / ValueError for bad arguments, as torch.nn does.
     """
 
     def __init__(
@@ -47,190 +96,443 @@ class Recurrent(nn.Module):
         cell: str,
         input_size: int,
         hidden_size: int,
+        *,
         num_layers: int = 1,
         bias: bool = True,
-        dropout: float = 0.0,
         batch_first: bool = False,
-        backend: str = "auto",
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
         nonlinearity: str = "tanh",
+        condition_size: int = 0,
+        backend: str = "auto",
         forget_bias: float | None = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         cls = cell_class(cell)
-        for arg, value in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
-            ("num_layers", num_layers),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{arg}: expected a positive integer, got {value!r}")
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {'|'.join(BACKENDS)}, got {backend!r}")
-        if backend == "native" and cls.name not in NATIVE_CELLS:
-            raise ValueError(
-                f"backend: 'native' supports {'|'.join(NATIVE_CELLS)} only, "
-                f"got cell {cls.name!r}; use 'fused' or 'reference'"
-            )
-        if cls.name != "rnn" and nonlinearity != "tanh":
-            raise ValueError(
-                f"nonlinearity: only the rnn cell takes one, got {nonlinearity!r} "
-                f"for cell {cls.name!r}"
-            )
+        _check_arguments(cls.name, input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size, nonlinearity, condition_size,
+                         backend)  # fmt: skip
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout > 0 with num_layers=1 has no effect: dropout applies between layers",
                 stacklevel=2,
             )
-        if cls.name == "rnn" and nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        # The same pure step equations the cell modules use (one implementation of each cell).
-        self._step = step_function(cls.name, nonlinearity)
-        for k in range(num_layers):
-            in_k = input_size if k == 0 else hidden_size
-            for name, shape in cls.parameter_shapes(in_k, hidden_size, bias).items():
-                self.register_parameter(f"{name}_l{k}", nn.Parameter(torch.empty(shape)))
         self.cell = cls.name
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bias = bias
-        self.dropout = float(dropout)
         self.batch_first = batch_first
-        self.backend = backend
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
         self.nonlinearity = nonlinearity
+        self.condition_size = condition_size
+        self.backend = backend
         self.forget_bias = forget_bias
+        self.fold_lookup = True  # fold an ``embedding=`` lookup into the engine's projection
+        self.num_directions = 2 if bidirectional else 1
+        self.output_size = (proj_size or hidden_size) * self.num_directions
+        factory = {"device": device, "dtype": dtype}
+        # Names per (layer, direction) in torch.nn's registration order (its flat-weights order).
+        self._layer_names: list[dict[str, str]] = []
+        for k in range(num_layers):
+            in_k = input_size if k == 0 else self.output_size
+            for d in range(self.num_directions):
+                names = {}
+                for name, shape in self._shapes(cls, in_k, k).items():
+                    full = f"{name}_l{k}{'_reverse' if d else ''}"
+                    self.register_parameter(full, nn.Parameter(torch.empty(shape, **factory)))
+                    names[name] = full
+                self._layer_names.append(names)
         self.reset_parameters()
+
+    def _shapes(self, cls: type, in_k: int, k: int) -> dict[str, tuple[int, ...]]:
+        shapes = cls.parameter_shapes(in_k, self.hidden_size, self.bias)
+        if self.proj_size:  # LSTM with projections (Sak et al. 2014), torch's layout
+            shapes["weight_hh"] = (4 * self.hidden_size, self.proj_size)
+            shapes["weight_hr"] = (self.proj_size, self.hidden_size)
+        if k == 0 and self.condition_size:
+            shapes["weight_ch"] = (cls.gates_ih * self.hidden_size, self.condition_size)
+        return shapes
 
     # -- parameters ---------------------------------------------------------------------------
 
-    def layer_params(self, k: int) -> dict[str, Tensor]:
-        """Layer k's parameters under the cell's own names (``weight_ih``, ...)."""
-        suffix = f"_l{k}"
-        return {n[: -len(suffix)]: p for n, p in self.named_parameters() if n.endswith(suffix)}
+    def layer_params(self, k: int, direction: int = 0) -> dict[str, Tensor]:
+        """Layer k's effective weights under the cell's own names (``weight_ih``, ...), read as
+        attributes so parametrizations and re-assigned weights apply (never ``_parameters``)."""
+        names = self._layer_names[k * self.num_directions + direction]
+        return {name: getattr(self, full) for name, full in names.items()}
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Per layer and direction, its weights in torch.nn's order (as ``nn.LSTM.all_weights``)."""
+        return [[getattr(self, full) for full in names.values()] for names in self._layer_names]
+
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written for cuDNN (rnnlab's weights need no flattening)."""
 
     def reset_parameters(self) -> None:
-        cls = cell_class(self.cell)
-        for k in range(self.num_layers):
-            opts = {"forget_bias": self.forget_bias} if self.cell == "lstm" else {}
-            cls.init_parameters(self.layer_params(k), self.hidden_size, **opts)
+        """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)) over the parameters in registration order
+        (so with ``forget_bias=None`` the same seed gives torch's values), then the LSTM
+        forget-gate bias: ``bias_ih``'s f-block = forget_bias, ``bias_hh``'s = 0."""
+        for names in self._layer_names:
+            Cell.init_parameters({n: getattr(self, f) for n, f in names.items()}, self.hidden_size)
+        if self.cell == "lstm" and self.forget_bias is not None and self.bias:
+            H = self.hidden_size
+            with torch.no_grad():
+                for names in self._layer_names:
+                    getattr(self, names["bias_ih"])[H : 2 * H].fill_(self.forget_bias)
+                    getattr(self, names["bias_hh"])[H : 2 * H].zero_()
+
+    def _torch_weights(self) -> list[Tensor]:
+        """The effective weights in torch's flat order (for its kernels): no rnnlab extras."""
+        return [w for names in self._layer_names for name, full in names.items()
+                if name != "weight_ch" for w in (getattr(self, full),)]  # fmt: skip
+
+    # -- backends -----------------------------------------------------------------------------
+
+    def resolved_backend(
+        self,
+        device: torch.device | str | None = None,
+        *,
+        lookup: bool = False,
+        conditioned: bool | None = None,
+    ) -> str:
+        """The backend ``forward`` uses on ``device``: ``auto`` resolved for this cell, and
+        ``fused`` where the engine does not apply (proj_size; CUDA: cuDNN or the reference loop).
+        ``lookup``: the input is ``embedding=`` token ids."""
+        device = torch.device(device) if device is not None else self._device()
+        if conditioned is None:
+            conditioned = self.condition_size > 0
+        native_ok = self.cell in NATIVE_CELLS and not conditioned
+        if self.backend == "auto":
+            return kernels.choose_backend(
+                self.cell, self.hidden_size, device, lookup_input=lookup,
+                conditioned=conditioned, proj_size=self.proj_size,
+            )  # fmt: skip
+        if self.backend == "fused" and (self.proj_size or device.type != "cpu"):
+            return "native" if native_ok and device.type == "cuda" else "reference"
+        if self.backend == "native" and not native_ok:
+            raise ValueError(
+                "backend: 'native' cannot take a condition; use 'fused' or 'reference'"
+            )
+        return self.backend
+
+    def _device(self) -> torch.device:
+        return getattr(self, self._layer_names[0]["weight_hh"]).device
 
     # -- forward ------------------------------------------------------------------------------
 
-    def resolved_backend(self, device: torch.device | None = None) -> str:
-        """The backend ``forward`` will use: ``auto`` resolved for this cell and device."""
-        if self.backend != "auto":
-            return self.backend
-        from rnnlab.kernels import choose_backend  # the engine decides what is fastest
+    def forward(
+        self,
+        input: Tensor | PackedSequence,
+        hx: State | None = None,
+        *,
+        lengths: Tensor | None = None,
+        condition: Tensor | None = None,
+        embedding: Tensor | None = None,
+    ) -> tuple[Tensor | PackedSequence, State]:
+        """Run every layer over the sequence. See the module docstring for shapes and keywords.
 
-        device = device or next(self.parameters()).device
-        return choose_backend(self.cell, self.hidden_size, device)
-
-    def forward(self, input: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        x, state, unbatched = self._prepare(input, state)  # x: (T, B, I); state: (L, B, H)
-        backend = self.resolved_backend(x.device)
-        if backend == "native":
-            output, new_state = self._forward_native(x, state)
-        elif backend == "fused":
-            from rnnlab.kernels import run_layers
-
-            output, new_state = run_layers(self, x, state)
-        else:
-            output, new_state, _ = self._forward_reference(x, state, record=False)
-        return self._finish(output, new_state, unbatched)
+        Raises ShapeError (a ValueError and a RuntimeError) naming the argument on a wrong shape.
+        """
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise TypeError("lengths: a PackedSequence carries its own lengths")
+            padded, lengths = pad_packed_sequence(input)  # (T, B, *) in the original batch order
+            batch = self._batch(padded, hx, lengths, condition, embedding, time_major=True)
+            output, state, _ = self._run(batch, record=False)
+            return _pack_like(output, batch.lengths, input), state
+        batch = self._batch(input, hx, lengths, condition, embedding)
+        output, state, _ = self._run(batch, record=False)
+        return self._finish(output, state, batch.unbatched)
 
     def trace(
-        self, input: Tensor, state: State | None = None
-    ) -> tuple[Tensor, State, list[dict[str, Tensor]]]:
-        """Like forward (reference backend), plus every gate of every layer at every step:
-        ``gates[k][name]`` is (T, B, H) (unbatched: (T, H); batch_first: (B, T, H))."""
-        x, state, unbatched = self._prepare(input, state)
-        output, new_state, gates = self._forward_reference(x, state, record=True)
-        output, new_state = self._finish(output, new_state, unbatched)
-        layout = [{n: self._layout(g, unbatched) for n, g in layer.items()} for layer in gates]
-        return output, new_state, layout
+        self,
+        input: Tensor,
+        hx: State | None = None,
+        *,
+        lengths: Tensor | None = None,
+        condition: Tensor | None = None,
+        embedding: Tensor | None = None,
+    ) -> tuple[Tensor, State, list[Gates]]:
+        """Like ``forward`` (reference backend), plus every gate at every step: ``gates[j][name]``
+        is (T, B, H) for layer ``j // D``, direction ``j % D`` (unbatched: (T, H); batch_first:
+        (B, T, H)); names per cell as in ``rnnlab.cells`` (lstm: i f g o c h)."""
+        batch = self._batch(input, hx, lengths, condition, embedding)
+        output, state, gates = self._run(batch, record=True)
+        output, state = self._finish(output, state, batch.unbatched)
+        return output, state, [{n: self._layout(g, batch.unbatched) for n, g in layer.items()}
+                               for layer in gates]  # fmt: skip
+
+    def step(
+        self,
+        input: Tensor,
+        hx: State | None = None,
+        *,
+        condition: Tensor | None = None,
+        embedding: Tensor | None = None,
+    ) -> tuple[Tensor, State]:
+        """One time step of every layer, for decoders: input (B, I) (or token ids (B,) with
+        ``embedding``) -> (output (B, H_out), h_n as in ``forward``). Equals ``forward`` on a
+        length-1 sequence; differentiable when grad mode is on; under ``torch.no_grad()`` on CPU
+        it is one C++ call (a character costs its matrix-vector products).
+
+        Raises ShapeError on a wrong shape, RuntimeError for a bidirectional module (a reverse
+        direction needs the whole sequence)."""
+        if self.bidirectional:
+            raise RuntimeError("step: a bidirectional Recurrent needs the whole sequence")
+        batch = self._batch(input.unsqueeze(0), hx, None, condition, embedding, time_major=True)
+        tensors = [*self.parameters(), batch.x, *_parts(batch.state)]
+        graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        device = self._device()
+        if (not graph and self.backend in ("auto", "fused") and not self.proj_size
+                and kernels.fused_available(device, _dtype(self))):  # fmt: skip
+            x = batch.x[0]
+            if embedding is not None:
+                x = F.embedding(x, embedding)
+            weights = [kernels.layer_weights(self.cell, self.layer_params(k))
+                       for k in range(self.num_layers)]  # fmt: skip
+            projected = condition is not None
+            if projected:
+                x = input_projection(self.cell, x, self.layer_params(0), self._cond(batch, 0))
+            return kernels.step_layers(self.cell, self.nonlinearity, x, batch.state, weights,
+                                       projected)  # fmt: skip
+        output, state, _ = self._run(batch, record=False)
+        return output[0], state
 
     def initial_state(self, batch: int, like: Tensor) -> State:
-        """Zeros: (L, B, H), or a pair of them for the LSTM."""
-        h = like.new_zeros(self.num_layers, batch, self.hidden_size)
-        return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+        """Zeros: (L*D, B, H_out), with c (L*D, B, H) for the LSTM."""
+        shape = (self.num_layers * self.num_directions, batch)
+        h = like.new_zeros(*shape, self.proj_size or self.hidden_size)
+        return (h, like.new_zeros(*shape, self.hidden_size)) if self.cell == "lstm" else h
 
-    def _forward_reference(
-        self, x: Tensor, state: State, record: bool
-    ) -> tuple[Tensor, State, list[dict[str, Tensor]]]:
+    # -- the layers ---------------------------------------------------------------------------
+
+    def _run(self, batch: _Batch, record: bool) -> tuple[Tensor, State, list[Gates]]:
+        """(T, B, D*H_out) outputs, final state and (if ``record``) gates, time-major."""
+        lookup = batch.embedding is not None
+        conditioned = batch.condition is not None
+        device = self._device()
+        backend = "reference" if record else self.resolved_backend(
+            device, lookup=lookup, conditioned=conditioned)  # fmt: skip
+        if backend == "fused" and not kernels.fused_available(device, _dtype(self)):
+            native_ok = self.cell in NATIVE_CELLS and not conditioned
+            backend = "native" if native_ok and device.type == "cuda" else "reference"
+        if backend == "native":
+            x = F.embedding(batch.x, batch.embedding) if lookup else batch.x
+            output, state = self._forward_native(x, batch.state, batch.lengths)
+            return output, state, []
+        if backend == "fused" and batch.lengths is not None:
+            return self._sorted_fused(batch)
+        return self._forward_layers(batch, fused=backend == "fused", record=record)
+
+    def _sorted_fused(self, batch: _Batch) -> tuple[Tensor, State, list[Gates]]:
+        """The engine wants a ragged batch longest first (live rows form a prefix): sort, run,
+        and put outputs and states back in the caller's order."""
+        order = torch.sort(batch.lengths, descending=True, stable=True).indices
+        back = torch.empty_like(order)
+        back[order] = torch.arange(order.numel())
+        sorted_batch = _Batch(
+            batch.x.index_select(1, order.to(batch.x.device)),
+            _map(batch.state, lambda t: t.index_select(1, order.to(t.device))),
+            batch.lengths[order],
+            None if batch.condition is None else batch.condition.index_select(
+                0, order.to(batch.condition.device)),
+            batch.embedding,
+            batch.unbatched,
+        )  # fmt: skip
+        output, state, _ = self._forward_layers(sorted_batch, fused=True, record=False)
+        output = output.index_select(1, back.to(output.device))
+        return output, _map(state, lambda t: t.index_select(1, back.to(t.device))), []
+
+    def _forward_layers(
+        self, batch: _Batch, fused: bool, record: bool
+    ) -> tuple[Tensor, State, list[Gates]]:
+        """Layer by layer, direction by direction, on the engine or the reference loop."""
+        x, lengths, D = batch.x, batch.lengths, self.num_directions
+        T, B = x.shape[0], x.shape[1]
+        reverse = _reverse_index(lengths, T, B, x.device) if self.bidirectional else None
         finals: list[State] = []
-        gates: list[dict[str, Tensor]] = []
+        gates: list[Gates] = []
         for k in range(self.num_layers):
             if k > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, self.training)
-            p = self.layer_params(k)
-            s = _layer_state(state, k)
-            outputs: list[Tensor] = []
-            steps: list[Gates] = []
-            for t in range(x.shape[0]):
-                s, g = self._step(x[t], s, p)  # the lecture's unrolled graph, one step at a time
-                outputs.append(s[0] if isinstance(s, tuple) else s)
-                if record:
-                    steps.append(g)
-            x = torch.stack(outputs)  # (T, B, H)
-            finals.append(s)
-            if record:
-                gates.append({n: torch.stack([g[n] for g in steps]) for n in steps[0]})
-        return x, _stack_states(finals), gates
+            outputs = []
+            for d in range(D):
+                p = self.layer_params(k, d)
+                xd = x if d == 0 else _reverse(x, reverse)
+                state = _map(batch.state, lambda t, j=k * D + d: t[j])
+                extra = self._cond(batch, k, d)
+                if k == 0 and batch.embedding is not None:
+                    u, projected = self._lookup(xd, batch.embedding, p, extra), True
+                elif extra is not None or not fused:
+                    u, projected = input_projection(self.cell, xd, p, extra), True
+                else:
+                    u, projected = xd, False  # the engine projects all steps itself
+                if fused:
+                    weights = kernels.layer_weights(self.cell, p)
+                    if projected:
+                        weights[0] = weights[4] = None  # applied already: u is the projection
+                    out, final = kernels.run_layer(self.cell, self.nonlinearity, u, state,
+                                                   weights, lengths, projected)  # fmt: skip
+                    g: Gates = {}
+                else:
+                    out, final, g = unroll(self.cell, u, state, p, self.nonlinearity, lengths,
+                                           record)  # fmt: skip
+                if d == 1:
+                    out = _reverse(out, reverse)
+                    g = {n: _reverse(v, reverse) for n, v in g.items()}
+                outputs.append(out)
+                finals.append(final)
+                gates.append(g)
+            x = outputs[0] if D == 1 else torch.cat(outputs, -1)  # (T, B, D*H_out)
+        return x, _stack(finals), gates
 
-    def _forward_native(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        weights = [p for _, p in self.named_parameters()]  # torch's order: ih, hh, b_ih, b_hh
-        args = (self.bias, self.num_layers, self.dropout, self.training, False, False)
-        if self.cell == "lstm":
-            output, h_n, c_n = torch._VF.lstm(x, state, weights, *args)
-            return output, (h_n, c_n)
-        fn = torch._VF.gru if self.cell == "gru" else getattr(torch._VF, f"rnn_{self.nonlinearity}")
-        output, h_n = fn(x, state, weights, *args)
-        return output, h_n
+    def folds_lookup(self, num_tokens: int, vocab_size: int) -> bool:
+        """Whether ``forward(ids, embedding=E)`` folds the lookup into layer 0's input projection:
+        on the C++ engine (``fused``, or ``auto`` where the engine with the fold is fastest) when
+        the batch has more than 2V tokens, where the (V, G) table costs less than projecting every
+        token. ``fold_lookup = False`` turns it off (the benchmark's "fused-nofold")."""
+        device = self._device()
+        return (self.fold_lookup and num_tokens > 2 * vocab_size
+                and self.resolved_backend(device, lookup=True) == "fused"
+                and kernels.fused_available(device, _dtype(self)))  # fmt: skip
+
+    def _lookup(
+        self, ids: Tensor, table: Tensor, p: dict[str, Tensor], extra: Tensor | None
+    ) -> Tensor:
+        """Layer 0's projection u of token ids (T, B): through the (V, G) table
+        ``input_projection(table)`` when ``folds_lookup``, else token by token."""
+        if not self.folds_lookup(ids.numel(), table.shape[0]):
+            return input_projection(self.cell, F.embedding(ids, table), p, extra)
+        u = F.embedding(ids, input_projection(self.cell, table, p))  # (T, B, G)
+        if extra is not None:  # W_ch v enters the W_ih x block only (not MUT's px)
+            u = u + F.pad(extra, (0, u.shape[-1] - extra.shape[-1]))
+        return u
+
+    def _cond(self, batch: _Batch, k: int, d: int = 0) -> Tensor | None:
+        """``W_ch v`` (B, Gx) for layer k, direction d: one GEMM per sequence, broadcast over T."""
+        if k != 0 or batch.condition is None:
+            return None
+        return F.linear(batch.condition, self.layer_params(0, d)["weight_ch"])
+
+    def _forward_native(
+        self, x: Tensor, state: State, lengths: Tensor | None
+    ) -> tuple[Tensor, State]:
+        weights = self._torch_weights()
+        args = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        fn = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}.get(self.cell) or getattr(
+            torch._VF, f"rnn_{self.nonlinearity}"
+        )
+        hx = list(state) if isinstance(state, tuple) else state
+        if lengths is None:
+            result = fn(x, hx, weights, *args, False)
+            return result[0], (tuple(result[1:]) if self.cell == "lstm" else result[1])
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        order, back = packed.sorted_indices, packed.unsorted_indices
+        hx = [t.index_select(1, order) for t in hx] if self.cell == "lstm" else hx.index_select(
+            1, order)  # fmt: skip
+        result = fn(packed.data, packed.batch_sizes, hx, weights, *args)
+        out = PackedSequence(result[0], packed.batch_sizes, order, back)
+        output, _ = pad_packed_sequence(out, total_length=x.shape[0])
+        finals = tuple(t.index_select(1, back) for t in result[1:])
+        return output, (finals if self.cell == "lstm" else finals[0])
 
     # -- shapes -------------------------------------------------------------------------------
 
-    def _prepare(self, input: Tensor, state: State | None) -> tuple[Tensor, State, bool]:
+    def _batch(
+        self,
+        input: Tensor,
+        hx: State | None,
+        lengths: Tensor | None,
+        condition: Tensor | None,
+        embedding: Tensor | None,
+        time_major: bool = False,
+    ) -> _Batch:
+        """Validate every argument (ShapeError naming it) and make the input time-major."""
         if not isinstance(input, Tensor):
-            raise ValueError(f"input: expected a tensor, got {type(input).__name__}")
-        if input.dim() not in (2, 3):
-            raise ValueError(
-                f"input: expected a 2-D (T, I) or 3-D "
-                f"{'(B, T, I)' if self.batch_first else '(T, B, I)'} tensor, "
-                f"got {input.dim()}-D of shape {tuple(input.shape)}"
+            raise TypeError(f"input: expected a tensor, got {type(input).__name__}")
+        lookup = embedding is not None
+        feature = 0 if lookup else 1  # token ids have no feature dimension
+        layout = "(B, T)" if self.batch_first else "(T, B)"
+        if not lookup:
+            layout = layout[:-1] + ", I)"
+        if input.dim() not in (1 + feature, 2 + feature):
+            raise ShapeError(
+                f"input: expected {1 + feature}-D (T{', I' if feature else ''}) or "
+                f"{2 + feature}-D {layout}, got {input.dim()}-D of shape {tuple(input.shape)}"
             )
-        if input.shape[-1] != self.input_size:
-            raise ValueError(
-                f"input: expected size {self.input_size} in the last dimension, "
-                f"got {input.shape[-1]}"
-            )
-        unbatched = input.dim() == 2
+        if lookup:
+            if input.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                raise TypeError(f"input: expected token ids with embedding=, got {input.dtype}")
+            if embedding.dim() != 2 or embedding.shape[1] != self.input_size:
+                raise ShapeError(f"embedding: expected (V, {self.input_size}), "
+                                 f"got {tuple(embedding.shape)}")  # fmt: skip
+        elif input.shape[-1] != self.input_size:
+            raise ShapeError(f"input: expected size {self.input_size} in the last dimension, "
+                             f"got {input.shape[-1]}")  # fmt: skip
+        unbatched = input.dim() == 1 + feature
         x = input.unsqueeze(1) if unbatched else input
-        if self.batch_first and not unbatched:
+        if self.batch_first and not unbatched and not time_major:
             x = x.transpose(0, 1)
-        B = x.shape[1]
-        if state is None:
-            return x, self.initial_state(B, x), unbatched
-        expected = (
-            (self.num_layers, self.hidden_size)
-            if unbatched
-            else (self.num_layers, B, self.hidden_size)
+        T, B = x.shape[0], x.shape[1]
+        if T == 0:
+            raise ShapeError("input: expected a sequence length larger than 0, got 0 steps")
+        return _Batch(
+            x,
+            self._state(hx, B, unbatched, x),
+            self._lengths(lengths, T, B, unbatched),
+            self._condition(condition, B, unbatched),
+            embedding,
+            unbatched,
         )
-        parts = state if isinstance(state, tuple) else (state,)
-        if (self.cell == "lstm") != isinstance(state, tuple) or len(parts) not in (1, 2):
-            kind = "a tuple (h_0, c_0)" if self.cell == "lstm" else "a tensor h_0"
-            raise ValueError(
-                f"state: expected {kind} for cell {self.cell!r}, got {type(state).__name__}"
-            )
-        for name, t in zip(("h_0", "c_0"), parts, strict=False):
-            if tuple(t.shape) != expected:
-                raise ValueError(
-                    f"state: expected {name} of shape {expected}, got {tuple(t.shape)}"
-                )
-        if unbatched:
-            state = tuple(t.unsqueeze(1) for t in parts) if len(parts) == 2 else parts[0][:, None]
-        return x, state, unbatched
+
+    def _state(self, hx: State | None, B: int, unbatched: bool, like: Tensor) -> State:
+        if hx is None:
+            return self.initial_state(B, like if like.is_floating_point() else _zero(self))
+        lstm = self.cell == "lstm"
+        if lstm != isinstance(hx, tuple) or (lstm and len(hx) != 2):
+            kind = "a tuple (h_0, c_0)" if lstm else "a tensor h_0"
+            raise ShapeError(f"hx: expected {kind} for cell {self.cell!r}, got {type(hx).__name__}")
+        LD = self.num_layers * self.num_directions
+        sizes = (self.proj_size or self.hidden_size, self.hidden_size)
+        for name, t, size in zip(("h_0", "c_0"), _parts(hx), sizes, strict=False):
+            want = (LD, size) if unbatched else (LD, B, size)
+            if tuple(t.shape) != want:
+                raise ShapeError(f"hx: expected {name} of shape {want}, got {tuple(t.shape)}")
+        return _map(hx, lambda t: t.unsqueeze(1)) if unbatched else hx
+
+    def _lengths(self, lengths: Tensor | None, T: int, B: int, unbatched: bool) -> Tensor | None:
+        if lengths is None:
+            return None
+        lengths = torch.as_tensor(lengths)
+        if unbatched or lengths.shape != (B,) or lengths.is_floating_point():
+            raise ShapeError(f"lengths: expected {B} integer lengths (B,) for a batched input, "
+                             f"got shape {tuple(lengths.shape)} {lengths.dtype}")  # fmt: skip
+        lengths = lengths.to("cpu", torch.int64)
+        if B and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+            raise ShapeError(f"lengths: expected each in 1..{T} (the padded length), got "
+                             f"{int(lengths.min())}..{int(lengths.max())}")  # fmt: skip
+        return lengths
+
+    def _condition(self, condition: Tensor | None, B: int, unbatched: bool) -> Tensor | None:
+        C = self.condition_size
+        if condition is None:
+            if C:
+                raise ShapeError(f"condition: this Recurrent has condition_size={C}; "
+                                 f"pass condition=(B, {C})")  # fmt: skip
+            return None
+        if not C:
+            raise ShapeError("condition: given, but this Recurrent has condition_size=0")
+        want = (C,) if unbatched else (B, C)
+        if tuple(condition.shape) != want:
+            raise ShapeError(f"condition: expected shape {want}, got {tuple(condition.shape)}")
+        return condition.unsqueeze(0) if unbatched else condition
 
     def _layout(self, y: Tensor, unbatched: bool) -> Tensor:
         if unbatched:
@@ -239,23 +541,207 @@ class Recurrent(nn.Module):
 
     def _finish(self, output: Tensor, state: State, unbatched: bool) -> tuple[Tensor, State]:
         output = self._layout(output, unbatched)
-        if unbatched:
-            state = tuple(t.squeeze(1) for t in state) if isinstance(state, tuple) else state[:, 0]
-        return output, state
+        return output, (_map(state, lambda t: t.squeeze(1)) if unbatched else state)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.cell!r}, {self.input_size}, {self.hidden_size}, "
-            f"num_layers={self.num_layers}, dropout={self.dropout}, "
-            f"batch_first={self.batch_first}, backend={self.backend!r}"
-        )
+        s = f"{self.cell!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False), ("proj_size", 0),
+                              ("nonlinearity", "tanh"), ("condition_size", 0)):  # fmt: skip
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)!r}"
+        return s + f", backend={self.backend!r}"
 
 
-def _layer_state(state: State, k: int) -> State:
-    return (state[0][k], state[1][k]) if isinstance(state, tuple) else state[k]
+# ---------------------------------------------------------------------------------------------
+# The drop-ins: torch.nn's exact constructor signatures (positional order included).
+# ---------------------------------------------------------------------------------------------
 
 
-def _stack_states(states: list[State]) -> State:
+class RNN(Recurrent):
+    """``torch.nn.RNN``'s signature on rnnlab's engine: ``RNN(input_size, hidden_size,
+    num_layers=1, nonlinearity='tanh', bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None)``, plus rnnlab's keyword-only options."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,  # noqa: ANN001
+                 **options) -> None:  # fmt: skip
+        super().__init__("rnn", input_size, hidden_size, num_layers=num_layers,
+                         nonlinearity=nonlinearity, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, device=device,
+                         dtype=dtype, **options)  # fmt: skip
+
+
+class LSTM(Recurrent):
+    """``torch.nn.LSTM``'s signature: ``LSTM(input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None)``,
+    plus rnnlab's keyword-only options. The one intended difference: the forget-gate bias starts
+    at 1.0; ``forget_bias=None`` gives torch's init bit for bit."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        **options,
+    ) -> None:  # noqa: ANN001
+        super().__init__("lstm", input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional,
+                         proj_size=proj_size, device=device, dtype=dtype, **options)  # fmt: skip
+
+
+class _GRUStyle(Recurrent):
+    """``torch.nn.GRU``'s signature: ``(input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None)``."""
+
+    cell_name = "gru"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        **options,
+    ) -> None:  # noqa: ANN001
+        super().__init__(self.cell_name, input_size, hidden_size, num_layers=num_layers,
+                         bias=bias, batch_first=batch_first, dropout=dropout,
+                         bidirectional=bidirectional, device=device, dtype=dtype,
+                         **options)  # fmt: skip
+
+
+class GRU(_GRUStyle):
+    """``torch.nn.GRU`` on rnnlab's engine (Cho et al. 2014, torch's gate order r, z, n)."""
+
+
+class MUT1(_GRUStyle):
+    """MUT1 (Jozefowicz et al. 2015) in ``torch.nn.GRU``'s constructor style."""
+
+    cell_name = "mut1"
+
+
+class MUT2(_GRUStyle):
+    """MUT2 (Jozefowicz et al. 2015) in ``torch.nn.GRU``'s constructor style."""
+
+    cell_name = "mut2"
+
+
+class MUT3(_GRUStyle):
+    """MUT3 (Jozefowicz et al. 2015) in ``torch.nn.GRU``'s constructor style."""
+
+    cell_name = "mut3"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_arguments(
+    cell,
+    input_size,
+    hidden_size,
+    num_layers,
+    bias,
+    batch_first,
+    dropout,  # noqa: ANN001
+    bidirectional,
+    proj_size,
+    nonlinearity,
+    condition_size,
+    backend,
+) -> None:  # noqa: ANN001
+    """torch.nn's checks and exception types (TypeError for a wrong type, ValueError for a
+    wrong value), plus rnnlab's options."""
+    for name, value, least in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
+                               ("num_layers", num_layers, 1), ("proj_size", proj_size, 0),
+                               ("condition_size", condition_size, 0)):  # fmt: skip
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+        if value < least:
+            raise ValueError(f"{name}: expected {'a positive' if least else 'a non-negative'} "
+                             f"integer, got {value}")  # fmt: skip
+    for name, value in (("bias", bias), ("batch_first", batch_first),
+                        ("bidirectional", bidirectional)):  # fmt: skip
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+    if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
+            or not 0 <= dropout <= 1):  # fmt: skip
+        raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {'|'.join(BACKENDS)}, got {backend!r}")
+    if backend == "native" and cell not in NATIVE_CELLS:
+        raise ValueError(f"backend: 'native' supports {'|'.join(NATIVE_CELLS)} only, got cell "
+                         f"{cell!r}; use 'fused' or 'reference'")  # fmt: skip
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    if cell != "rnn" and nonlinearity != "tanh":
+        raise ValueError(f"nonlinearity: only the rnn cell takes one, got {nonlinearity!r} for "
+                         f"cell {cell!r}")  # fmt: skip
+    if proj_size and cell != "lstm":
+        raise ValueError(f"proj_size: only the lstm cell has projections, got cell {cell!r}")
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size: expected less than hidden_size ({hidden_size}), "
+                         f"got {proj_size}")  # fmt: skip
+
+
+def _reverse_index(lengths: Tensor | None, T: int, B: int, device: torch.device) -> Tensor | None:
+    """(T, B) time index reversing each sequence within its own length (None: flip all T)."""
+    if lengths is None:
+        return None
+    t = torch.arange(T).unsqueeze(1)  # (T, 1)
+    n = lengths.unsqueeze(0)  # (1, B)
+    return torch.where(t < n, n - 1 - t, t).to(device)
+
+
+def _reverse(x: Tensor, index: Tensor | None) -> Tensor:
+    """x (T, B, ...) with every sequence reversed in time (an involution)."""
+    if index is None:
+        return x.flip(0)
+    shape = index.shape + (1,) * (x.dim() - 2)
+    return x.gather(0, index.view(shape).expand_as(x))
+
+
+def _pack_like(output: Tensor, lengths: Tensor, packed: PackedSequence) -> PackedSequence:
+    """output (T, B, H) in the caller's batch order as a PackedSequence laid out like ``packed``."""
+    order = packed.sorted_indices
+    if order is not None:
+        output, lengths = output.index_select(1, order), lengths[order.cpu()]
+    data = pack_padded_sequence(output, lengths, enforce_sorted=True).data
+    return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+
+
+def _parts(state: State) -> tuple[Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _map(state: State, fn) -> State:  # noqa: ANN001
+    return tuple(fn(t) for t in state) if isinstance(state, tuple) else fn(state)
+
+
+def _stack(states: list[State]) -> State:
     if isinstance(states[0], tuple):
         return torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states])
     return torch.stack(states)  # type: ignore[arg-type]
+
+
+def _dtype(module: Recurrent) -> torch.dtype:
+    return getattr(module, module._layer_names[0]["weight_hh"]).dtype
+
+
+def _zero(module: Recurrent) -> Tensor:
+    w = getattr(module, module._layer_names[0]["weight_hh"])
+    return w.new_zeros(())

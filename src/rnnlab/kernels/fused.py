@@ -1,130 +1,157 @@
 """The fused backend on CPU: autograd wiring of the C++ layer kernels, and the sampling step.
 
-One ``torch.autograd.Function`` per layer: forward calls ``layer_forward`` (all T steps in C++,
-saving gate activations), backward calls ``layer_backward`` (reverse loop + all-steps GEMMs).
-Dropout between layers stays in Python with ``F.dropout``, exactly as the reference backend draws
-it, so the two consume the RNG identically. The algorithm (Appleyard et al. 2016): recurrence.cpp.
+Everything here takes explicit tensors (a layer's weights in the kernel's five slots), never a
+module. One ``torch.autograd.Function`` runs one direction of one layer: forward calls
+``layer_forward`` (all T steps in C++, saving gate activations), backward calls ``layer_backward``
+(reverse loop + all-steps GEMMs). The algorithm (Appleyard et al. 2016): recurrence.cpp.
+
+Variable lengths: the batch arrives sorted by length, longest first (``Recurrent`` sorts it), so at
+step t the live rows are a prefix of the batch, ``batch_sizes[t]`` long, as in a PackedSequence;
+the engine runs its GEMMs on that prefix only and finished rows keep their state.
+
+Double backward: the C++ backward is not itself differentiable. When autograd asks for a graph of
+the gradient (``create_graph=True``: gradient penalties, ``gradgradcheck``), backward recomputes
+the layer with the cells' own equations (``rnnlab.cells.unroll``) and differentiates that, so the
+second-order terms are exact rather than silently missing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from rnnlab.cells import State
+from rnnlab.cells import State, input_projection, unroll
 
 # Must match the Cell enum in recurrence.cpp.
 CELL_IDS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3, "mut1": 4, "mut2": 5, "mut3": 6}
 DTYPES = (torch.float32, torch.float64)
 
 
-def cell_id(module: torch.nn.Module) -> int:
-    name = f"rnn_{module.nonlinearity}" if module.cell == "rnn" else module.cell
-    return CELL_IDS[name]
+def cell_id(cell: str, nonlinearity: str = "tanh") -> int:
+    return CELL_IDS[f"rnn_{nonlinearity}" if cell == "rnn" else cell]
 
 
-def layer_weights(params: dict[str, Tensor], k: int, cell: str) -> list[Tensor | None]:
-    """Layer k's parameters in the kernel's five slots: (w_ih, w_hh, b_a, b_b, w_proj).
-
-    b_a/b_b are bias_ih/bias_hh for rnn/lstm/gru, or the MUT cells' single ``bias`` and None.
-    """
-    get = params.get
+def layer_weights(cell: str, p: Mapping[str, Tensor]) -> list[Tensor | None]:
+    """A layer's parameters (the cell's own names) in the kernel's slots (w_ih, w_hh, b_a, b_b,
+    w_proj): b_a/b_b are bias_ih/bias_hh for rnn/lstm/gru, or the MUT cells' ``bias`` and None."""
     if cell.startswith("mut"):
-        return [get(f"weight_ih_l{k}"), get(f"weight_hh_l{k}"), get(f"bias_l{k}"), None,
-                get(f"weight_proj_l{k}")]  # fmt: skip
-    return [get(f"weight_ih_l{k}"), get(f"weight_hh_l{k}"), get(f"bias_ih_l{k}"),
-            get(f"bias_hh_l{k}"), None]  # fmt: skip
+        return [p["weight_ih"], p["weight_hh"], p.get("bias"), None, p.get("weight_proj")]
+    return [p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"), None]
+
+
+def _named(cell: str, w_ih, w_hh, b_a, b_b, w_proj) -> dict[str, Tensor]:  # noqa: ANN001
+    """The inverse of ``layer_weights``: the slots under the cell's own names."""
+    names = (("weight_ih", w_ih), ("weight_hh", w_hh))
+    if cell.startswith("mut"):
+        names += (("bias", b_a), ("weight_proj", w_proj))
+    else:
+        names += (("bias_ih", b_a), ("bias_hh", b_b))
+    return {n: t for n, t in names if t is not None}
+
+
+def batch_sizes(lengths: Tensor, steps: int) -> Tensor:
+    """(T,) int64: how many sequences of a batch sorted longest-first are live at each step."""
+    return (lengths.unsqueeze(0) > torch.arange(steps).unsqueeze(1)).sum(1)
 
 
 class FusedLayer(torch.autograd.Function):
-    """One layer over all steps: (x (T,B,I), h0 (B,H), c0, weights) -> (out (T,B,H), h_T[, c_T]).
+    """One direction of one layer: (x (T,B,I), h0 (B,H), c0, weights) -> (out (T,B,H), h_T[, c_T]).
 
-    ``projected``: x is the layer's input projection [x W_ih^T | px] (T,B,G) (see
-    ``input_table``), w_ih and w_proj are None, and backward returns dx = d[x W_ih^T | px].
+    ``projected``: x is the layer's input projection u = [x W_ih^T | px] (T,B,G) (see
+    ``rnnlab.cells.input_projection``), w_ih and w_proj are None, and backward returns du.
+    ``lengths`` (B,) sorted longest first, or None for full-length sequences.
     """
 
     @staticmethod
-    def forward(ctx, ext, cell, projected, x, h0, c0, w_ih, w_hh, b_a, b_b, w_proj):  # noqa: ANN001, ANN205
+    def forward(ctx, ext, cell, nonlinearity, projected, lengths, x, h0, c0, *weights):  # noqa: ANN001, ANN205
+        sizes = None if lengths is None else batch_sizes(lengths, x.shape[0])
         out, h_t, c_t, saved = ext.layer_forward(
-            cell, x, h0, c0, w_ih, w_hh, b_a, b_b, w_proj, True, projected
+            cell_id(cell, nonlinearity), x, h0, c0, *weights, True, projected, sizes
         )
-        ctx.ext, ctx.cell, ctx.projected = ext, cell, projected
+        ctx.ext, ctx.cell, ctx.nonlinearity, ctx.projected = ext, cell, nonlinearity, projected
+        ctx.lengths, ctx.sizes = lengths, sizes
         ctx.set_materialize_grads(False)  # missing output gradients arrive as None: skip them
-        x_saved = None if projected else x  # backward needs no projected input: don't hold it
-        ctx.save_for_backward(x_saved, h0, c0, out, saved, w_ih, w_hh, b_a, b_b, w_proj)
+        ctx.save_for_backward(x, h0, c0, out, saved, *weights)
         return (out, h_t, c_t) if c_t is not None else (out, h_t)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, grad_h, grad_c=None):  # noqa: ANN001, ANN205
-        x, h0, c0, out, saved, w_ih, w_hh, b_a, b_b, w_proj = ctx.saved_tensors
-        need_dx = ctx.needs_input_grad[3]
-        grads = ctx.ext.layer_backward(ctx.cell, grad_out, grad_h, grad_c, x, h0, c0, out, saved,
-                                       w_ih, w_hh, b_a, b_b, w_proj, need_dx,
-                                       ctx.projected)  # fmt: skip
-        return (None, None, None, *grads)
+        x, h0, c0, out, saved, *weights = ctx.saved_tensors
+        head = (None,) * 5  # ext, cell, nonlinearity, projected, lengths
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the equations themselves
+            return head + _recomputed_grads(ctx, (grad_out, grad_h, grad_c), x, h0, c0, weights)
+        need_dx = ctx.needs_input_grad[5]
+        grads = ctx.ext.layer_backward(
+            cell_id(ctx.cell, ctx.nonlinearity), grad_out, grad_h, grad_c,
+            None if ctx.projected else x, h0, c0, out, saved, *weights, need_dx, ctx.projected,
+            ctx.sizes,
+        )  # fmt: skip
+        return (*head, *grads)
 
 
-def input_table(module: torch.nn.Module, weight: Tensor) -> Tensor:
-    """Layer 0's input projection of every row of ``weight`` (V, I): (V, G) = weight @ W_ih^T,
-    with the MUT1/MUT2 hidden-sized input px (weight itself, or weight @ W_proj^T) appended.
-    Autograd tracks it. Row v is what the fused engine computes for input x = weight[v] before the
-    recurrence (biases stay in the engine), so gathering rows is exact."""
-    params = module._parameters
-    table = F.linear(weight, params["weight_ih_l0"])
-    if module.cell in ("mut1", "mut2"):
-        proj = params.get("weight_proj_l0")
-        table = torch.cat([table, weight if proj is None else F.linear(weight, proj)], 1)
-    return table
+def _recomputed_grads(ctx, grads, x, h0, c0, weights) -> tuple:  # noqa: ANN001
+    """First-order gradients with a graph (for double backward), from the cells' equations: the
+    layer is recomputed from the very input tensors (not copies), so the gradients returned are
+    differentiable functions of the inputs, the weights and the incoming gradients."""
+    inputs = (x, h0, c0, *weights)
+    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[5:], strict=True) if need]
+    with torch.enable_grad():
+        p = _named(ctx.cell, *weights)
+        u = x if ctx.projected else input_projection(ctx.cell, x, p)
+        state = (h0, c0) if c0 is not None else h0
+        out, final, _ = unroll(ctx.cell, u, state, p, ctx.nonlinearity, ctx.lengths)
+        outputs = [out, *(final if isinstance(final, tuple) else (final,))]
+        pairs = [(o, g) for o, g in zip(outputs, grads, strict=False) if g is not None]
+        found = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs],
+                create_graph=True, allow_unused=True,
+            )
+        )  # fmt: skip
+    return tuple(next(found) if need else None for need in ctx.needs_input_grad[5:])
 
 
-def run_layers(
-    module: torch.nn.Module, ext: ModuleType, x: Tensor, state: State, projected: bool = False
-) -> tuple:
-    """All layers of ``module`` (a Recurrent) on x (T, B, I) from state (L, B, H) [or (h, c)].
-    ``projected``: x is layer 0's input projection (T, B, G), rows of ``input_table``."""
-    lstm = module.cell == "lstm"
+def run_layer(
+    ext: ModuleType,
+    cell: str,
+    nonlinearity: str,
+    x: Tensor,
+    state: State,
+    weights: list[Tensor | None],
+    lengths: Tensor | None = None,
+    projected: bool = False,
+) -> tuple[Tensor, State]:
+    """One direction of one layer on x (T, B, I) (or its projection u, ``projected``) from state
+    h0 (B, H) or (h0, c0): -> (output (T, B, H), final state). ``lengths``: sorted, longest first.
+    Records for autograd only when something needs a gradient."""
+    lstm = cell == "lstm"
     h0, c0 = state if lstm else (state, None)
-    cell = cell_id(module)
-    params = module._parameters  # Recurrent's flat weight_ih_l0 ...; no walk over submodules
-    record = torch.is_grad_enabled() and (
-        x.requires_grad
-        or h0.requires_grad
-        or (lstm and c0.requires_grad)
-        or any(p.requires_grad for p in params.values())
-    )
-    hs, cs = [], []
-    for k in range(module.num_layers):
-        if k > 0 and module.dropout > 0:
-            x = F.dropout(x, module.dropout, module.training)
-        w = layer_weights(params, k, module.cell)
-        proj_k = projected and k == 0
-        if proj_k:
-            w[0] = w[4] = None  # applied already: x is layer 0's input projection
-        c0_k = c0[k] if lstm else None
-        if record:
-            result = FusedLayer.apply(ext, cell, proj_k, x, h0[k], c0_k, *w)
-        else:
-            result = ext.layer_forward(cell, x, h0[k], c0_k, *w, False, proj_k)
-        x = result[0]  # (T, B, H)
-        hs.append(result[1])
-        if lstm:
-            cs.append(result[2])
-    h_n = torch.stack(hs)  # (L, B, H)
-    return x, ((h_n, torch.stack(cs)) if lstm else h_n)
+    tensors = [x, h0, c0, *weights]
+    record = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if record:
+        result = FusedLayer.apply(ext, cell, nonlinearity, projected, lengths, *tensors)
+    else:
+        sizes = None if lengths is None else batch_sizes(lengths, x.shape[0])
+        result = ext.layer_forward(cell_id(cell, nonlinearity), *tensors, False, projected, sizes)
+    return result[0], ((result[1], result[2]) if lstm else result[1])
 
 
 def step_layers(
-    module: torch.nn.Module, ext: ModuleType, x: Tensor, state: State
+    ext: ModuleType,
+    cell: str,
+    nonlinearity: str,
+    x: Tensor,
+    state: State,
+    weights: list[list[Tensor | None]],
+    projected: bool = False,
 ) -> tuple[Tensor, State]:
-    """One step of every layer in one C++ call (no autograd): x (B, I) -> (h_top (B, H), state)."""
-    lstm = module.cell == "lstm"
+    """One step of every layer in one C++ call (no autograd): x (B, I) -> (h_top (B, H), state).
+    ``weights[k]`` is layer k's five slots; ``projected``: x is layer 0's projection u (B, G)."""
+    lstm = cell == "lstm"
     h, c = state if lstm else (state, None)
-    params = module._parameters
-    weights = [w for k in range(module.num_layers) for w in layer_weights(params, k, module.cell)]
-    h_top, h_n, c_n = ext.step_layers(cell_id(module), x, h, c, weights)
+    flat = [w for layer in weights for w in layer]
+    h_top, h_n, c_n = ext.step_layers(cell_id(cell, nonlinearity), x, h, c, flat, projected)
     return h_top, ((h_n, c_n) if lstm else h_n)

@@ -21,6 +21,11 @@
 // h_prev of step t is h0 for t = 0 and out[t-1] after, so no copy of the h sequence is made:
 // dW_hh = dG[1:]^T @ out[:-1] + dG[0]^T @ h0.
 //
+// Variable lengths (padded batches, packed sequences): the batch is sorted longest first and
+// batch_sizes[t] rows are live at step t (a prefix, as in a PackedSequence). Each step's GEMMs and
+// gate loops run on the live prefix only; a finished row's outputs stay 0, its final state is
+// read at its last step, and in backward its dh/dc pass through the dead steps unchanged.
+//
 // `projected` layers take the input projection ready-made: x is then (T, B, Gx [+ H]) = [xw | px]
 // (px only for MUT1/MUT2), e.g. rows gathered from a (V, Gx) table E @ W_ih^T when the input is an
 // embedding lookup (rnnlab.models.char_lm), and backward returns its gradient instead of dx, dW_ih
@@ -158,8 +163,10 @@ int64_t saved_width(int64_t cell) {
 template <typename scalar_t>
 void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& px, const Tensor& h0,
                   const Tensor& c0, const Tensor& w_hh, const Tensor& b1, const Tensor& b2,
-                  Tensor& out, Tensor& S, bool save, int64_t r0, int64_t r1) {
+                  Tensor& out, Tensor& S, bool save, const int64_t* live, int64_t r0,
+                  int64_t r1) {
   // Rows r0..r1-1 of the batch; `b` below is a global row, `b - r0` a row of the local buffers.
+  // live: batch sizes per step (rows r0..end-1 are live at step t), or null for all rows.
   const int64_t T = d.T, B = d.B, H = d.H, n_rows = r1 - r0;
   // xw and px may be column blocks of one [xw | px] buffer (projected input): index by strides.
   const int64_t xs0 = xw.stride(0), Gx = xw.stride(1);
@@ -169,9 +176,11 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
   Tensor gh = at::empty({n_rows, ghw}, out.options());  // recurrent GEMM output
   Tensor gh2 = at::empty({n_rows, H}, out.options());   // MUT: W_hh (r*h); MUT3: W_hr h in gh3
   Tensor gh3 = cell == kMut3 ? at::empty({n_rows, H}, out.options()) : Tensor();
-  auto rows = [&](const Tensor& t) { return t.narrow(0, r0, n_rows); };
+  int64_t end = r1;  // live rows this step: r0 .. end-1
+  auto rows = [&](const Tensor& t) { return t.narrow(0, r0, end - r0); };
+  auto local = [&](const Tensor& t) { return t.narrow(0, 0, end - r0); };
   auto each_row = [&](const auto& f) {
-    for (int64_t b = r0; b < r1; ++b) f(b);
+    for (int64_t b = r0; b < end; ++b) f(b);
   };
   Tensor w_first = cell == kMut1 || cell == kMut3 ? w_hh.narrow(0, 0, H)
                    : cell == kMut2                ? w_hh.narrow(0, 0, 2 * H)
@@ -189,7 +198,10 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
   const scalar_t* g2 = gh2.data_ptr<scalar_t>();
 
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t slot = save ? t : t % 2, prev_slot = save ? t - 1 : (t + 1) % 2;
+    if (live) end = std::min(r1, std::max(r0, live[t]));
+    if (end == r0) break;  // sorted longest first: no row of this chunk lives any longer
+    const bool every = save || live;  // S keeps every step (else two slots, alternately)
+    const int64_t slot = every ? t : t % 2, prev_slot = every ? t - 1 : (t + 1) % 2;
     Tensor h_prev = rows(t == 0 ? h0 : out[t - 1]);
     const scalar_t* hp = (t == 0 ? h0 : out[t - 1]).data_ptr<scalar_t>();
     const scalar_t* x_t = xwp + t * xs0;
@@ -204,10 +216,12 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) th[j] = tanh_(hb[j]);
       });
-      mm_nt(gh, rows(S[slot]).narrow(1, 4 * H, H), w_first);
-      mm_nt(gh3, h_prev, w_hr3);
+      Tensor gh_ = local(gh), gh3_ = local(gh3);
+      mm_nt(gh_, rows(S[slot]).narrow(1, 4 * H, H), w_first);
+      mm_nt(gh3_, h_prev, w_hr3);
     } else {
-      mm_nt(gh, h_prev, w_first);
+      Tensor gh_ = local(gh);
+      mm_nt(gh_, h_prev, w_first);
     }
 
     switch (cell) {
@@ -295,7 +309,8 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
             }
           }
         });
-        mm_nt(gh2, rows(S[slot]).narrow(1, 3 * H, H), w_last);
+        Tensor gh2_ = local(gh2);
+        mm_nt(gh2_, rows(S[slot]).narrow(1, 3 * H, H), w_last);
         const int64_t xh = cell == kMut3 ? 2 * H : H;  // column of W_xh x in xw (MUT2/3)
         each_row([&](int64_t b) {
           const scalar_t *xb = x_t + b * Gx, *hpb = hp + b * H, *g2b = g2 + (b - r0) * H;
@@ -368,7 +383,8 @@ int64_t gates_x(int64_t cell, int64_t H) {
 // Returns {out (T,B,H), h_T (B,H), c_T (B,H) or undefined, S or undefined}.
 std::vector<Tensor> forward_layer(int64_t cell, const Tensor& x_in, const Tensor& h0_in,
                                   const optional<Tensor>& c0_in, const Weights& w, bool save,
-                                  bool projected = false) {
+                                  bool projected = false,
+                                  const optional<Tensor>& batch_sizes = c10::nullopt) {
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous();
   const Dims d{x.size(0), x.size(1), x.size(2), w.w_hh.size(1)};
   const int64_t Gx = gates_x(cell, d.H);
@@ -391,20 +407,41 @@ std::vector<Tensor> forward_layer(int64_t cell, const Tensor& x_in, const Tensor
     mm_nt(px, x2, w.w_proj);
     px = px.view({d.T, d.B, d.H});
   }
-  Tensor out = at::empty({d.T, d.B, d.H}, x.options());
+  // With lengths, dead rows are never written: outputs and saved gates must read as 0 there, and
+  // every step's S is kept so a row's final c can be read at its own last step.
+  const Tensor live = batch_sizes.has_value() ? batch_sizes->to(at::kLong).contiguous() : Tensor();
+  const bool ragged = live.defined();
+  TORCH_CHECK(!ragged || live.numel() == d.T, "layer_forward: batch_sizes must have T entries");
+  const auto alloc = [&](at::IntArrayRef shape) {
+    return ragged ? at::zeros(shape, x.options()) : at::empty(shape, x.options());
+  };
+  Tensor out = alloc({d.T, d.B, d.H});
   const int64_t K = saved_width(cell) * d.H;
-  Tensor S = K ? at::empty({save ? d.T : 2, d.B, K}, x.options()) : Tensor();
+  Tensor S = K ? alloc({save || ragged ? d.T : 2, d.B, K}) : Tensor();
   Tensor c0 = cell == kLstm ? c0_in->contiguous() : Tensor();
+  const int64_t* live_p = ragged ? live.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab_forward", [&] {
     auto rows = [&](int64_t r0, int64_t r1) {
-      forward_impl<scalar_t>(cell, d, xw, px, h0, c0, w.w_hh, w.b1, w.b2, out, S, save, r0, r1);
+      forward_impl<scalar_t>(cell, d, xw, px, h0, c0, w.w_hh, w.b1, w.b2, out, S, save, live_p,
+                             r0, r1);
     };
     // One step (sampling) splits each GEMM's weights instead (mm_nt): every thread reads half.
     d.T > 1 ? split_batch(d.B, rows) : rows(0, d.B);
   });
-  Tensor hT = out[d.T - 1].clone();
-  Tensor cT;
-  if (cell == kLstm) cT = S[save ? d.T - 1 : (d.T - 1) % 2].narrow(1, 4 * d.H, d.H).contiguous();
+  Tensor hT, cT;
+  if (ragged) {  // row b's final state is at its last live step
+    hT = at::empty_like(h0);
+    if (cell == kLstm) cT = at::empty_like(h0);
+    for (int64_t b = 0; b < d.B; ++b) {
+      int64_t last = 0;
+      while (last + 1 < d.T && live_p[last + 1] > b) ++last;
+      hT[b].copy_(out[last][b]);
+      if (cell == kLstm) cT[b].copy_(S[last][b].narrow(0, 4 * d.H, d.H));
+    }
+  } else {
+    hT = out[d.T - 1].clone();
+    if (cell == kLstm) cT = S[save ? d.T - 1 : (d.T - 1) % 2].narrow(1, 4 * d.H, d.H).contiguous();
+  }
   return {out, hT, cT, save ? S : Tensor()};
 }
 
@@ -412,10 +449,11 @@ std::vector<Tensor> layer_forward(int64_t cell, const Tensor& x, const Tensor& h
                                   const optional<Tensor>& c0, const optional<Tensor>& w_ih,
                                   const Tensor& w_hh, const optional<Tensor>& b_a,
                                   const optional<Tensor>& b_b, const optional<Tensor>& w_proj,
-                                  bool save, bool projected) {
+                                  bool save, bool projected,
+                                  const optional<Tensor>& batch_sizes) {
   TORCH_CHECK(projected || w_ih.has_value(), "layer_forward: weight_ih is required");
   return forward_layer(cell, x, h0, c0, prepare(cell, w_ih, w_hh, b_a, b_b, w_proj), save,
-                       projected);
+                       projected, batch_sizes);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,14 +463,17 @@ std::vector<Tensor> layer_forward(int64_t cell, const Tensor& x, const Tensor& h
 template <typename scalar_t>
 void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor& out,
                    const Tensor& h0, const Tensor& c0, const Tensor& S, const Tensor& w_hh,
-                   Tensor& dh, Tensor& dc, Tensor& dG, Tensor& dA, int64_t r0, int64_t r1) {
+                   Tensor& dh, Tensor& dc, Tensor& dG, Tensor& dA, const int64_t* live,
+                   int64_t r0, int64_t r1) {
   // Rows r0..r1-1 of the batch (see split_batch); tmp/tmp2 are local, indexed by b - r0.
+  // live as in forward_impl: a dead row's dG stays 0 and its dh/dc pass through unchanged.
   const int64_t T = d.T, B = d.B, H = d.H, n_rows = r1 - r0;
-  auto rows = [&](const Tensor& t) { return t.narrow(0, r0, n_rows); };
+  int64_t end = r1;
+  auto rows = [&](const Tensor& t) { return t.narrow(0, r0, end - r0); };
+  auto local = [&](const Tensor& t) { return t.narrow(0, 0, end - r0); };
   auto each_row = [&](const auto& f) {
-    for (int64_t b = r0; b < r1; ++b) f(b);
+    for (int64_t b = r0; b < end; ++b) f(b);
   };
-  Tensor dh_rows = rows(dh);
   const int64_t K = saved_width(cell) * H, GW = dG.size(2);
   const scalar_t* go = gout.data_ptr<scalar_t>();
   const scalar_t* o = out.data_ptr<scalar_t>();
@@ -447,6 +488,9 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
   Tensor w_last = cell >= kMut1 ? w_hh.narrow(0, w_hh.size(0) - H, H) : Tensor();
 
   for (int64_t t = T - 1; t >= 0; --t) {
+    if (live) end = std::min(r1, std::max(r0, live[t]));
+    if (end == r0) continue;  // no row of this chunk is live yet (walking backwards)
+    Tensor dh_rows = rows(dh);
     const scalar_t* hp = t == 0 ? h0.data_ptr<scalar_t>() : o + (t - 1) * B * H;
     const scalar_t* go_t = go + t * B * H;
     const scalar_t* h_t = o + t * B * H;
@@ -533,9 +577,9 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
             }
           }
         });
-        Tensor dG_t = rows(dG[t]);
-        at::mm_out(tmp, dG_t.narrow(1, 2 * H, H), w_last);  // d(r*h) = dan @ W_hh
-        if (cell == kMut3) at::mm_out(tmp2, dG_t.narrow(1, 0, H), w_hh.narrow(0, 0, H));
+        Tensor dG_t = rows(dG[t]), tmp_ = local(tmp), tmp2_ = local(tmp2);
+        at::mm_out(tmp_, dG_t.narrow(1, 2 * H, H), w_last);  // d(r*h) = dan @ W_hh
+        if (cell == kMut3) at::mm_out(tmp2_, dG_t.narrow(1, 0, H), w_hh.narrow(0, 0, H));
         each_row([&](int64_t b) {
           const scalar_t *sb = s_t + b * K, *hpb = hp + b * H, *drh = tp1 + (b - r0) * H;
           scalar_t *dhb = dhp + b * H, *dg = dg_t + b * GW;
@@ -573,7 +617,8 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
                                    const optional<Tensor>& S_in, const optional<Tensor>& w_ih_in,
                                    const Tensor& w_hh_in, const optional<Tensor>& b_a,
                                    const optional<Tensor>& b_b, const optional<Tensor>& w_proj_in,
-                                   bool need_dx, bool projected) {
+                                   bool need_dx, bool projected,
+                                   const optional<Tensor>& batch_sizes) {
   TORCH_CHECK(projected || (x_in.has_value() && w_ih_in.has_value()),
               "layer_backward: x and weight_ih are required");
   const Tensor x = projected ? Tensor() : x_in->contiguous(), h0 = h0_in.contiguous();
@@ -590,11 +635,17 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
   // dG: lstm 4H, gru 3H (hh side: [r, z, r*hn]), mut 3H [z r h], rnn H.
   // dA: gru's n-block of the ih side (dan) / mut1's dL/d px; (T,B,H).
   const int64_t GW = cell == kLstm ? 4 * H : (cell == kGru || cell >= kMut1) ? 3 * H : H;
-  Tensor dG = at::empty({T, B, GW}, out.options());
-  Tensor dA = cell == kGru || cell == kMut1 ? at::empty({T, B, H}, out.options()) : Tensor();
+  const Tensor live = batch_sizes.has_value() ? batch_sizes->to(at::kLong).contiguous() : Tensor();
+  const int64_t* live_p = live.defined() ? live.data_ptr<int64_t>() : nullptr;
+  const auto alloc = [&](at::IntArrayRef shape) {  // dead rows' gradients are never written
+    return live_p ? at::zeros(shape, out.options()) : at::empty(shape, out.options());
+  };
+  Tensor dG = alloc({T, B, GW});
+  Tensor dA = cell == kGru || cell == kMut1 ? alloc({T, B, H}) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnlab_backward", [&] {
     split_batch(B, [&](int64_t r0, int64_t r1) {
-      backward_loop<scalar_t>(cell, d, gout, out, h0, c0, S, w_hh, dh, dc, dG, dA, r0, r1);
+      backward_loop<scalar_t>(cell, d, gout, out, h0, c0, S, w_hh, dh, dc, dG, dA, live_p, r0,
+                              r1);
     });
   });
 
@@ -677,12 +728,14 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
 
 // ---------------------------------------------------------------------------------------------
 // Sampling: one step of every layer in one call (no autograd, no dropout).
-// weights: 5 per layer, (w_ih, w_hh, b_a, b_b, w_proj), None where absent.
+// weights: 5 per layer, (w_ih, w_hh, b_a, b_b, w_proj), None where absent; `projected`: x is
+// layer 0's input projection (as in layer_forward).
 // Returns {h_top (B,H), h_n (L,B,H), c_n (L,B,H) or undefined}.
 // ---------------------------------------------------------------------------------------------
 
 std::vector<Tensor> step_layers(int64_t cell, const Tensor& x, const Tensor& h,
-                                const optional<Tensor>& c, const std::vector<optional<Tensor>>& ws) {
+                                const optional<Tensor>& c, const std::vector<optional<Tensor>>& ws,
+                                bool projected) {
   const int64_t L = h.size(0);
   TORCH_CHECK(static_cast<int64_t>(ws.size()) == 5 * L, "step_layers: expected 5 weights per layer");
   Tensor h_n = at::empty_like(h), c_n = c.has_value() ? at::empty_like(*c) : Tensor();
@@ -691,7 +744,8 @@ std::vector<Tensor> step_layers(int64_t cell, const Tensor& x, const Tensor& h,
     const auto* w = &ws[5 * k];
     Weights lw = prepare(cell, w[0], *w[1], w[2], w[3], w[4]);
     optional<Tensor> c0 = c.has_value() ? optional<Tensor>((*c)[k]) : c10::nullopt;
-    std::vector<Tensor> r = forward_layer(cell, input, h[k], c0, lw, /*save=*/false);
+    std::vector<Tensor> r = forward_layer(cell, input, h[k], c0, lw, /*save=*/false,
+                                          /*projected=*/projected && k == 0);
     h_n[k].copy_(r[1]);
     if (c_n.defined()) c_n[k].copy_(r[2]);
     input = r[0];

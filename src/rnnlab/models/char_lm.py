@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
-from rnnlab.cells import State, cell_class
+from rnnlab.cells import ShapeError, State, cell_class
 from rnnlab.recurrent import Recurrent
 
 
@@ -63,8 +62,8 @@ class CharLM(nn.Module):
             config.cell,
             E,
             H,
-            config.num_layers,
-            dropout=config.dropout,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,  # between layers only
             batch_first=True,
             backend=config.backend,
         )
@@ -75,55 +74,30 @@ class CharLM(nn.Module):
 
     def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         if idx.dim() != 2:
-            raise ValueError(
+            raise ShapeError(
                 f"idx: expected a 2-D (B, T) tensor of token ids, got shape {tuple(idx.shape)}"
             )
-        if not self.folds_embedding(idx):
-            h, state = self.rnn(self.embedding(idx), state)  # (B, T, H)
-            return self.head(self.drop(h)), state  # (B, T, V)
-        from rnnlab.kernels import input_table, run_layers
-
-        # The embedding folded into layer 0's input projection (exact): emb(idx) @ W_ih^T is row
-        # idx of the (V, G) table P = E @ W_ih^T, so one V x E x G GEMM and a gather replace a
-        # (B*T) x E x G GEMM. Backward: the gather's is an index_add into dP (V, G), then
-        # dE = dP @ W_ih and dW_ih = dP^T @ E, small GEMMs instead of two (B*T)-row ones.
-        table = input_table(self.rnn, self.embedding.weight)  # P (V, G); biases stay in the engine
-        _, state, _ = self.rnn._prepare(
-            table.new_empty(()).expand(*idx.shape, self.rnn.input_size), state
-        )  # validates state; zeros if None
-        h, state = run_layers(self.rnn, F.embedding(idx.t(), table), state, projected=True)
-        return self.head(self.drop(h.transpose(0, 1))), state  # (B, T, V)
+        # The embedding is a lookup input of the recurrence: on the fused engine it is folded
+        # into layer 0's input projection (exact; see rnnlab.recurrent).
+        h, state = self.rnn(idx, state, embedding=self.embedding.weight)  # (B, T, H)
+        return self.head(self.drop(h)), state  # (B, T, V)
 
     def folds_embedding(self, idx: Tensor) -> bool:
-        """Whether ``forward(idx)`` folds the embedding into layer 0's input projection: when the
-        recurrence runs on rnnlab's C++ engine (backend ``fused``, or ``auto`` where the engine
-        with the fold is fastest: ``choose_backend(..., projected_input=True)``) and the batch has
-        more than 2V tokens, where the (V, G) table costs less than projecting every token."""
-        from rnnlab.kernels import can_project
-
-        return (self.resolved_backend() == "fused" and idx.numel() > 2 * self.config.vocab_size
-                and self.embedding.padding_idx is None and self.embedding.max_norm is None
-                and can_project(self.rnn))  # fmt: skip
+        """Whether ``forward(idx)`` folds the embedding into layer 0's input projection (see
+        ``Recurrent.folds_lookup``)."""
+        return self.rnn.folds_lookup(idx.numel(), self.config.vocab_size)
 
     def resolved_backend(self, device: torch.device | str | None = None) -> str:
-        """The recurrence's backend in training: ``self.rnn.resolved_backend``, except that
-        ``auto`` counts the embedding fold (on CPU the LSTM then runs fused, not on oneDNN)."""
-        from rnnlab.kernels import can_project, choose_backend
-
-        rnn = self.rnn
-        device = torch.device(device) if device is not None else self.embedding.weight.device
-        if rnn.backend == "auto" and device == self.embedding.weight.device and can_project(rnn):
-            return choose_backend(rnn.cell, rnn.hidden_size, device, projected_input=True)
-        return rnn.resolved_backend(device)
+        """The recurrence's backend in training (``auto`` counts the embedding lookup: on CPU the
+        LSTM then runs fused, not on oneDNN)."""
+        return self.rnn.resolved_backend(device, lookup=True)
 
     @torch.no_grad()
     def step(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """One character per stream, for sampling: idx (B,) -> logits (B, V). No autograd; on
-        CPU the recurrence is one C++ call (``rnnlab.kernels.step_layers``), so generating a
-        character costs its matrix-vector products, not a framework call per layer."""
-        from rnnlab.kernels import step_layers
-
-        h, state = step_layers(self.rnn, self.embedding(idx), state)  # (B, H)
+        CPU the recurrence is one C++ call (``Recurrent.step``), so generating a character costs
+        its matrix-vector products, not a framework call per layer."""
+        h, state = self.rnn.step(idx, state, embedding=self.embedding.weight)  # (B, H)
         return self.head(h), state  # (B, V)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
