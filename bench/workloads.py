@@ -9,7 +9,7 @@ allocator or thread state from leaking into the next. Kinds:
   any other backend is ``rnnlab.CharLM`` with that backend (``reference`` is the Python loop;
   ``fused`` folds the embedding into layer 0's input projection, ``fused-nofold`` does not).
 - ``sample``: generate characters one at a time for S streams (embedding, recurrence, head,
-  softmax, multinomial): plain nn.LSTM/GRU/RNN at T = 1, or ``rnnlab.kernels.step_layers``.
+  softmax, multinomial): plain nn.LSTM/GRU/RNN at T = 1, or ``CharLM.step`` (one C++ call).
 - ``mm``: torch.mm GFLOP/s on this size's large input-projection and per-step GEMM shapes.
 """
 

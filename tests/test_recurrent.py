@@ -170,7 +170,9 @@ def test_lstm_forget_bias_default_and_none():
             "input: expected size 3 in the last dimension, got 5",
         ),
         (
-            lambda: Recurrent("gru", 3, 4, num_layers=2)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)),
+            lambda: Recurrent("gru", 3, 4, num_layers=2)(
+                torch.randn(5, 2, 3), torch.zeros(1, 2, 4)
+            ),
             "hx: expected h_0 of shape (2, 2, 4), got (1, 2, 4)",
         ),
         (
