@@ -78,3 +78,24 @@ def planted_text(n: int, seed: int = 0) -> str:
         else:
             out.append(rng.choice(list("ab ")))
     return "".join(out)
+
+
+XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+
+
+def tiny_viewer(text: str | None = None, seed: int = 0):
+    """(ViewerData, text) for a random 1-layer LSTM CharLM over ``text`` whose second half (the
+    viewer's window) holds the XSS payload; a fresh model, no training needed to render."""
+    from rnnlab.analysis import analyze
+    from rnnlab.viewer import viewer_data
+
+    if text is None:
+        text = ('the cat (sat) on "the" mat;\n' * 4) + XSS + ' said "x" </script>\n'
+        text = "a" * (len(text) - 1) + "\n" + text  # pad so the whole text above is held out
+    vocab = Vocab.from_text(text)
+    torch.manual_seed(seed)
+    model = CharLM(
+        CharLMConfig(len(vocab), "lstm", hidden_size=8, num_layers=1, backend="reference")
+    ).eval()
+    analysis = analyze(model, vocab.encode(text), text, view_chars=len(text))
+    return viewer_data(analysis, vocab.tokens, model), text

@@ -42,6 +42,8 @@ class TraceChunk:
     values: ``"L{k}.{name}"`` -> (T, H) float32, every state and gate of every layer.
     loss: (T,) float32, nats, -log p(ids[t] | ids[<t]); NaN where nothing predicted it.
     top_ids, top_probs: (T, k) the k most likely next characters after reading ids[t].
+    next_logp: (V,) log-probabilities of the character after the chunk.
+    state: the model's state after the chunk (pass it on to continue the stream).
     """
 
     start: int
@@ -50,6 +52,8 @@ class TraceChunk:
     loss: np.ndarray
     top_ids: np.ndarray
     top_probs: np.ndarray
+    next_logp: np.ndarray
+    state: State
 
     def units(self, kinds: Sequence[str] = STATE_NAMES) -> tuple[list[str], np.ndarray]:
         """(unit names, (T, U) matrix) for the layers' states of the given kinds (h and c)."""
@@ -157,6 +161,8 @@ def iter_trace(
                 loss=loss.numpy(),
                 top_ids=top.indices.cpu().numpy(),
                 top_probs=top.values.cpu().numpy(),
+                next_logp=logp[-1].cpu().numpy(),
+                state=state,
             )
     finally:
         model.train(was_training)
