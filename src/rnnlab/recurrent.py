@@ -216,10 +216,6 @@ class Recurrent(nn.Module):
             )  # fmt: skip
         if self.backend == "fused" and (self.proj_size or device.type != "cpu"):
             return "native" if native_ok and device.type == "cuda" else "reference"
-        if self.backend == "native" and not native_ok:
-            raise ValueError(
-                "backend: 'native' cannot take a condition; use 'fused' or 'reference'"
-            )
         return self.backend
 
     def _device(self) -> torch.device:
@@ -686,6 +682,9 @@ def _check_arguments(
     if backend == "native" and cell not in NATIVE_CELLS:
         raise ValueError(f"backend: 'native' supports {'|'.join(NATIVE_CELLS)} only, got cell "
                          f"{cell!r}; use 'fused' or 'reference'")  # fmt: skip
+    if backend == "native" and condition_size:
+        raise ValueError("backend: 'native' takes no condition (torch's kernels have no W_ch v "
+                         "term); use 'fused' or 'reference'")  # fmt: skip
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
     if cell != "rnn" and nonlinearity != "tanh":
