@@ -132,7 +132,8 @@ def test_init_bit_for_bit_with_forget_bias_none(cell):
         theirs = TORCH[cell](5, 6, **kw)
         torch.manual_seed(3)
         ours = OURS[cell](5, 6, **kw, **opts)
-        for (n, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        pairs = zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True)
+        for (n, a), (_, b) in pairs:
             assert torch.equal(a, b), n
     default = rnnlab.LSTM(5, 6)  # the one intended deviation: the forget-gate bias starts at 1
     assert torch.all(default.bias_ih_l0[6:12] + default.bias_hh_l0[6:12] == 1)
@@ -371,7 +372,7 @@ def test_lengths_errors():
 @pytest.mark.parametrize("cell", STANDARD)
 @pytest.mark.parametrize("backend", ["reference", "fused", "auto"])
 def test_condition_equals_concatenated_input(cell, backend):
-    """W_ih x + W_ch v == [W_ih | W_ch] [x; v] (the lecture's h = tanh(W_xh x + W_hh h + W_ch v))."""
+    """W_ih x + W_ch v == [W_ih | W_ch] [x; v]: the lecture's h = tanh(W_xh x + W_hh h + W_ch v)."""
     torch.manual_seed(0)
     cond = Recurrent(cell, 4, 5, num_layers=2, condition_size=3, backend=backend)
     concat = Recurrent(cell, 7, 5, num_layers=2, backend="reference")
