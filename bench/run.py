@@ -73,7 +73,7 @@ def train_table(sizes: list, cells: list[str], steps: int, log) -> tuple[list[st
                 backends = ["reference", "fused-nofold", "fused"]
                 if gru_base is None:
                     gru_base = measure("train", cell="gru", backend="baseline", steps=steps, **dims)
-            auto = choose_backend(cell, H, torch.device("cpu"), projected_input=True)  # CharLM
+            auto = choose_backend(cell, H, torch.device("cpu"), lookup_input=True)  # CharLM
             base = None
             for backend in backends:
                 r = measure("train", cell=cell, backend=backend, steps=steps, **dims)
