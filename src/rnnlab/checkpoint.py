@@ -31,7 +31,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "read_header",
     "read_safetensors",
     "resolve_checkpoint",
     "save_checkpoint",
@@ -66,6 +67,8 @@ _STEP_DIR = re.compile(r"step-(\d+)")
 # A safetensors file starts with an 8-byte little-endian header length, then a JSON header.
 # safetensors itself caps the header at 100 MB; we check first so garbage gives our error.
 MAX_HEADER_BYTES = 100_000_000
+# config/vocab/trainer JSON: a vocabulary of every Unicode code point is about 10 MB.
+MAX_JSON_BYTES = 64_000_000
 
 
 class CheckpointError(ValueError):
@@ -576,8 +579,63 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return m
 
 
+def read_header(file: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, reading only its first ``8 + n`` bytes, with the
+    framing checked: header length within the file and the limit, every tensor's byte range
+    inside the body, and the body exactly as long as the tensors (so a file that is mostly
+    garbage is refused before anything else of it is read)."""
+    try:
+        with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(
+                    f"checkpoint {file}: truncated ({len(head)} bytes); not safetensors"
+                )
+            n = int.from_bytes(head, "little")
+            if n > MAX_HEADER_BYTES:
+                raise CheckpointError(
+                    f"checkpoint {file}: header length {n} exceeds the {MAX_HEADER_BYTES} byte "
+                    "limit; not a safetensors file"
+                )
+            if 8 + n > size:
+                raise CheckpointError(
+                    f"checkpoint {file}: header length {n} exceeds the file size {size}; "
+                    "truncated or not a safetensors file"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {file}: cannot read ({e.strerror})") from None
+    header = _read_json_bytes(raw, file)
+    if not isinstance(header, dict):
+        raise CheckpointError(f"checkpoint {file}: safetensors header is not a JSON object")
+    body, end = size - 8 - n, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= body
+        ):
+            raise CheckpointError(f"checkpoint {file}: tensor {name!r} lies outside the file")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise CheckpointError(f"checkpoint {file}: tensor {name!r} has a malformed shape")
+        if not isinstance(info.get("dtype"), str):
+            raise CheckpointError(f"checkpoint {file}: tensor {name!r} has no dtype")
+        end = max(end, offsets[1])
+    if end != body:
+        raise CheckpointError(
+            f"checkpoint {file}: {body - end} bytes beyond the last tensor; not a file rnnlab wrote"
+        )
+    return header
+
+
 def _check_header(data: bytes, file: Path) -> None:
-    """Validate the safetensors framing before the parser sees it, so garbage fails cleanly."""
+    """Validate in-memory safetensors framing before the parser sees it."""
     if len(data) < 8:
         raise CheckpointError(f"checkpoint {file}: truncated ({len(data)} bytes); not safetensors")
     n = int.from_bytes(data[:8], "little")
@@ -628,55 +686,81 @@ def read_safetensors(
     return {k: v.to(map_location) for k, v in _parse_safetensors(data, path).items()}
 
 
+def _sha256_file(file: Path) -> str:
+    """Streamed: memory stays at one buffer whatever the file's size."""
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_file(file: Path, entry: dict[str, Any], limit: int | None = None) -> None:
+    """Regular file, size as the manifest says (and within ``limit``)."""
+    if not file.is_file() or file.is_symlink() and not file.resolve().is_file():
+        raise CheckpointError(f"checkpoint {file}: missing or not a regular file")
+    size = file.stat().st_size
+    if size != entry["size"]:
+        raise CheckpointError(
+            f"checkpoint {file}: size {size} != {entry['size']} in the manifest; "
+            "the file is truncated or corrupted, resume from an earlier step"
+        )
+    if limit is not None and size > limit:
+        raise CheckpointError(f"checkpoint {file}: {size} bytes, over the {limit} byte limit")
+
+
+def _verify_sha(file: Path, entry: dict[str, Any], data: bytes | None = None) -> None:
+    digest = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(file)
+    if digest != entry["sha256"]:
+        raise CheckpointError(
+            f"checkpoint {file}: checksum mismatch; the file is corrupted, "
+            "resume from an earlier step"
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     map_location: str | torch.device = "cpu",
     *,
     required_config_keys: Collection[str] | None = None,
+    validate: Callable[[dict[str, Any], dict[str, dict[str, Any]]], None] | None = None,
 ) -> Checkpoint:
     """Load and verify a checkpoint directory (use :func:`resolve_checkpoint` for run dirs).
 
-    Every file's size and sha256 are checked against the manifest (each file is read once),
-    safetensors headers are validated before parsing, and tensors are moved to
-    ``map_location``. With ``required_config_keys``, a config.json missing one of them raises
-    CheckpointError and keys beyond them are kept with a warning. Raises CheckpointError with a
-    one-line message naming the file for every problem found.
+    Order, cheapest first, so damaged or hostile files are refused before they cost memory:
+    the manifest; each JSON file (size, sha256, at most MAX_JSON_BYTES, strict JSON objects);
+    each safetensors header (framing, offsets, body length; see :func:`read_header`); then
+    ``validate(json_parts, headers)`` (file name -> parsed JSON / header, aliases under
+    ``"__aliases__"``), where a caller checks the config against the tensors' shapes and dtypes
+    before anything is built; then each tensor file's sha256, streamed; then the tensors, read
+    through a memory map. With ``required_config_keys``, a config.json missing one raises and
+    extra keys are kept with a warning. Every problem is a CheckpointError naming the file.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path}: no such directory")
     manifest = _read_manifest(path)
-    data: dict[str, bytes] = {}
-    for name, entry in manifest["files"].items():
+    files = manifest["files"]
+    json_parts: dict[str, Any] = {}
+    for name in (CONFIG, VOCAB, TRAINER):
         file = path / name
+        _check_file(file, files[name], MAX_JSON_BYTES)
         try:
-            data[name] = file.read_bytes()
+            data = file.read_bytes()
         except OSError as e:
             raise CheckpointError(f"checkpoint {file}: cannot read ({e.strerror})") from None
-        if len(data[name]) != entry["size"]:
-            raise CheckpointError(
-                f"checkpoint {file}: size {len(data[name])} != {entry['size']} in the manifest; "
-                "the file is truncated or corrupted, resume from an earlier step"
-            )
-        if hashlib.sha256(data[name]).hexdigest() != entry["sha256"]:
-            raise CheckpointError(
-                f"checkpoint {file}: checksum mismatch; the file is corrupted, "
-                "resume from an earlier step"
-            )
-    tensors = {}
-    for name in (MODEL, TRAINER_TENSORS):
-        loaded = _parse_safetensors(data[name], path / name)
-        moved = {k: v.to(map_location) for k, v in loaded.items()}
-        for alias, target in manifest["aliases"].get(name, {}).items():
-            if target not in moved or alias in moved:
-                raise CheckpointError(f"checkpoint {path / name}: bad alias {alias!r}")
-            moved[alias] = moved[target]  # the same object: tied weights stay tied
-        tensors[name] = moved
-    json_parts = {}
-    for name in (CONFIG, VOCAB, TRAINER):
-        json_parts[name] = _read_json_bytes(data[name], path / name)
+        _verify_sha(file, files[name], data)
+        json_parts[name] = _read_json_bytes(data, file)
         if not isinstance(json_parts[name], dict):
-            raise CheckpointError(f"checkpoint {path / name}: not a JSON object")
+            raise CheckpointError(f"checkpoint {file}: not a JSON object")
+    headers: dict[str, dict[str, Any]] = {}
+    for name in (MODEL, TRAINER_TENSORS):
+        _check_file(path / name, files[name])
+        headers[name] = read_header(path / name)
+        for alias, target in manifest["aliases"].get(name, {}).items():
+            if target not in headers[name] or target == "__metadata__" or alias in headers[name]:
+                raise CheckpointError(f"checkpoint {path / name}: bad alias {alias!r}")
+        headers[name]["__aliases__"] = dict(manifest["aliases"].get(name, {}))
     config = json_parts[CONFIG]
     if required_config_keys is not None:
         missing = [k for k in required_config_keys if k not in config]
@@ -690,6 +774,20 @@ def load_checkpoint(
                 f"checkpoint {path / CONFIG}: unknown key(s) {', '.join(extra)} kept",
                 stacklevel=2,
             )
+    if validate is not None:
+        validate(json_parts, headers)
+    tensors = {}
+    for name in (MODEL, TRAINER_TENSORS):
+        file = path / name
+        _verify_sha(file, files[name])
+        try:
+            loaded = safetensors.torch.load_file(file)  # a memory map, not a read of the file
+        except Exception as e:  # the parser's own checks (dtype, shape vs. byte count, overlaps)
+            raise CheckpointError(f"checkpoint {file}: invalid safetensors file ({e})") from None
+        moved = {k: v.to(map_location) for k, v in loaded.items()}
+        for alias, target in manifest["aliases"].get(name, {}).items():
+            moved[alias] = moved[target]  # the same object: tied weights stay tied
+        tensors[name] = moved
     return Checkpoint(
         path=path,
         step=manifest["step"],

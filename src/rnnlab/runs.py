@@ -1,4 +1,9 @@
-"""A trained run as a library object: load it, evaluate it, sample from it."""
+"""A trained run as a library object: load it, evaluate it, sample from it.
+
+Loading goes through ``rnnlab.loading`` (the one checked loader); evaluation on a split uses the
+run's own vocabulary and the corpus it trained on, found by content hash, never a re-read of a
+file that may have been edited since.
+"""
 
 from __future__ import annotations
 
@@ -6,44 +11,39 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from rnnlab.checkpoint import load_checkpoint, resolve_checkpoint
-from rnnlab.data import DataError, StreamBatcher, Vocab, prepare_corpus
+from rnnlab.data import DataError, StreamBatcher, Vocab
+from rnnlab.data.corpus import check_file
 from rnnlab.evaluate import EvalResult, evaluate_tokens
-from rnnlab.models import CharLM, CharLMConfig
+from rnnlab.loading import load_run_checkpoint, training_corpus
+from rnnlab.models import CharLM
 from rnnlab.runtime import resolve_device
 from rnnlab.sample import SampleConfig, generate, prime_ids
+from rnnlab.training.config import TrainConfig
+
+MAX_EVAL_BYTES = 1 << 30  # an evaluation file is read whole: refuse anything absurd
 
 
 @dataclass
 class Run:
     model: CharLM
     vocab: Vocab
-    train_config: dict
+    train_config: TrainConfig | None
     path: Path  # the checkpoint directory it came from
     step: int
+    corpus: dict
 
 
 def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
     """Load a run directory (its ``best`` checkpoint, or ``latest``; ``best`` falls back to the
-    newest checkpoint when no validation has run yet) or a checkpoint directory.
-
-    Tensors are mapped to ``device``, so a run trained on a GPU loads on a CPU.
-    """
-    path = Path(path)
-    if (
-        which == "best"
-        and (path / "manifest.json").exists() is False
-        and not (path / "best").is_dir()
-    ):
-        which = "latest"  # no validation has run yet: the newest checkpoint is all there is
-    ckpt = load_checkpoint(resolve_checkpoint(path, which=which))
-    model = CharLM(CharLMConfig(**ckpt.config["model"]))
-    model.load_state_dict(ckpt.model)
-    model.to(resolve_device(device)).eval()
-    train_config = ckpt.config.get("train", {})
-    return Run(model, Vocab.from_json(ckpt.vocab), train_config, ckpt.path, ckpt.step)
+    newest checkpoint when no validation has run yet) or a checkpoint directory, checked
+    (``rnnlab.loading``). Tensors are mapped to ``device``, so a GPU run loads on a CPU."""
+    if which not in ("best", "latest"):
+        raise ValueError(f"checkpoint: expected best or latest, got {which!r}")
+    ckpt = load_run_checkpoint(path, which, resolve_device(device))
+    return Run(ckpt.model, ckpt.vocab, ckpt.train_config, ckpt.path, ckpt.step, ckpt.corpus)
 
 
 def evaluate(
@@ -52,33 +52,37 @@ def evaluate(
     split: str = "val",
     which: str = "best",
     device: str = "cpu",
+    *,
+    input: str | Path | None = None,
 ) -> EvalResult:
-    """Loss of a run in nats/char (``.bpc`` for bits/char) on a split of its corpus or any file."""
+    """Loss of a run in nats/char (``.bpc`` for bits/char) on a split of the corpus it trained
+    on (``input`` locates a moved training file) or on any ``file``, with the run's vocabulary."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split: expected train|val|test, got {split!r}")
     run = load_run(path, which, device)
-    cfg = run.train_config
+    batch_size, seq_len = 1, 64
+    if run.train_config is not None:
+        batch_size, seq_len = run.train_config.batch_size, run.train_config.seq_len
     if file is not None:
-        tokens = run.vocab.encode(_read_text(Path(file), run.vocab))  # error lists unseen chars
+        tokens = encode_file(run.vocab, Path(file))
         batch = 1
     else:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split: expected train|val|test, got {split!r}")
-        corpus = prepare_corpus(
-            cfg["input"],
-            byte_level=cfg.get("byte_level", False),
-            errors=cfg.get("errors", "strict"),
-            split=(1 - cfg["val_frac"] - cfg["test_frac"], cfg["val_frac"], cfg["test_frac"]),
-        )
+        if run.train_config is None:
+            raise DataError(f"{run.path}: no training config; evaluate on a FILE instead")
+        corpus = training_corpus(run.train_config, run.corpus, input)
+        if corpus.vocab.tokens != run.vocab.tokens:
+            raise DataError(f"{run.path}: the corpus found does not match the run's vocabulary")
         tokens = corpus.split(split)
-        batch = min(cfg.get("batch_size", 1), max(1, len(tokens) // 1000))
+        batch = min(batch_size, max(1, len(tokens) // 1000))
     if len(tokens) < 2:
         raise DataError(f"{file or split}: needs at least 2 characters to evaluate")
-    seq_len = max(1, min(cfg.get("seq_len", 64), (len(tokens) - 1) // batch - 1))
+    seq_len = max(1, min(seq_len, (len(tokens) - 1) // batch - 1))
     return evaluate_tokens(run.model, StreamBatcher(tokens, batch, seq_len))
 
 
 def sample(
     path: str | Path,
-    prime: str | None = None,
+    prime: str | bytes | None = None,
     config: SampleConfig | None = None,
     which: str = "best",
     device: str = "cpu",
@@ -86,36 +90,60 @@ def sample(
 ) -> list[str]:
     """Sample ``config.num_samples`` texts from a run, after ``prime`` (default: a character of
     the vocabulary). ``on_text(step, chars)`` streams each new character of every sample."""
-    config = config or SampleConfig()
     run = load_run(path, which, device)
-    prime = run.vocab.default_prime() if prime is None or prime == "" else prime
-    ids = _prime(run.vocab, prime, config)
 
-    def on_token(step: int, token_ids: torch.Tensor) -> None:
+    def on_token(step: int, ids: torch.Tensor) -> None:
         if on_text is not None:
-            on_text(step, [run.vocab.decode([int(i)]) for i in token_ids])
+            on_text(step, [run.vocab.decode([int(i)]) for i in ids])
 
-    rows = generate(run.model, ids, config, on_token=on_token)
+    rows = sample_ids(run, prime, config or SampleConfig(), on_token=on_token)
     return [run.vocab.decode(row) for row in rows]
 
 
-def _prime(vocab: Vocab, prime: str, config: SampleConfig) -> list[int]:
+def sample_ids(
+    run: Run,
+    prime: str | bytes | None,
+    config: SampleConfig,
+    on_token: Callable[[int, torch.Tensor], None] | None = None,
+) -> list[list[int]]:
+    """Token ids sampled from a loaded run (streamed through ``on_token(step, ids (B,))``):
+    byte-level output must be decoded as a stream, not character by character."""
+    if prime is None or len(prime) == 0:
+        prime = run.vocab.default_prime()
+    return generate(run.model, prime_tokens(run.vocab, prime, config.unknown), config,
+                    on_token=on_token)  # fmt: skip
+
+
+def prime_tokens(vocab: Vocab, prime: str | bytes, unknown: str = "error") -> list[int]:
+    """Token ids of a prime: raw bytes (or UTF-8) for a byte-level vocabulary; characters,
+    unseen ones following ``unknown``, for a text vocabulary."""
     if vocab.kind == "bytes":
-        return list(prime.encode("utf-8"))
+        return list(prime if isinstance(prime, bytes) else prime.encode("utf-8", "surrogateescape"))
+    if isinstance(prime, bytes):
+        prime = prime.decode("utf-8")
     stoi = {t: i for i, t in enumerate(vocab.tokens)}
-    replacement = stoi[vocab.default_prime()]
-    return prime_ids(prime, stoi, config.unknown, replacement)
+    return prime_ids(prime, stoi, unknown, stoi[vocab.default_prime()])
 
 
-def _read_text(path: Path, vocab: Vocab) -> str:
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; give a text file")
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
+def encode_file(vocab: Vocab, path: Path) -> np.ndarray:
+    """A whole text file as token ids of ``vocab``; a regular file of bounded size only (not
+    /dev/zero, not a FIFO, which would read forever or block)."""
+    path = check_file(path)
+    size = path.stat().st_size
+    if size > MAX_EVAL_BYTES:
+        raise DataError(f"{path}: {size:,} bytes; evaluate files up to {MAX_EVAL_BYTES:,} bytes")
     data = path.read_bytes()
-    if vocab.kind == "bytes":  # round-trips any bytes through Vocab.encode's UTF-8 view
-        return data.decode("utf-8", "surrogateescape")
+    if vocab.kind == "bytes":
+        return np.frombuffer(data, dtype=np.uint8)
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: invalid UTF-8 at byte offset {e.start}") from None
+    unseen = vocab.unseen(text)
+    if unseen:
+        shown = ", ".join(repr(c) for c in unseen[:20])
+        raise DataError(
+            f"{path}: {len(unseen)} character(s) not in the run's vocabulary: {shown}; "
+            "evaluate on text made of the training characters"
+        )
+    return vocab.encode(text)

@@ -22,18 +22,34 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from rnnlab.cells import State
+from rnnlab.validation import ConfigError, setting, validate
+
+MAX_VOCAB = 0x110000 + 256
 
 # Prime tokens per forward pass: memory stays bounded (B x chunk x V logits) for any prime length.
 PRIME_CHUNK = 4096
 UNKNOWN_POLICIES = ("error", "skip", "replace")
 
 TokenCallback = Callable[[int, Tensor], None]
+
+
+class DecodingError(ValueError):
+    """Decoding cannot go on: the model produced non-finite logits (diverged or damaged)."""
+
+
+def _check_finite(logits: Tensor, step: int) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise DecodingError(
+            f"the model produced non-finite logits (NaN/inf) at character {step}: its weights "
+            "are diverged or damaged; sample an earlier checkpoint or retrain with a lower --lr"
+        )
 
 
 @dataclass
@@ -57,41 +73,30 @@ class SampleConfig:
             ``error`` (list them), ``skip`` (drop them) or ``replace`` (map to a replacement id).
     """
 
-    length: int = 500
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    argmax: bool = False
-    beam: int = 0
-    num_samples: int = 1
-    seed: int | None = None
-    unknown: str = "error"
+    length: int = setting(500, "characters to generate (0: check the run and prime, print nothing)",
+                          low=0, high=10**9)  # fmt: skip
+    temperature: float = setting(1.0, "divide logits by this before softmax (0: argmax)", low=0,
+                                 high=1e6)  # fmt: skip
+    top_k: int = setting(
+        0, "keep only the k most likely characters (0: all)", low=0, high=MAX_VOCAB
+    )
+    top_p: float = setting(1.0, "nucleus: smallest set with this total probability (1: all)",
+                           low=1e-9, high=1.0)  # fmt: skip
+    argmax: bool = setting(False, "always take the most likely character (greedy)")
+    beam: int = setting(0, "beam search width (0: sample instead)", low=0, high=1024)
+    num_samples: int = setting(1, "independent samples, decoded as one batch", low=1, high=4096)
+    seed: int | None = setting(None, "random seed (default: fresh entropy)", low=0, high=2**63 - 1)
+    unknown: Literal["error", "skip", "replace"] = setting(
+        "error", "prime characters not in the vocabulary: error, skip or replace"
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.length, int) or self.length < 0:
-            raise ValueError(f"length: expected an integer >= 0, got {self.length!r}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(
-                f"temperature: expected a finite number >= 0 (0 means argmax), "
-                f"got {self.temperature!r}"
-            )
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k: expected an integer >= 0 (0 keeps all), got {self.top_k!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.beam, int) or self.beam < 0:
-            raise ValueError(f"beam: expected an integer >= 0 (0 samples), got {self.beam!r}")
-        if not isinstance(self.num_samples, int) or self.num_samples < 1:
-            raise ValueError(f"num_samples: expected an integer >= 1, got {self.num_samples!r}")
+        validate(self)
         if self.beam and self.num_samples > self.beam:
-            raise ValueError(
-                f"num_samples: beam search returns at most beam={self.beam} "
-                f"sequences, got num_samples={self.num_samples}"
-            )
-        if self.unknown not in UNKNOWN_POLICIES:
-            raise ValueError(
-                f"unknown: expected one of {'|'.join(UNKNOWN_POLICIES)}, got {self.unknown!r}"
-            )
+            raise ConfigError(
+                "num_samples", f"at most beam={self.beam} (beam search returns that many)",
+                self.num_samples,
+            )  # fmt: skip
 
     @property
     def greedy(self) -> bool:
@@ -181,6 +186,9 @@ def generate(
 
     The model runs in eval mode (its previous mode is restored) on its own device.
     """
+    if config.length == 0:
+        _prime_tensor(model, prime)  # validated all the same
+        return [[] for _ in range(config.num_samples)]
     if config.beam:
         beams = beam_search(model, prime, config.beam, config.length, prime_chunk=prime_chunk)
         out = [tokens for tokens, _ in beams[: config.num_samples]]
@@ -206,6 +214,7 @@ def generate(
         step = _step_function(model)
         out = torch.empty(B, config.length, dtype=torch.long, device=device)
         for t in range(config.length):
+            _check_finite(logits, t)
             token = _choose(logits, config, generator)  # (B,)
             out[:, t] = token
             if on_token is not None:
@@ -246,6 +255,7 @@ def beam_search(
         scores = logits.new_zeros(1, dtype=torch.float32)  # (K,) summed log-probs of the live beams
         tokens = torch.empty(1, 0, dtype=torch.long, device=logits.device)  # (K, t)
         for t in range(length):
+            _check_finite(logits, t)
             candidates = scores[:, None] + logits.float().log_softmax(dim=-1)  # (K, V)
             scores, flat = candidates.flatten().topk(min(beam_width, candidates.numel()))
             parent, token = flat // V, flat % V  # (K',)
@@ -262,7 +272,12 @@ def _choose(logits: Tensor, config: SampleConfig, generator: torch.Generator) ->
     """One token per stream from logits (B, V) -> (B,)."""
     if config.greedy:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
+    # Shift so the best logit is 0 before dividing, in float64: at any temperature > 0 the best
+    # token keeps weight exp(0) = 1 and the others underflow to exactly 0 at worst, never NaN
+    # (dividing first overflows to inf at temperature 1e-40 and softmax gives NaN).
+    logits = logits.double()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / config.temperature
+    logits = filter_logits(logits, config.top_k, config.top_p)
     probs = logits.softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 

@@ -4,7 +4,7 @@ Nothing here imports the rest of rnnlab. Every user-facing problem raises ``Data
 one-line message.
 """
 
-from rnnlab.data.corpus import Corpus, corpus_info, prepare_corpus
+from rnnlab.data.corpus import Corpus, cached_corpus, corpus_info, prepare_corpus
 from rnnlab.data.errors import DataError, InvalidUTF8Error
 from rnnlab.data.shakespeare import build_shakespeare
 from rnnlab.data.tbptt import StreamBatcher
@@ -17,6 +17,7 @@ __all__ = [
     "StreamBatcher",
     "Vocab",
     "build_shakespeare",
+    "cached_corpus",
     "corpus_info",
     "prepare_corpus",
 ]

@@ -327,6 +327,38 @@ def _remove_stale_builds(cache: Path) -> None:
             pass  # not ours, or a live process of another user
 
 
+def _cache_key(sha: str, byte_level: bool, errors: str, fracs: Sequence[float]) -> str:
+    options = {
+        "format": CORPUS_FORMAT,
+        "sha256": sha,
+        "bytes": byte_level,
+        "errors": "strict" if byte_level else errors,
+        "split": [float(f) for f in fracs],
+    }
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cached_corpus(
+    sha256: str,
+    *,
+    byte_level: bool = False,
+    errors: str = "strict",
+    split: Sequence[float] = (0.9, 0.05, 0.05),
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Corpus | None:
+    """The cache entry ``prepare_corpus`` built from a file with this content and these options,
+    or None: how a run finds its training text after the file moved or was edited."""
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "corpora"
+    entry = cache / _cache_key(sha256, byte_level, errors, _check_fractions(split))
+    if not entry.is_dir():
+        return None
+    try:
+        corpus = Corpus.open(entry)
+    except DataError:
+        return None
+    return corpus if corpus.meta.get("source_sha256") == sha256 else None
+
+
 def prepare_corpus(
     path: str | os.PathLike[str],
     cache_dir: str | os.PathLike[str] | None = None,
@@ -356,14 +388,7 @@ def prepare_corpus(
     cache = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "corpora"
 
     sha = _sha256(path, chunk_size)
-    options = {
-        "format": CORPUS_FORMAT,
-        "sha256": sha,
-        "bytes": byte_level,
-        "errors": errors,
-        "split": list(fracs),
-    }
-    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:32]
+    key = _cache_key(sha, byte_level, errors, fracs)
     entry = cache / key
     if entry.exists():
         try:

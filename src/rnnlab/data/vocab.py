@@ -70,6 +70,8 @@ class Vocab:
         if any(not isinstance(t, str) or len(t) != 1 for t in tokens):
             raise DataError("every vocabulary token must be a string of exactly one character")
         codes = np.array([ord(t) for t in tokens], dtype=np.uint32)
+        if self.kind == "text" and np.any((codes >= 0xD800) & (codes <= 0xDFFF)):
+            raise DataError("vocabulary tokens must be Unicode characters, not lone surrogates")
         if self.kind == "bytes":
             if tokens != _BYTE_TOKENS:
                 raise DataError("a byte-level vocabulary must hold the 256 byte values in order")
@@ -215,6 +217,15 @@ class Vocab:
         if self.kind == "bytes":
             return arr.astype(np.uint8).tobytes().decode("utf-8", "replace")
         return self._codes[arr].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
+
+    def to_bytes(self, ids: Any) -> bytes:
+        """The bytes of a sequence of token ids: the raw bytes of a byte-level vocabulary (any
+        bytes, UTF-8 or not, come back intact), UTF-8 for a text vocabulary."""
+        if self.kind == "bytes":
+            arr = np.asarray(ids.detach().cpu().numpy() if hasattr(ids, "detach") else ids)
+            self.decode(arr)  # range checks
+            return arr.reshape(-1).astype(np.uint8).tobytes()
+        return self.decode(ids).encode("utf-8")
 
     # -- comparison --------------------------------------------------------------------------
 

@@ -8,13 +8,30 @@ under ``$RNNLAB_CACHE`` (the corpus cache): runs and tests point that at scratch
 each would pay a fresh 30-60 s compile. A failed build is never silent:
 it warns once, naming the compiler's first error, and ``extension_status()`` keeps the reason.
 ``RNNLAB_NO_EXTENSION=1`` skips the build (the fused backend then falls back to reference).
+
+One build at a time, and never a stale lock: a build holds an exclusive ``flock`` on
+``<build dir>.lock``, which the kernel releases when the process ends however it ends (kill -9,
+an out-of-memory kill, a closed terminal), unlike torch's own lock *file*, which outlives a killed
+build and makes every later command wait forever. A process that finds the lock held says what
+it waits for on stderr ("building the C++ engine, first use, about a minute") and gives up after
+``RNNLAB_BUILD_WAIT`` seconds (default 600) with an error; the engine then falls back to the
+reference loop. A killed build's leftovers (torch's ``lock`` file, half-written objects) are
+removed by the next build, which holds our lock. The cache key covers everything that changes
+the build command: the source, the flags, torch, the Python interpreter, the compiler and ninja.
+``make setup`` builds the engine (``python -m rnnlab.kernels.extension``), so a user's first
+command does not.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +72,76 @@ def compiler_flags() -> list[str]:
     return flags
 
 
+def toolchain() -> list[str]:
+    """What besides the source and flags changes the build: the interpreter, the compiler
+    (``$CXX`` or c++) and ninja, by path and version. Two of them (a venv's ninja and the
+    system's) would otherwise alternate, each rebuilding the other's build."""
+    parts = [sys.executable, sys.version, torch.__version__]
+    for tool in (os.environ.get("CXX") or "c++", "ninja"):
+        path = shutil.which(tool) or tool
+        try:
+            done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20)
+            version = (
+                (done.stdout or done.stderr).splitlines()[0] if done.stdout or done.stderr else ""
+            )
+        except (OSError, subprocess.SubprocessError):
+            version = "missing"
+        parts += [os.path.realpath(path), version]
+    return parts
+
+
 def _build_name(flags: list[str]) -> str:
     digest = hashlib.sha256()
     for source in SOURCES:
         digest.update((_HERE / source).read_bytes())
     digest.update(" ".join(flags).encode())
-    digest.update(torch.__version__.encode())
+    digest.update("\0".join(toolchain()).encode())
     return f"rnnlab_fused_{digest.hexdigest()[:12]}"
+
+
+def build_wait_seconds() -> float:
+    """How long a process waits for another one's build: ``$RNNLAB_BUILD_WAIT`` (default 600)."""
+    try:
+        return max(0.0, float(os.environ.get("RNNLAB_BUILD_WAIT", "600")))
+    except ValueError:
+        return 600.0
+
+
+class BuildLockTimeout(RuntimeError):
+    """Another process held the build lock for longer than ``RNNLAB_BUILD_WAIT``."""
+
+
+def _locked_build(name: str, build_directory: Path, flags: list[str]) -> ModuleType:
+    """``_compile`` under an exclusive flock on ``<build_directory>.lock``: waits (saying so)
+    while another process builds, up to ``build_wait_seconds()``."""
+    lock_path = build_directory.with_name(build_directory.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline, told = time.monotonic() + build_wait_seconds(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    print(
+                        "rnnlab: waiting for another process building the C++ engine (first "
+                        f"use, about a minute; lock {lock_path})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    told = True
+                if time.monotonic() > deadline:
+                    raise BuildLockTimeout(
+                        f"gave up after {build_wait_seconds():.0f} s waiting for another "
+                        f"process's build (RNNLAB_BUILD_WAIT; lock {lock_path})"
+                    ) from None
+                time.sleep(0.2)
+        # We hold the lock: no build is running, so torch's lock file is a killed build's.
+        (build_directory / "lock").unlink(missing_ok=True)
+        return _compile(name, build_directory, flags)
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _compile(name: str, build_directory: Path, flags: list[str]) -> ModuleType:
@@ -91,7 +171,7 @@ def load_extension() -> ModuleType | None:
         return None
     try:
         build_directory.mkdir(parents=True, exist_ok=True)
-        _module = _compile(name, build_directory, flags)
+        _module = _locked_build(name, build_directory, flags)
         _status = ExtensionStatus(True, "", str(build_directory))
     except Exception as error:  # any failure (no compiler, compile error, bad cache) -> reference
         _status = ExtensionStatus(False, summarize_build_error(error), str(build_directory))
@@ -125,3 +205,15 @@ def summarize_build_error(error: BaseException) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     return f"{type(error).__name__}: {last[:300]}"
+
+
+def is_built() -> bool:
+    """Whether a finished build for this source and toolchain is in the cache (no building)."""
+    directory = cache_directory() / _build_name(compiler_flags())
+    return any(directory.glob("*.so"))
+
+
+if __name__ == "__main__":  # ``make setup``: build once, so a user's first command does not
+    status = extension_status()
+    print(f"rnnlab C++ engine: {'built' if status.available else 'NOT built: ' + status.reason}")
+    print(f"  {status.build_directory}")

@@ -1,0 +1,44 @@
+"""The ``rnnlab`` command: parse flags into a config dataclass, make one library call, report.
+
+One module per command; each has ``register(subparsers)``. Adding a command is one line in
+``COMMANDS``. Library errors (ValueError and its subclasses ConfigError/DataError/CheckpointError,
+TrainingError, OSError) become one line on stderr and a non-zero exit code; Python warnings
+become one-line ``rnnlab: note:`` lines; a closed output pipe ends the command quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Adding a command: its module name here (the module defines ``register(subparsers)``).
+COMMANDS = ("train", "sample", "eval", "data", "gradcheck", "demo", "doctor")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rnnlab.cli import common
+
+    try:
+        with common.notes_not_warnings():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "run", None):
+                parser.print_help()
+                return 2
+            return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("rnnlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return common.closed_pipe()
+    except Exception as e:  # one line, no traceback: the message names the problem and the fix
+        return common.report_error(e)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"rnnlab.cli.{name}_cmd").register(sub)
+    return parser

@@ -1,0 +1,7 @@
+"""``python -m rnnlab.cli``."""
+
+import sys
+
+from rnnlab.cli import main
+
+sys.exit(main())

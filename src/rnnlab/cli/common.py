@@ -1,0 +1,161 @@
+"""What every command shares: flags from config dataclasses, "given" flags, errors as one line,
+warnings as notes, and stdout as a byte stream in a chosen encoding."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+import typing
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal
+
+from rnnlab.validation import _kind, describe, setting, validate
+
+
+@dataclass
+class RunOptions:
+    """How ``sample`` and ``eval`` load a run."""
+
+    checkpoint: Literal["best", "latest"] = setting(
+        "best", "which checkpoint: best validation loss, or latest step"
+    )
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    threads: int = setting(
+        1,
+        "CPU threads for torch (0: torch's default; 1 is fastest for one stream)",
+        low=0,
+        high=4096,
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type, skip: frozenset[str] = frozenset()
+) -> None:
+    """One kebab-case flag per field of ``cls``; absent from the namespace unless typed, so a
+    flag counts as given whenever the user typed it, whatever its value."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind, _ = _kind(hints[f.name])
+        meta = f.metadata
+        accepts = describe(kind, meta.get("low"), meta.get("high"))
+        text = f"{meta.get('help', f.name)}; {accepts} (default: {f.default})"
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+            )
+            continue
+        if isinstance(kind, tuple):
+            parser.add_argument(
+                flag,
+                choices=kind,
+                default=argparse.SUPPRESS,
+                help=text,
+                dest=f.name,
+                metavar="{" + ",".join(map(str, kind)) + "}",
+            )
+            continue
+        parser.add_argument(
+            flag,
+            type=_parse(kind, flag),
+            default=argparse.SUPPRESS,
+            help=text,
+            dest=f.name,
+            metavar=f.name.upper(),
+        )
+
+
+def _parse(kind: type, flag: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            noun = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` the user typed."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def report_error(e: BaseException) -> int:
+    """One line on stderr; exit 2 for bad input (ValueError, OSError), 1 for a failed run."""
+    from rnnlab.training.tools import TrainingError
+
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"rnnlab: error: {text}", file=sys.stderr)
+    if isinstance(e, TrainingError):
+        return 1
+    return 2 if isinstance(e, (ValueError, OSError)) else 1
+
+
+@contextlib.contextmanager
+def notes_not_warnings() -> Iterator[None]:
+    """Python warnings (with file paths and line numbers) become one ``rnnlab: note:`` line,
+    each distinct message once."""
+    seen: set[str] = set()
+    previous = warnings.showwarning
+
+    def show(
+        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"rnnlab: note: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = previous
+
+
+def closed_pipe() -> int:
+    """The reader went away (``rnnlab sample | head``): end quietly, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
+    except (OSError, ValueError):
+        pass  # stdout is not a real file (a test's capture): nothing to protect
+    return 0
+
+
+def stdout_bytes() -> BinaryIO:
+    """The byte stream under stdout, whatever the locale (a capture without one gets a shim)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        sys.stdout.flush()
+        return buffer
+    return _TextShim(sys.stdout)  # type: ignore[return-value]
+
+
+class _TextShim:
+    """Writes bytes to a text stream that has no buffer (pytest's capsys), as UTF-8."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        self.stream.write(data.decode("utf-8", "surrogateescape"))
+        return len(data)
+
+    def flush(self) -> None:
+        self.stream.flush()

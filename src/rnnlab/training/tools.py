@@ -1,0 +1,310 @@
+"""Training tools every task's loop shares: optimizer and schedule, clipping, the non-finite and
+divergence guard, graceful stop on signals, the run-directory lock, the metrics log, and
+trainer-state packing. Plain functions and small classes; each loop (char-LM today, seq2seq and
+captioning next) stays short and readable top to bottom and calls these.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from rnnlab.checkpoint import CheckpointError, flatten_state, unflatten_state
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (too many non-finite or diverged steps, another writer, ...)."""
+
+
+# -- optimizer and schedule -------------------------------------------------------------------
+
+
+def make_optimizer(
+    parameters: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """``adam | adamw | rmsprop | adagrad | sgd`` over ``parameters``."""
+    params = list(parameters)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":  # char-rnn's choice, alpha = decay_rate 0.95
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.95, weight_decay=weight_decay)
+    if name == "adagrad":  # min-char-rnn's choice
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer: expected adam|adamw|rmsprop|adagrad|sgd, got {name!r}")
+
+
+class ScheduleSettings(Protocol):
+    lr: float
+    lr_schedule: str
+    warmup_steps: int
+    min_lr_frac: float
+    decay_steps: int
+    max_steps: int
+    lr_decay: float
+    lr_decay_after: int
+
+
+def lr_at(step: int, config: ScheduleSettings, steps_per_epoch: int) -> float:
+    """Learning rate at a step: linear warm-up, then constant / per-epoch decay / cosine."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "step":  # char-rnn: multiply by lr_decay after each epoch
+        epochs = step // steps_per_epoch - config.lr_decay_after + 1
+        return config.lr * config.lr_decay ** max(0, epochs)
+    if config.lr_schedule == "cosine":
+        span = max(1, (config.decay_steps or config.max_steps) - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        floor = config.lr * config.min_lr_frac
+        return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
+    return config.lr
+
+
+def clip_gradients(parameters: Iterable[torch.nn.Parameter], clip: float, mode: str) -> float:
+    """Clip in place; returns the pre-clip global gradient norm (inf/nan when any gradient is
+    non-finite). ``mode`` norm: rescale to global L2 norm ``clip``; value: clamp each element to
+    [-clip, clip] (char-rnn). ``clip`` 0 only measures."""
+    params = [p for p in parameters if p.grad is not None]
+    if clip and mode == "norm":
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    if clip:
+        torch.nn.utils.clip_grad_value_(params, clip)
+    return norm
+
+
+# -- the non-finite and divergence guard ----------------------------------------------------------
+
+
+class StepGuard:
+    """Decides whether a step's update may be applied, and aborts after too many bad ones.
+
+    A step is bad when its loss or gradient norm is NaN/inf, or when, after warm-up, its loss is
+    above ``ln(V) + 1`` nats: worse than guessing uniformly among V tokens by a wide margin, which
+    a learning model never is (its loss starts at about ln V and falls). Bad steps are skipped
+    (parameters unchanged); ``max_in_a_row`` of them in a row raise TrainingError.
+    """
+
+    def __init__(self, vocab_size: int, warmup_steps: int, max_in_a_row: int) -> None:
+        self.limit = math.log(vocab_size) + 1.0
+        self.warmup_steps = warmup_steps
+        self.max_in_a_row = max_in_a_row
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def diverged(self, loss: float) -> bool:
+        """A finite loss that is worse than uniform guessing (the divergence rule)."""
+        return math.isfinite(loss) and loss > self.limit
+
+    def check(self, step: int, loss: float, grad_norm: float) -> str:
+        """``ok``, ``nonfinite`` or ``diverged`` for this step (counting the bad ones)."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            verdict = "nonfinite"
+        elif step >= self.warmup_steps and self.diverged(loss):
+            verdict = "diverged"
+        else:
+            self.in_a_row = 0
+            return "ok"
+        self.in_a_row += 1
+        self.skipped += 1
+        return verdict
+
+    def give_up(self) -> bool:
+        return self.in_a_row >= self.max_in_a_row
+
+
+# -- graceful stop --------------------------------------------------------------------------------
+
+
+class GracefulStop:
+    """Turns SIGTERM and a first SIGINT into a flag the loop checks between steps (main thread
+    only; elsewhere signals keep their handlers). Restores the previous handlers on exit."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# -- one writer per run directory -----------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_dir/.lock``, held while a process writes the run.
+
+    The kernel drops it when the process ends however it ends (kill -9 included), so there is
+    never a stale lock to clean up; a second writer is refused at once with the holder's pid.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise TrainingError(
+                f"{self.path.parent}: another rnnlab process (pid {holder}) is writing this run "
+                "directory; wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+# -- metrics log ----------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON record per step, appended and flushed as it is made.
+
+    A fresh run starts an empty log (leftovers of a run killed before its first checkpoint are
+    dropped); a resumed run keeps records up to the checkpoint's step and drops later ones (the
+    killed run's, like TensorBoard's purge_step) and a torn last line. ``sync()`` makes the log
+    durable: the loop calls it before writing a checkpoint, so a checkpoint never claims a step
+    whose record could still be lost.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.history = read_metrics(self.path) if resume_step is not None else []
+        self.history = [r for r in self.history if r["step"] <= (resume_step or 0)]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.history)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(dict(record)) + "\n")
+        self._file.flush()
+        self.history.append(dict(record))
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a metrics log; lines that do not parse (a line torn by a kill) are dropped
+    with a warning, so a damaged log never blocks a resume."""
+    if not path.exists():
+        return []
+    records, torn = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                torn += 1
+                continue
+            if isinstance(record, dict) and type(record.get("step")) is int:
+                records.append(record)
+            else:
+                torn += 1
+    if torn:
+        warnings.warn(f"{path}: dropped {torn} damaged line(s)", stacklevel=2)
+    return records
+
+
+class Throughput:
+    """Elapsed training seconds (across resumes) and characters per second in this process."""
+
+    def __init__(self, elapsed: float = 0.0) -> None:
+        self.session_start = time.perf_counter()
+        self.before = elapsed  # seconds spent by earlier processes of the run
+        self.tokens = 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.session_start
+
+    @property
+    def rate(self) -> float:
+        """Characters per second since this process started training."""
+        return self.tokens / max(time.perf_counter() - self.session_start, 1e-9)
+
+    def eta(self, tokens_left: int) -> float:
+        return tokens_left / max(self.rate, 1e-9)
+
+
+# -- trainer state --------------------------------------------------------------------------------
+
+
+def pack_trainer_state(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors, JSON) of a trainer state dict, for ``save_checkpoint``."""
+    tensors, tree = flatten_state(dict(state))
+    return tensors, {"state": tree}
+
+
+def unpack_trainer_state(
+    tensors: Mapping[str, Tensor],
+    trainer: Mapping[str, Any],
+    schema: Mapping[str, type],
+    source: str,
+) -> dict[str, Any]:
+    """The trainer state saved by ``pack_trainer_state``, with each field of ``schema`` checked
+    for presence and type (ints for counters, floats for losses, dicts for optimizer state)."""
+    if "state" not in trainer:
+        raise CheckpointError(f"{source}: state: expected the trainer state, found nothing")
+    state = unflatten_state(dict(tensors), trainer["state"])
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: state: expected an object, found {type(state).__name__}")
+    for name, kind in schema.items():
+        value = state.get(name, None)
+        ok = (type(value) is int and value >= 0) if kind is int else isinstance(value, kind)
+        if kind is float:
+            ok = type(value) in (int, float)
+        if name not in state or not ok:
+            found = type(value).__name__ if name in state else "nothing"
+            shown = f"{value!r}" if type(value) in (int, float, str) else found
+            raise CheckpointError(f"{source}: {name}: expected {kind.__name__}, found {shown}")
+    return state
