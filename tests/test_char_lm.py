@@ -166,3 +166,25 @@ def test_auto_counts_the_fold():
         CharLM(CharLMConfig(7, cell="lstm", hidden_size=8, backend="native")).resolved_backend()
         == "native"
     )
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mut1"])
+def test_double_backward_through_the_folded_embedding(cell):
+    """A gradient penalty through the engine (embedding folded) equals the reference loop's."""
+    from rnnlab.kernels import extension_status
+
+    if not extension_status().available:
+        pytest.skip("the C++ engine is not built")
+    folded, ref = _folded_and_reference(cell, 2, False)
+    idx = torch.randint(0, 7, (4, 6))
+    assert folded.folds_embedding(idx)
+    grads = []
+    for model in (folded, ref):
+        logits, _ = model(idx)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), idx.reshape(-1))
+        (g,) = torch.autograd.grad(loss, model.embedding.weight, create_graph=True)
+        penalty = g.pow(2).sum()
+        grads.append(torch.autograd.grad(penalty, [*model.parameters()]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert grads[0][2].abs().sum() > 0  # weight_hh_l0 gets a second-order term

@@ -33,6 +33,7 @@ State = Tensor | tuple[Tensor, Tensor]
 Gates = dict[str, Tensor]
 Params = Mapping[str, Tensor]
 NONLINEARITIES = ("tanh", "relu")
+NATIVE_CELLS = ("rnn", "lstm", "gru")  # the cells torch.nn implements itself (oneDNN / cuDNN)
 
 
 class ShapeError(ValueError, RuntimeError):

@@ -47,6 +47,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnlab import kernels
 from rnnlab.cells import (
+    NATIVE_CELLS,
     NONLINEARITIES,
     Cell,
     Gates,
@@ -58,7 +59,6 @@ from rnnlab.cells import (
 )
 
 BACKENDS = ("auto", "reference", "native", "fused")
-NATIVE_CELLS = ("rnn", "lstm", "gru")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnlab.cells import State
+from rnnlab.cells import NATIVE_CELLS, State
 from rnnlab.kernels import fused
 from rnnlab.kernels.extension import ExtensionStatus, extension_status, load_extension
 
@@ -38,7 +38,6 @@ __all__ = [
     "step_layers",
 ]
 
-NATIVE_CELLS = ("rnn", "lstm", "gru")
 layer_weights = fused.layer_weights
 
 # The faster backend for CPU training of a char-LM, measured with bench/run.py on a 2-core AMD EPYC
