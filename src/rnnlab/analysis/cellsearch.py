@@ -72,6 +72,10 @@ class _Part:
                 counts = np.bincount(flat[pos].ravel(), minlength=U * BINS)
                 self.hist_pos[j] += counts.reshape(U, BINS)
 
+    def varies(self, j: int) -> bool:
+        """Whether feature j takes more than one value in this part."""
+        return bool(self.n * self.sff[j] - self.sf[j] ** 2 > 1e-9 * max(self.n, 1) ** 2)
+
     def correlation(self) -> np.ndarray:
         """(U, F) Pearson correlation; 0 where a unit or a feature is constant."""
         n = self.n
@@ -147,6 +151,7 @@ class CellSearchResult:
     accuracy: np.ndarray
     binary_names: list[str]
     chars: dict[str, int] = field(default_factory=dict)
+    constant: list[str] = field(default_factory=list)  # features that never vary in a part
 
     def best(self, feature: str) -> UnitScore:
         """The top-ranked unit for a feature."""
@@ -165,6 +170,7 @@ class CellSearchResult:
                 for name, rep in self.features.items()
             },
             "untracked": self.untracked,
+            "constant": self.constant,
         }
 
 
@@ -216,6 +222,11 @@ class CellSearch:
         edge, direction = _threshold_rules(self.fit)
         acc = _rule_accuracy(self.held, edge, direction).T  # (U, Fb)
         reports: dict[str, FeatureReport] = {}
+        constant = [
+            name
+            for j, name in enumerate(self.feature_names)
+            if not (self.fit.varies(j) and self.held.varies(j))
+        ]
         b = 0
         for j, name in enumerate(self.feature_names):
             order = np.argsort(-np.abs(fit_r[:, j]), kind="stable")[:top]
@@ -233,7 +244,8 @@ class CellSearch:
                 rate = float(self.held.npos[b] / self.held.n)
                 majority = max(rate, 1.0 - rate)
                 b += 1
-            reports[name] = FeatureReport(name, bool(self.binary[j]), scores, rate, majority)
+            if name not in constant:  # nothing to track in this text: not reported
+                reports[name] = FeatureReport(name, bool(self.binary[j]), scores, rate, majority)
         tracked = np.abs(held_r).max(axis=1) if held_r.shape[1] else np.zeros(len(self.units))
         untracked = [u for u, m in zip(self.units, tracked, strict=True) if m < untracked_below]
         return CellSearchResult(
@@ -246,6 +258,7 @@ class CellSearch:
             accuracy=acc,
             binary_names=[n for n, b in zip(self.feature_names, self.binary, strict=True) if b],
             chars={"fit": self.fit.n, "held": self.held.n},
+            constant=constant,
         )
 
 

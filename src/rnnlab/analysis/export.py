@@ -10,6 +10,7 @@ Viewer JSON (``format: "rnnlab.cells"``, ``version: 1``)::
     loss        per character, nats (null where nothing predicted it)
     features    {name: {description, binary, top: [{unit, corr, fit_corr, accuracy}]}}
     untracked   units whose |held-out correlation| with every feature is small
+    constant    features that never vary in this text (not scored)
     saturation  per layer and sigmoid gate, per unit fractions left/right-saturated
 
 LSTMVis project (its README's "Adding Your Own Data"): ``states.hdf5`` with one (N, H) dataset per
@@ -98,6 +99,7 @@ def viewer_payload(
             for name, rep in analysis.cells.features.items()
         },
         "untracked": analysis.cells.untracked,
+        "constant": analysis.cells.constant,
         "saturation": analysis.saturation.to_dict(),
         "chars": analysis.cells.chars,
     }

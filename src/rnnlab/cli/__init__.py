@@ -41,4 +41,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"rnnlab.cli.{name}_cmd").register(sub)
+    importlib.import_module("rnnlab.analysis.cli").register(sub)  # cells, gradients, view
     return parser

@@ -102,7 +102,9 @@
       body.appendChild(tr);
     }
     const n = state.data.untracked.length;
-    $("untracked").textContent = `${n} unit(s) track no known feature (|r| < 0.2).`;
+    const constant = state.data.constant || [];
+    $("untracked").textContent = `${n} unit(s) track no known feature (|r| < 0.2).` +
+      (constant.length ? ` Constant in this text: ${constant.join(", ")}.` : "");
   }
 
   function renderUnitSelect() {
