@@ -517,3 +517,16 @@ def test_lookup_fold_with_condition_and_lengths_equals_reference(cell):
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_lengths_with_batch_first_equal_time_major():
+    torch.manual_seed(0)
+    tm = Recurrent("lstm", 3, 4, num_layers=2, bidirectional=True, backend="fused")
+    bf = Recurrent("lstm", 3, 4, num_layers=2, bidirectional=True, batch_first=True)
+    bf.load_state_dict(tm.state_dict())
+    x, lengths = torch.randn(5, 3, 3), torch.tensor([2, 5, 4])
+    out_tm, (h_tm, c_tm) = tm(x, lengths=lengths)
+    out_bf, (h_bf, c_bf) = bf(x.transpose(0, 1), lengths=lengths)
+    torch.testing.assert_close(out_bf.transpose(0, 1), out_tm)
+    torch.testing.assert_close(h_bf, h_tm)
+    torch.testing.assert_close(c_bf, c_tm)

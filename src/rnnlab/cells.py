@@ -471,6 +471,8 @@ def unroll(
     """
     outputs: list[Tensor] = []
     steps: list[Gates] = []
+    if lengths is not None:
+        lengths = lengths.to(u.device)
     for t in range(u.shape[0]):
         new_state, gates = recurrent_step(cell, u[t], state, p, nonlinearity)
         h = new_state[0] if isinstance(new_state, tuple) else new_state
