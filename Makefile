@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench bench-quality clean
+.PHONY: setup engine demo test lint format bench bench-quality clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -13,16 +13,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) engine
 
-demo: $(STAMP)
+# Build the C++ engine now (cached by source and toolchain), so a user's first command does not.
+engine: $(STAMP)
+	$(BIN)/python -m rnnlab.kernels.extension
+
+demo: setup
 	$(BIN)/rnnlab demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-test: lint
+test: lint engine
 	$(BIN)/python -m pytest -q
 
 format: $(STAMP)

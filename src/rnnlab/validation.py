@@ -41,9 +41,11 @@ def setting(
     low: float | None = None,
     high: float | None = None,
     unit: str = "",
+    aliases: tuple[str, ...] = (),
 ) -> Any:
-    """A dataclass field with its help text, unit and inclusive range ``[low, high]``."""
-    meta = {"help": help, "low": low, "high": high, "unit": unit}
+    """A dataclass field with its help text, unit, inclusive range ``[low, high]`` and extra CLI
+    spellings (``aliases``, e.g. ``("--bytes",)``)."""
+    meta = {"help": help, "low": low, "high": high, "unit": unit, "aliases": aliases}
     return dataclasses.field(default=default, metadata=meta)
 
 

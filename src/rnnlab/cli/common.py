@@ -49,10 +49,17 @@ def add_config_flags(
         meta = f.metadata
         accepts = describe(kind, meta.get("low"), meta.get("high"))
         text = f"{meta.get('help', f.name)}; {accepts} (default: {f.default})"
+        if meta.get("unit"):
+            text = f"{meta['help']} [{meta['unit']}]; {accepts} (default: {f.default})"
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:
+            text = f"{meta.get('help', f.name)} (default: {'on' if f.default else 'off'})"
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+                flag,
+                *meta.get("aliases", ()),
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=text,
             )
             continue
         if isinstance(kind, tuple):

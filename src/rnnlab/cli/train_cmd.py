@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         default=None,
         metavar="FILE",
-        help="training text file (UTF-8, or --byte-level)",
+        help="training text file (UTF-8; --bytes for any bytes)",
     )
     p.add_argument(
         "--preset",

@@ -27,6 +27,7 @@ a multi-byte character split across two chunks decodes correctly.
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import itertools
 import json
@@ -276,8 +277,7 @@ def _scan(path: Path, byte_level: bool, errors: str, chunk_size: int) -> tuple[V
 def _encode(path: Path, out: Path, vocab: Vocab, n: int, errors: str, chunk_size: int) -> str:
     """Pass 2: write tokens.bin (``n`` ids); returns the sha256 of the bytes read again."""
     dtype = vocab.dtype
-    with open(out, "wb") as f:
-        f.truncate(n * dtype.itemsize)
+    reserve(out, n * dtype.itemsize)
     h = hashlib.sha256()
     pos = 0
     if vocab.kind == "bytes":
@@ -306,6 +306,25 @@ def _encode(path: Path, out: Path, vocab: Vocab, n: int, errors: str, chunk_size
     with open(out, "rb+") as f:
         os.fsync(f.fileno())
     return h.hexdigest()
+
+
+def reserve(path: Path, size: int) -> None:
+    """Create ``path`` with ``size`` bytes of disk really allocated, so that writing through a
+    memory map later cannot hit a full disk (which kills the process with SIGBUS instead of
+    raising); a full disk is a DataError saying how much space is needed, and where."""
+    with open(path, "wb") as f:
+        try:
+            if size:
+                os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DataError(
+                    f"no space left on {path.parent.parent}: {size:,} bytes needed for the "
+                    "token cache; free some space or point RNNLAB_CACHE elsewhere"
+                ) from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            f.truncate(size)  # a file system without fallocate: sparse, as before
 
 
 def _fsync_dir(path: Path) -> None:

@@ -76,7 +76,9 @@ def toolchain() -> list[str]:
     """What besides the source and flags changes the build: the interpreter, the compiler
     (``$CXX`` or c++) and ninja, by path and version. Two of them (a venv's ninja and the
     system's) would otherwise alternate, each rebuilding the other's build."""
-    parts = [sys.executable, sys.version, torch.__version__]
+    # The real interpreter (a venv's python is a symlink to it: `.venv/bin/rnnlab` and
+    # `.venv/bin/python -m rnnlab` must share one build), and where torch's headers come from.
+    parts = [os.path.realpath(sys.executable), sys.version, torch.__version__, torch.__file__]
     for tool in (os.environ.get("CXX") or "c++", "ninja"):
         path = shutil.which(tool) or tool
         try:

@@ -28,7 +28,9 @@ class TrainConfig:
     input: str = setting("", "training text file; on resume: where to find it if it moved")
     out_dir: str = setting("", "run directory (default runs/<file>-<cell>)")
     # data
-    byte_level: bool = setting(False, "model bytes (vocabulary of 256), not Unicode code points")
+    byte_level: bool = setting(
+        False, "model bytes (vocabulary of 256), not Unicode code points", aliases=("--bytes",)
+    )
     errors: Literal["strict", "replace"] = setting(
         "strict", "invalid UTF-8: strict (error naming the byte offset) or replace (U+FFFD)"
     )

@@ -1,0 +1,333 @@
+"""Caption data: the COCO / Karpathy-split caption JSON, its word vocabulary, images and features.
+
+The JSON format is the one of Karpathy & Fei-Fei (2015)'s splits (``dataset_coco.json``,
+``dataset_flickr8k.json``), which neuraltalk2 and most captioning code read::
+
+    {"images": [{"filename": "0001.png", "split": "train",        # train | val | test | restval
+                 "filepath": "train2014",                         # optional sub-folder
+                 "sentences": [{"tokens": ["a", "red", "circle"], "raw": "A red circle."}, ...]},
+                ...]}
+
+An image's file is ``image_dir / filepath / filename``. A sentence needs ``tokens`` (a list of
+strings) or ``raw`` (text, tokenised by :func:`tokenize`). ``restval`` counts as ``train``, as in
+Karpathy's code. Every problem is a DataError naming the file and the JSON path of the bad value;
+no image or sentence is ever dropped silently. Images are read with Pillow (PNG, JPEG, ...) into
+uint8 (3, S, S); precomputed features are ``.npy`` or ``.safetensors`` files with one row per
+entry of ``images[]``, in order: (N, F) vectors or (N, K, F) grids of K locations.
+
+Token ids: ``<pad>`` 0, ``<start>`` 1, ``<end>`` 2, ``<unk>`` 3, then the words kept by the count
+threshold, most frequent first. A batch of captions is laid out for teacher forcing as::
+
+    ids      <start> a  red circle <end> <pad> <pad>      (B, T + 2): T = the length cap
+    input    <start> a  red circle <end> <pad>            ids[:, :-1]
+    target   a       red circle <end> <pad> <pad>         ids[:, 1:]  (<pad> ignored by the loss)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from rnnlab.data.errors import DataError
+
+SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
+PAD, START, END, UNK = 0, 1, 2, 3
+SPLITS = ("train", "val", "test", "restval")
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case word tokens, punctuation dropped (as Karpathy's preprocessing of COCO)."""
+    return _WORD.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class CaptionImage:
+    """One entry of ``images[]``: its file, split, reference captions and row ``index``."""
+
+    index: int
+    filename: str
+    path: Path
+    split: str
+    captions: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class CaptionDataset:
+    """A caption JSON file read and checked; ``images`` in the file's order."""
+
+    source: Path
+    image_dir: Path
+    images: tuple[CaptionImage, ...]
+
+    def split(self, name: str) -> list[CaptionImage]:
+        """The images of split ``train`` (with ``restval``), ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"split: expected train|val|test, got {name!r}")
+        wanted = ("train", "restval") if name == "train" else (name,)
+        return [im for im in self.images if im.split in wanted]
+
+
+def read_caption_json(path: str | Path, image_dir: str | Path | None = None) -> CaptionDataset:
+    """Read and check a Karpathy-split caption JSON; ``image_dir`` defaults to the JSON's folder.
+
+    Raises DataError naming the file and the JSON path of the first bad value."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such caption file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the caption file ({_reason(e)})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f'{path}: expected an object with an "images" list (Karpathy format)')
+    root = Path(image_dir) if image_dir is not None else path.parent
+    images, seen = [], {}
+    for i, entry in enumerate(data["images"]):
+        where = f"{path}: images[{i}]"
+        if not isinstance(entry, dict):
+            raise DataError(f"{where}: expected an object, found {_kind(entry)}")
+        filename = _relative(entry.get("filename"), f"{where}.filename")
+        folder = entry.get("filepath", "")
+        folder = _relative(folder, f"{where}.filepath") if folder else ""
+        split = entry.get("split")
+        if split not in SPLITS:
+            raise DataError(f"{where}.split: expected one of {'|'.join(SPLITS)}, found {split!r}")
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list) or not sentences:
+            raise DataError(f"{where}.sentences: expected a non-empty list, found {sentences!r}")
+        captions = tuple(_caption(s, f"{where}.sentences[{j}]") for j, s in enumerate(sentences))
+        file = root / folder / filename if folder else root / filename
+        if file in seen:
+            raise DataError(f"{where}.filename: {file} is also images[{seen[file]}]")
+        seen[file] = i
+        images.append(CaptionImage(i, filename, file, split, captions))
+    if not images:
+        raise DataError(f"{path}: the images list is empty")
+    return CaptionDataset(path, root, tuple(images))
+
+
+def _caption(sentence: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(sentence, dict):
+        raise DataError(f"{where}: expected an object, found {_kind(sentence)}")
+    tokens = sentence.get("tokens")
+    if tokens is None and isinstance(sentence.get("raw"), str):
+        tokens = tokenize(sentence["raw"])
+    elif not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise DataError(f"{where}.tokens: expected a list of strings, found {_kind(tokens)}")
+    words = tuple(w for t in tokens for w in t.lower().split())
+    if not words:
+        raise DataError(f"{where}: the caption has no words")
+    return words
+
+
+def _relative(name: Any, where: str) -> str:
+    """A relative path that stays inside the image folder (no ``..``, not absolute)."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{where}: expected a file name, found {name!r}")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or "\x00" in name:
+        raise DataError(f"{where}: {name!r} must be a path inside the image folder")
+    return name
+
+
+def _kind(x: Any) -> str:
+    return "null" if x is None else type(x).__name__
+
+
+def _reason(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e)
+
+
+# -- vocabulary ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionVocab:
+    """Words <-> ids: ``words[i]`` is the word of id ``i``; ids 0-3 are ``SPECIALS``."""
+
+    words: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if tuple(self.words[:4]) != SPECIALS:
+            raise DataError(f"vocabulary: expected {SPECIALS} first, found {self.words[:4]}")
+        if len(set(self.words)) != len(self.words):
+            raise DataError("vocabulary: a word occurs twice")
+        object.__setattr__(self, "_ids", {w: i for i, w in enumerate(self.words)})
+
+    @classmethod
+    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 1) -> CaptionVocab:
+        """Words seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
+        counts = Counter(w for caption in captions for w in caption)
+        kept = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
+                      key=lambda w: (-counts[w], w))  # fmt: skip
+        return cls(SPECIALS + tuple(kept))
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Word ids; a word outside the vocabulary becomes ``<unk>``."""
+        ids: dict[str, int] = self._ids  # type: ignore[attr-defined]
+        return [ids.get(w, UNK) for w in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Words up to the first ``<end>``; ``<start>`` and ``<pad>`` dropped."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == END:
+                break
+            if i not in (PAD, START):
+                out.append(self.words[i])
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "words", "words": list(self.words)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str = "vocab.json") -> CaptionVocab:
+        words = data.get("words") if isinstance(data, Mapping) else None
+        if data.get("kind") != "words" or not isinstance(words, list):
+            raise DataError(f"{source}: expected a caption word vocabulary")
+        if not all(isinstance(w, str) and w for w in words):
+            raise DataError(f"{source}: words: expected non-empty strings")
+        return cls(tuple(words))
+
+
+@dataclass(frozen=True)
+class EncodedCaptions:
+    """Captions as padded ids (N, T + 2) with ``<start>``/``<end>``, their image rows (N,), and
+    how many were cut to the length cap (reported by the caller, never hidden)."""
+
+    ids: np.ndarray
+    image_rows: np.ndarray
+    truncated: int
+
+
+def encode_captions(
+    images: Sequence[CaptionImage], vocab: CaptionVocab, max_length: int
+) -> EncodedCaptions:
+    """Every caption of ``images`` (row i of the result belongs to ``images[image_rows[i]]``),
+    cut to ``max_length`` words, as ``<start> w1 .. wT <end> <pad>..`` (N, max_length + 2)."""
+    if max_length < 1:
+        raise ValueError(f"max_length: expected >= 1, got {max_length}")
+    rows, ids, truncated = [], [], 0
+    for r, image in enumerate(images):
+        for caption in image.captions:
+            words = vocab.encode(caption)
+            truncated += len(words) > max_length
+            line = [START, *words[:max_length], END]
+            ids.append(line + [PAD] * (max_length + 2 - len(line)))
+            rows.append(r)
+    return EncodedCaptions(
+        np.asarray(ids, dtype=np.int64).reshape(-1, max_length + 2),
+        np.asarray(rows, dtype=np.int64),
+        truncated,
+    )
+
+
+# -- images and features ------------------------------------------------------------------------
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """An image file as uint8 (3, size, size), RGB, resized with bilinear filtering if needed."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            array = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not an image file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot read the image ({_reason(e)})") from None
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def load_images(images: Sequence[CaptionImage | str | Path], size: int) -> np.ndarray:
+    """Images as uint8 (N, 3, size, size); the first missing or unreadable file is a DataError
+    that also says how many others are missing."""
+    paths = [im.path if isinstance(im, CaptionImage) else Path(im) for im in images]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+        raise DataError(f"{missing[0]}: no such image file{more}")
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = load_image(p, size)
+    return out
+
+
+def read_features(path: str | Path, rows: int | None = None) -> np.ndarray:
+    """Precomputed image features as float32 (N, F) or (N, K, F): a ``.npy`` array (read without
+    pickle) or a ``.safetensors`` file holding one tensor (or one named ``features``)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(path))
+            if len(tensors) != 1 and "features" not in tensors:
+                raise DataError(
+                    f"{path}: expected one tensor or one named 'features', found "
+                    f"{', '.join(sorted(tensors)) or 'none'}"
+                )
+            array = tensors.get("features", next(iter(tensors.values()), None))
+        else:
+            raise DataError(f"{path}: expected a .npy or .safetensors feature file")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such feature file") from None
+    except DataError:
+        raise
+    except Exception as e:  # numpy's and safetensors' parsers: a damaged or pickled file
+        raise DataError(f"{path}: cannot read the features ({_reason(e)})") from None
+    if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.floating):
+        raise DataError(
+            f"{path}: expected float features (N, F) or (N, K, F), found {array.dtype} "
+            f"{tuple(array.shape)}"
+        )
+    if rows is not None and array.shape[0] != rows:
+        raise DataError(f"{path}: expected {rows} rows (one per image), found {array.shape[0]}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise DataError(f"{path}: the features hold NaN or inf")
+    return array
+
+
+def most_frequent_caption(images: Sequence[CaptionImage]) -> tuple[str, ...]:
+    """The caption occurring most often among ``images`` (ties: the first seen)."""
+    counts = Counter(c for im in images for c in im.captions)
+    if not counts:
+        raise DataError("no captions to count")
+    return counts.most_common(1)[0][0]
+
+
+def caption_length_stats(images: Sequence[CaptionImage]) -> dict[str, float]:
+    """Mean and maximum caption length in words, and the number of captions."""
+    lengths = [len(c) for im in images for c in im.captions]
+    return {
+        "captions": len(lengths),
+        "mean_length": sum(lengths) / max(1, len(lengths)),
+        "max_length": max(lengths, default=0),
+    }
