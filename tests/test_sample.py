@@ -428,3 +428,35 @@ def test_cuda_sampling_and_beam():
     model.cuda()
     beams = beam_search(model, prime[:50], 3, 5)
     assert len(beams) == 3 and beams[0][1] >= beams[-1][1]
+
+
+# -- non-finite logits, tiny temperatures, --length 0 in every mode ----------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("config", [SampleConfig(length=5, seed=0), SampleConfig(length=5, argmax=True),
+                                    SampleConfig(length=5, beam=3)])  # fmt: skip
+def test_non_finite_logits_are_a_clear_error_in_every_mode(bad, config):
+    from rnnlab.sample import DecodingError
+
+    table = torch.zeros(4, 4)
+    table[2, 1] = bad  # reached after a couple of tokens
+    table[:, 2] = 5.0
+    with pytest.raises(DecodingError, match="non-finite logits .* diverged or damaged"):
+        generate(TableLM(table), [0], config)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])
+def test_tiny_temperatures_cannot_underflow_and_equal_argmax(temperature):
+    model = char_lm(vocab=9, seed=3)
+    greedy = generate(model, [1, 2], SampleConfig(length=40, argmax=True))
+    tiny = generate(model, [1, 2], SampleConfig(length=40, temperature=temperature, seed=5))
+    assert tiny == greedy
+
+
+def test_length_zero_gives_num_samples_empty_texts_in_every_mode():
+    for config in (SampleConfig(length=0, num_samples=2, beam=2), SampleConfig(length=0, beam=3),
+                   SampleConfig(length=0, num_samples=2, argmax=True)):  # fmt: skip
+        assert generate(char_lm(), [1], config) == [[]] * config.num_samples
+    with pytest.raises(ValueError, match="prime"):
+        generate(char_lm(), [], SampleConfig(length=0, beam=2))

@@ -216,3 +216,46 @@ def test_exact_resume_in_a_fresh_process(text_file, tmp_path, cell, optimizer):
     ma = load_checkpoint(latest_checkpoint(tmp_path / "full")).model
     mb = load_checkpoint(latest_checkpoint(tmp_path / "part")).model
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_divergence_is_detected_and_a_truly_good_checkpoint_is_kept(text_file, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    """A loss that explodes yet stays finite (as with a learning rate far too high) counts as a
+    bad step once above ln(V) + 1 after warm-up; the run aborts and best/ is a healthy model."""
+    cfg = small(text_file, tmp_path, max_steps=40, eval_every=5, sample_length=10,
+                max_nonfinite=3)  # fmt: skip
+    original = CharLM.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, state=None):
+        logits, state = original(self, idx, state)
+        calls["n"] += self.training
+        if calls["n"] > 12:  # from the 13th training step on, train and eval: finite but huge
+            logits = logits * 1e6
+        return logits, state
+
+    monkeypatch.setattr(CharLM, "forward", forward)
+    events = []
+    with pytest.raises(TrainingError, match=r"3 diverged steps in a row .*ln\(V\)\+1.*best"):
+        train(cfg, on_event=events.append)
+    best = load_checkpoint(Path(cfg.out_dir) / "best")
+    assert best.step == 10 and all(torch.isfinite(t).all() for t in best.model.values())
+    assert latest_checkpoint(cfg.out_dir).name == "step-10"  # nothing after the divergence
+    limit = math.log(len(set(TEXT))) + 1
+    assert [e["reason"] for e in events if e["kind"] == "nonfinite"] == ["diverged"] * 3
+    assert all(e["loss"] > limit for e in events if e["kind"] == "nonfinite")
+
+
+def test_a_high_learning_rate_never_ends_in_a_diverged_final_checkpoint(text_file, tmp_path):
+    cfg = small(text_file, tmp_path, max_steps=30, eval_every=10, lr=100.0, optimizer="sgd",
+                grad_clip=0.0, warmup_steps=0, max_nonfinite=5)  # fmt: skip
+    try:
+        train(cfg)
+    except TrainingError as e:
+        assert "steps in a row" in str(e)
+    limit = math.log(len(set(TEXT))) + 1
+    for ckpt in [latest_checkpoint(cfg.out_dir), Path(cfg.out_dir) / "best"]:
+        if ckpt is not None and ckpt.exists():
+            records = {r["step"]: r for r in read_metrics(cfg.out_dir)}
+            step = load_checkpoint(ckpt).step
+            assert records[step].get("val_loss", 0.0) <= limit

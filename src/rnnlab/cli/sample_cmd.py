@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import os
 from pathlib import Path
 
 from rnnlab.cli.common import RunOptions, add_config_flags, given, stdout_bytes
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     set_threads(options.threads)
     run = load_run(args.run_dir, options.checkpoint, options.device)
     prime: str | bytes | None = args.prime
+    if prime is not None:  # the bytes typed, whatever the locale decoded them into
+        raw_prime = os.fsencode(prime)
     if raw_prime is not None:
         prime = raw_prime if run.vocab.kind == "bytes" else _decode_prime(raw_prime, args)
     if prime is not None and len(prime) == 0:
@@ -100,9 +103,9 @@ def _decode_prime(data: bytes, args: argparse.Namespace) -> str:
     try:
         return data.decode("utf-8")  # bytes, so CRLF and lone CR stay as they are
     except UnicodeDecodeError as e:
+        where = f"--prime-file {args.prime_file}" if args.prime_file else "--prime"
         raise ValueError(
-            f"--prime-file {args.prime_file}: invalid UTF-8 at byte offset {e.start}; a text "
-            "model's prime must be UTF-8"
+            f"{where}: invalid UTF-8 at byte offset {e.start}; a text model's prime must be UTF-8"
         ) from None
 
 
