@@ -82,8 +82,10 @@ def test_byte_level_cyrillic_streams_whole_characters(runs):
     assert "\ufffd" not in out.stdout.decode("utf-8", "replace")[:6]
 
 
-@pytest.mark.parametrize("locale_env", [{"PYTHONIOENCODING": "cp1252"}, {"LC_ALL": "C",
-                                         "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}])  # fmt: skip
+C_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+
+@pytest.mark.parametrize("locale_env", [{"PYTHONIOENCODING": "cp1252"}, C_LOCALE])
 def test_text_models_write_utf8_whatever_the_locale(runs, locale_env):
     out = subprocess.run([*RNNLAB, "sample", str(runs["text"]), "--prime", "Привет",
                           "--seed", "1", "--length", "50"], env=env(**locale_env),

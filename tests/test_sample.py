@@ -434,8 +434,11 @@ def test_cuda_sampling_and_beam():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-@pytest.mark.parametrize("config", [SampleConfig(length=5, seed=0), SampleConfig(length=5, argmax=True),
-                                    SampleConfig(length=5, beam=3)])  # fmt: skip
+MODES = [SampleConfig(length=5, seed=0), SampleConfig(length=5, argmax=True),
+         SampleConfig(length=5, beam=3)]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", MODES)
 def test_non_finite_logits_are_a_clear_error_in_every_mode(bad, config):
     from rnnlab.sample import DecodingError
 
