@@ -433,11 +433,11 @@ def test_cuda_sampling_and_beam():
 # -- non-finite logits, tiny temperatures, --length 0 in every mode ----------------------------
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 MODES = [SampleConfig(length=5, seed=0), SampleConfig(length=5, argmax=True),
          SampleConfig(length=5, beam=3)]  # fmt: skip
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("config", MODES)
 def test_non_finite_logits_are_a_clear_error_in_every_mode(bad, config):
     from rnnlab.sample import DecodingError
