@@ -314,3 +314,24 @@ def test_peak_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
     assert growth_big < size, f"peak RSS grew far too much: {mb}"  # far below 2x the file
     # A whole-file read would add >= 1x the extra bytes (4x as a UCS-4 str); allow noise.
     assert growth_big - growth_small < 0.5 * extra, f"peak RSS scales with the file: {mb}"
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_entry(tmp_path, monkeypatch):
+    """The token file's space is reserved before it is written through a memory map (a mapped
+    write past a full disk is a SIGBUS, not an exception)."""
+    import errno
+
+    calls = []
+
+    def full(fd, offset, length):
+        calls.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(corpus_mod.os, "posix_fallocate", full)
+    path = tmp_path / "in.txt"
+    path.write_text("hello world\n" * 1000, encoding="utf-8")
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=f"no space left on {cache}: 12,000 bytes needed"):
+        prepare_corpus(path, cache)
+    assert calls == [12000]
+    assert [p.name for p in cache.iterdir()] == []
