@@ -13,13 +13,13 @@ import importlib
 import sys
 
 # Adding a command: its module name here (the module defines ``register(subparsers)``).
-COMMANDS = ("train", "sample", "eval", "data", "gradcheck", "demo", "doctor")
+COMMANDS = ("train", "sample", "eval", "data", "gradcheck", "demo", "doctor", "export")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rnnlab.cli import common
+    try:  # Ctrl-C at any moment, even while torch is imported, is one line and exit 130
+        from rnnlab.cli import common
 
-    try:
         with common.notes_not_warnings():
             parser = build_parser()
             args = parser.parse_args(argv)
@@ -31,9 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         print("rnnlab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        return common.closed_pipe()
+        from rnnlab.cli.common import closed_pipe
+
+        return closed_pipe()
     except Exception as e:  # one line, no traceback: the message names the problem and the fix
-        return common.report_error(e)
+        from rnnlab.cli.common import report_error
+
+        return report_error(e)
 
 
 def build_parser() -> argparse.ArgumentParser:
