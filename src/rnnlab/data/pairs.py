@@ -1,0 +1,243 @@
+"""Symbol vocabularies and two-column files: source/target pairs (seq2seq) and text/label rows.
+
+A file is TSV (one tab per line) or CSV (RFC 4180 quoting, by the ``.csv`` suffix). Each row's
+two fields are split into symbols by ``char`` (every character) or ``space`` (whitespace-separated
+tokens: ARPAbet phonemes, words)::
+
+    pairs.tsv             read_pairs(..., source_tokens="char", target_tokens="space")
+    cat<TAB>K AE1 T   ->  Pair(source=["c","a","t"], target=["K","AE1","T"], line=1)
+
+Every problem with a file is a DataError naming the file and the line: a missing or extra
+field, an empty field, invalid UTF-8, an empty file, and (when encoding with a vocabulary made at
+training time) a symbol or label that vocabulary has never seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rnnlab.data.errors import DataError
+
+Tokenizer = Literal["char", "space"]
+SOURCE_SPECIALS = ("<pad>", "<unk>", "</s>")
+TARGET_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+MAX_FILE_BYTES = 2**31
+
+
+def split_symbols(text: str, how: Tokenizer) -> list[str]:
+    """``char``: the characters of ``text``; ``space``: its whitespace-separated tokens."""
+    if how == "char":
+        return list(text)
+    if how == "space":
+        return text.split()
+    raise ValueError(f"tokens: expected char or space, got {how!r}")
+
+
+def join_symbols(symbols: Sequence[str], how: Tokenizer) -> str:
+    return "".join(symbols) if how == "char" else " ".join(symbols)
+
+
+@dataclass(frozen=True)
+class Symbols:
+    """An ordered symbol list: ``specials`` first (ids 0..n-1), then the symbols seen in
+    training, in order of first appearance (so a vocabulary is reproducible from its data)."""
+
+    tokens: tuple[str, ...]
+    num_specials: int
+
+    def __post_init__(self) -> None:
+        if len(set(self.tokens)) != len(self.tokens):
+            raise DataError("vocabulary: duplicate symbols")
+        object.__setattr__(self, "_index", {t: i for i, t in enumerate(self.tokens)})
+
+    @classmethod
+    def build(cls, sequences: Iterable[Sequence[str]], specials: Sequence[str]) -> Symbols:
+        seen = dict.fromkeys(specials)
+        for seq in sequences:
+            for s in seq:
+                seen.setdefault(s, None)
+        return cls(tuple(seen), len(specials))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._index  # type: ignore[attr-defined]
+
+    def id(self, symbol: str) -> int:
+        return self._index[symbol]  # type: ignore[attr-defined]
+
+    def unseen(self, symbols: Iterable[str]) -> list[str]:
+        """Symbols not in the vocabulary (specials excluded from matching), in order, once."""
+        return list(dict.fromkeys(s for s in symbols if s not in self._index))  # type: ignore
+
+    def encode(self, symbols: Sequence[str], unknown: Literal["error", "replace"] = "error",
+               where: str = "") -> list[int]:  # fmt: skip
+        """Ids of ``symbols``; an unseen one raises DataError (``where`` names the file and
+        line) or, with ``unknown="replace"``, maps to ``<unk>``."""
+        index = self._index  # type: ignore[attr-defined]
+        missing = self.unseen(symbols)
+        if missing and unknown == "error":
+            listed = ", ".join(repr(s) for s in missing[:10])
+            prefix = f"{where}: " if where else ""
+            raise DataError(
+                f"{prefix}symbol(s) not seen in training: {listed}"
+                " (use --unknown replace to map them to <unk>)"
+            )
+        unk = index.get("<unk>", 0)
+        return [index.get(s, unk) for s in symbols]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Symbols of ``ids``, special tokens dropped."""
+        return [self.tokens[i] for i in ids if i >= self.num_specials]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens": list(self.tokens), "num_specials": self.num_specials}
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "vocab") -> Symbols:
+        ok = (
+            isinstance(data, dict)
+            and isinstance(data.get("tokens"), list)
+            and all(type(t) is str for t in data["tokens"])
+            and type(data.get("num_specials")) is int
+            and 0 < data["num_specials"] <= len(data["tokens"])
+        )
+        if not ok:
+            raise DataError(f"{source}: expected {{tokens: [str], num_specials: int}}")
+        return cls(tuple(data["tokens"]), data["num_specials"])
+
+
+@dataclass(slots=True)
+class Pair:
+    """One row: source symbols, target symbols (or a one-element label), its 1-based line."""
+
+    source: list[str]
+    target: list[str]
+    line: int
+
+
+def read_rows(path: str | os.PathLike[str], *, header: bool = False) -> list[tuple[str, str, int]]:
+    """The two fields and line number of every non-blank row of a TSV or CSV file.
+
+    CSV when the name ends in ``.csv`` (fields may be quoted and hold commas, tabs, newlines);
+    otherwise TSV: exactly one tab per line, text taken as is. ``header`` skips the first row.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, expected a TSV or CSV file")
+        if size > MAX_FILE_BYTES:
+            raise DataError(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} this reads")
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}:{line}: invalid UTF-8 (byte offset {e.start}); save the file as UTF-8"
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark is not data
+    rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _tsv_rows(path, text)
+    if header and rows:
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"{path}: no rows (an empty file); expected lines of two fields")
+    return rows
+
+
+def _tsv_rows(path: Path, text: str) -> list[tuple[str, str, int]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataError(
+                f"{path}:{number}: expected 2 tab-separated fields, found {len(fields)}"
+            )
+        rows.append((fields[0], fields[1], number))
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[str, str, int]]:
+    rows = []
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    try:
+        for fields in reader:
+            number, start = start, reader.line_num + 1
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != 2:
+                raise DataError(
+                    f"{path}:{number}: expected 2 comma-separated fields, found {len(fields)}"
+                )
+            rows.append((fields[0], fields[1], number))
+    except csv.Error as e:
+        raise DataError(f"{path}:{start}: malformed CSV ({e})") from None
+    return rows
+
+
+def read_pairs(
+    path: str | os.PathLike[str],
+    *,
+    source_tokens: Tokenizer = "char",
+    target_tokens: Tokenizer = "char",
+    header: bool = False,
+) -> list[Pair]:
+    """Source/target pairs of a TSV/CSV file; an empty source or target is a DataError."""
+    pairs = []
+    for src, tgt, line in read_rows(path, header=header):
+        source, target = split_symbols(src, source_tokens), split_symbols(tgt, target_tokens)
+        if not source or not target:
+            which = "source" if not source else "target"
+            raise DataError(f"{path}:{line}: empty {which} field")
+        pairs.append(Pair(source, target, line))
+    return pairs
+
+
+def read_labeled(
+    path: str | os.PathLike[str], *, tokens: Tokenizer = "char", header: bool = False
+) -> list[Pair]:
+    """``text, label`` rows: ``Pair(source=symbols of text, target=[label], line)``. Labels are
+    taken with surrounding whitespace stripped; an empty text or label is a DataError."""
+    rows = []
+    for text, label, line in read_rows(path, header=header):
+        symbols, label = split_symbols(text, tokens), label.strip()
+        if not symbols or not label:
+            which = "text" if not symbols else "label"
+            raise DataError(f"{path}:{line}: empty {which} field")
+        rows.append(Pair(symbols, [label], line))
+    return rows
+
+
+def check_known(pairs: Sequence[Pair], source: Symbols, target: Symbols | None, path: str,
+                what: str = "symbol") -> None:  # fmt: skip
+    """DataError naming ``path`` and the first line holding a source symbol (or a target
+    symbol/label) that the training vocabulary lacks."""
+    for p in pairs:
+        bad = source.unseen(p.source)
+        if bad:
+            raise DataError(
+                f"{path}:{p.line}: {what}(s) not seen in training: "
+                + ", ".join(repr(s) for s in bad[:10])
+            )
+        if target is not None:
+            bad = target.unseen(p.target)
+            if bad:
+                noun = "label" if what == "label" else "target symbol"
+                raise DataError(
+                    f"{path}:{p.line}: {noun}(s) not seen in training: "
+                    + ", ".join(repr(s) for s in bad[:10])
+                )
