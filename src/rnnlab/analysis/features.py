@@ -182,6 +182,11 @@ def bracket_depth(text: str) -> np.ndarray:
     return _depth(text, "([{", ")]}")
 
 
+def paren_depth(text: str) -> np.ndarray:
+    """Nesting depth of ``()`` only: calls, conditions, casts."""
+    return _depth(text, "(", ")")
+
+
 def brace_depth(text: str) -> np.ndarray:
     """Nesting depth of ``{}`` only: the paper's code-depth cell."""
     return _depth(text, "{", "}")
@@ -300,6 +305,7 @@ FEATURES: dict[str, Feature] = {
         Feature("in_py_comment", in_py_comment, True, "inside a Python # comment"),
         Feature("in_py_string", in_py_string, True, "inside a Python string literal"),
         Feature("bracket_depth", bracket_depth, False, "nesting depth of (), [] and {}"),
+        Feature("paren_depth", paren_depth, False, "nesting depth of ()"),
         Feature("brace_depth", brace_depth, False, "nesting depth of {}"),
         Feature("indent_depth", indent_depth, False, "leading whitespace of the line"),
         Feature("in_if_condition", in_if_condition, True, "inside the condition of if (...)"),
