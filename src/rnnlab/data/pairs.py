@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+from torch import Tensor
+
 from rnnlab.data.errors import DataError
 
 Tokenizer = Literal["char", "space"]
@@ -241,3 +244,37 @@ def check_known(pairs: Sequence[Pair], source: Symbols, target: Symbols | None, 
                     f"{path}:{p.line}: {noun}(s) not seen in training: "
                     + ", ".join(repr(s) for s in bad[:10])
                 )
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator, bucket: int = 50
+) -> list[list[int]]:
+    """Example indices grouped into batches of similar length, in a seeded random order.
+
+    The examples are shuffled, cut into pools of ``bucket * batch_size``, each pool sorted by
+    length and cut into batches, and the batches shuffled: padding stays small and every epoch
+    (one ``generator`` state) gives one reproducible order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size}")
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    pool = bucket * batch_size
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad: int = 0) -> tuple[Tensor, Tensor]:
+    """(B, T_max) int64 ids padded with ``pad``, and the lengths (B,)."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    out = torch.full((len(sequences), int(lengths.max()) if len(sequences) else 0), pad,
+                     dtype=torch.long)  # fmt: skip
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out, lengths

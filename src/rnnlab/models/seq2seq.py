@@ -194,6 +194,8 @@ class Seq2Seq(nn.Module):
         ``sampling`` in [0, 1]: each step's input is, per row, the model's own sample from its
         previous output distribution with this probability (scheduled sampling); 0 is plain
         teacher forcing. Padding after a target's end does not change its logits (causal)."""
+        if source.dim() != 2:
+            raise ShapeError(f"source: expected (B, S) token ids, got shape {tuple(source.shape)}")
         if target_in.dim() != 2 or target_in.shape[0] != source.shape[0]:
             raise ShapeError(
                 f"target_in: expected ({source.shape[0]}, T) token ids, got "
