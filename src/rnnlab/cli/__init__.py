@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # Adding a command: its module name here (the module defines ``register(subparsers)``).
-COMMANDS = ("train", "sample", "eval", "data", "gradcheck", "demo", "doctor", "export")
+COMMANDS = ("train", "sample", "eval", "data", "gradcheck", "demo", "doctor", "export", "seq2seq")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,225 @@
+"""``rnnlab seq2seq train|eval|predict``: encoder-decoders on pairs files or G2P on CMUdict."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rnnlab.cli.common import add_config_flags, given
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from rnnlab.models.seq2seq import DecodeConfig
+    from rnnlab.training.seq2seq import Seq2SeqTrainConfig
+
+    p = sub.add_parser("seq2seq", help="sequence to sequence: train, evaluate (PER/WER), predict")
+    p.set_defaults(run=lambda args: _usage(p))
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+
+    t = actions.add_parser("train", help="train an encoder-decoder (--task g2p: CMUdict)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    t.add_argument("--no-progress", action="store_true", help="no progress line even on a TTY")
+    add_config_flags(t, Seq2SeqTrainConfig)
+    t.set_defaults(run=run_train)
+
+    e = actions.add_parser("eval", help="PER and WER of a trained run on a split or a pairs file")
+    e.add_argument("run_dir", help="run directory or checkpoint directory")
+    e.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="test",
+        help="the run's split (default: test; a pairs run needs --pairs for test)",
+    )
+    e.add_argument("--pairs", default=None, help="evaluate on this TSV/CSV file instead")
+    e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    e.add_argument("--device", default="cpu")
+    add_config_flags(e, DecodeConfig)
+    e.set_defaults(run=run_eval)
+
+    r = actions.add_parser("predict", help="outputs for sources (words -> ARPAbet for g2p)")
+    r.add_argument("run_dir", nargs="?", default=None, help="run or checkpoint directory")
+    r.add_argument("sources", nargs="*", help="source texts (default: --input, one per line)")
+    r.add_argument("--input", default=None, help="a file of sources, one per line ('-': stdin)")
+    r.add_argument(
+        "--g2p-en",
+        action="store_true",
+        help="use g2p-en's published model instead of a run (fetched with pip)",
+    )
+    r.add_argument(
+        "--unknown",
+        choices=("error", "replace"),
+        default="error",
+        help="source symbols unseen in training: error, or replace by <unk>",
+    )
+    r.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    r.add_argument("--device", default="cpu")
+    add_config_flags(r, DecodeConfig)
+    r.set_defaults(run=run_predict)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from rnnlab.training.seq2seq import Seq2SeqTrainConfig, train_seq2seq
+
+    values = given(args, Seq2SeqTrainConfig)
+    reporter = Reporter(progress=not args.no_progress and sys.stderr.isatty())
+    if args.resume:
+        result = train_seq2seq(resume=args.resume, changes=values, on_event=reporter)
+    else:
+        result = train_seq2seq(Seq2SeqTrainConfig(**values), on_event=reporter)
+    if result.stopped == "interrupted":
+        print(f"interrupted at step {result.step}; checkpoint saved; continue with: rnnlab seq2seq "
+              f"train --resume {result.run_dir}", file=sys.stderr)  # fmt: skip
+        return 130
+    print(f"run directory: {result.run_dir}  (rnnlab seq2seq eval {result.run_dir})",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from rnnlab.data.pairs import check_known, read_pairs
+    from rnnlab.models.seq2seq import DecodeConfig
+    from rnnlab.runtime import resolve_device
+    from rnnlab.training.seq2seq import evaluate_pairs, load_seq2seq, load_task
+
+    decode = DecodeConfig(**given(args, DecodeConfig))
+    device = resolve_device(args.device)
+    run = load_seq2seq(args.run_dir, args.checkpoint, str(device))
+    config = run.config
+    if args.pairs:
+        pairs = read_pairs(args.pairs, source_tokens=config.source_tokens,
+                           target_tokens=config.target_tokens, header=config.header)  # fmt: skip
+        check_known(pairs, run.source, run.target, args.pairs)
+        where = args.pairs
+    elif config.task == "g2p":
+        from rnnlab.data.cmudict import g2p_splits
+
+        pairs, where = g2p_splits(stress=config.stress)[args.split], f"CMUdict {args.split} split"
+    elif args.split == "val":
+        pairs, where = load_task(config).val, "val split"
+    else:
+        raise ValueError(
+            "--split test: a pairs run has no test split of its own; give --pairs FILE"
+        )
+    start = time.perf_counter()
+    result = evaluate_pairs(run.model, pairs, run.source, run.target, decode, device=device)
+    rates = result.rates
+    print(f"{where}: WER {100 * rates.wer:.2f}%  PER {100 * rates.per:.2f}%  over {rates.words} "
+          f"sources ({rates.word_errors} wrong, {rates.edits} edits / {rates.reference_symbols} "
+          f"symbols), loss {result.loss:.4f} nats/symbol, {decode.method}"
+          f"{f' {decode.beam}' if decode.method == 'beam' else ''}, "
+          f"{time.perf_counter() - start:.1f}s")  # fmt: skip
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from rnnlab.data.errors import DataError
+    from rnnlab.data.pairs import join_symbols, split_symbols
+    from rnnlab.models.seq2seq import DecodeConfig
+    from rnnlab.runtime import resolve_device
+    from rnnlab.training.seq2seq import decode_sources, load_seq2seq
+
+    decode = DecodeConfig(**given(args, DecodeConfig))
+    device = resolve_device(args.device)
+    sources, source_at = list(args.sources), []
+    if args.g2p_en:
+        from rnnlab.models.g2p_en import MAX_STEPS, load_g2p_en
+
+        if args.run_dir is not None:
+            sources.insert(0, args.run_dir)
+        model, source, target = load_g2p_en()
+        model = model.to(device)
+        source_tokens, target_tokens = "char", "space"
+        if not decode.max_length:
+            decode = DecodeConfig(**{**vars(decode), "max_length": MAX_STEPS})
+    else:
+        if args.run_dir is None:
+            raise ValueError("give a run directory (or --g2p-en) and sources")
+        run = load_seq2seq(args.run_dir, args.checkpoint, str(device))
+        model, source, target = run.model, run.source, run.target
+        source_tokens, target_tokens = run.config.source_tokens, run.config.target_tokens
+    source_at = [f"source {i + 1} ({s!r})" for i, s in enumerate(sources)]
+    if args.input:
+        lines = _read_lines(args.input)
+        sources += [text for text, _ in lines]
+        source_at += [where for _, where in lines]
+    if not sources:
+        raise ValueError("no sources: give them as arguments or with --input FILE")
+    texts = [s.lower() if args.g2p_en else s for s in sources]
+    symbols = [split_symbols(s, source_tokens) for s in texts]  # type: ignore[arg-type]
+    for syms, where in zip(symbols, source_at, strict=True):
+        if not syms:
+            raise DataError(f"{where}: empty source")
+        unseen = source.unseen(syms)
+        if unseen and args.unknown == "error":
+            raise DataError(f"{where}: symbol(s) not seen in training: "
+                            + ", ".join(repr(s) for s in unseen[:10])
+                            + " (--unknown replace maps them to <unk>)")  # fmt: skip
+    outputs = decode_sources(symbols, model, source, target, decode, device=device)
+    for text, out in zip(sources, outputs, strict=True):
+        print(f"{text}\t{join_symbols(out, target_tokens)}")  # type: ignore[arg-type]
+    return 0
+
+
+def _read_lines(path: str) -> list[tuple[str, str]]:
+    from rnnlab.data.errors import DataError
+
+    name = "<stdin>" if path == "-" else path
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{name}:{line}: invalid UTF-8 (byte offset {e.start})") from None
+    return [(line.strip(), f"{name}:{i}") for i, line in enumerate(text.splitlines(), start=1)
+            if line.strip()]  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Reporter:
+    """Training events as lines on stderr; the step line only on a TTY."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress = progress
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind, err = event["kind"], sys.stderr
+        if kind == "start":
+            verb = "resuming" if event["resumed"] else "training"
+            print(f"{verb} {event['run_dir']}: {event['parameters']:,} parameters, "
+                  f"{event['train_pairs']:,} training / {event['val_pairs']:,} validation pairs, "
+                  f"vocab {event['source_vocab']} -> {event['target_vocab']}, "
+                  f"{event['steps_per_epoch']} steps/epoch, device {event['device']}",
+                  file=err)  # fmt: skip
+        elif kind == "step" and self.progress:
+            print(f"\rstep {event['step']:>6}/{event['max_steps']}  loss "
+                  f"{event['train_loss']:.4f}  lr {event['lr']:.2e}  "
+                  f"{_duration(event['elapsed_s'])}", end="", file=err, flush=True)  # fmt: skip
+        elif kind == "eval":
+            prefix = "\r" if self.progress else ""
+            mark = " *" if event["best"] else ""
+            print(f"{prefix}step {event['step']:>6}  val loss {event['val_loss']:.4f}  WER "
+                  f"{100 * event['val_wer']:.2f}%  PER {100 * event['val_per']:.2f}%{mark}  "
+                  f"| {event['example']}", file=err)  # fmt: skip
+        elif kind == "nonfinite":
+            print(f"\nstep {event['step']}: {event['reason']} loss ({event['loss']:.4g}), step "
+                  "skipped", file=err)  # fmt: skip
+        elif kind == "end":
+            if self.progress:
+                print(file=err)
+            print(f"stopped at step {event['step']} ({event['stopped']}); best val WER "
+                  f"{100 * event['best_wer']:.2f}%", file=err)  # fmt: skip
