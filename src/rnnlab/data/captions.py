@@ -205,7 +205,10 @@ class CaptionVocab:
             raise DataError(f"{source}: expected a caption word vocabulary")
         if not all(isinstance(w, str) and w for w in words):
             raise DataError(f"{source}: words: expected non-empty strings")
-        return cls(tuple(words))
+        try:
+            return cls(tuple(words))
+        except DataError as e:
+            raise DataError(f"{source}: {e}") from None
 
 
 @dataclass(frozen=True)
