@@ -13,7 +13,10 @@ import importlib
 import sys
 
 # Adding a command: its module name here (the module defines ``register(subparsers)``).
-COMMANDS = ("train", "sample", "eval", "data", "gradcheck", "demo", "doctor", "export", "seq2seq")
+COMMANDS = (
+    "train", "sample", "eval", "data", "gradcheck", "demo", "doctor", "export", "seq2seq",
+    "classify",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

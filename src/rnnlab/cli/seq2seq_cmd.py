@@ -147,7 +147,7 @@ def run_predict(args: argparse.Namespace) -> int:
         source_tokens, target_tokens = run.config.source_tokens, run.config.target_tokens
     source_at = [f"source {i + 1} ({s!r})" for i, s in enumerate(sources)]
     if args.input:
-        lines = _read_lines(args.input)
+        lines = read_lines(args.input)
         sources += [text for text, _ in lines]
         source_at += [where for _, where in lines]
     if not sources:
@@ -168,7 +168,7 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_lines(path: str) -> list[tuple[str, str]]:
+def read_lines(path: str) -> list[tuple[str, str]]:
     from rnnlab.data.errors import DataError
 
     name = "<stdin>" if path == "-" else path

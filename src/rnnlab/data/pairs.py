@@ -110,7 +110,7 @@ class Symbols:
             and isinstance(data.get("tokens"), list)
             and all(type(t) is str for t in data["tokens"])
             and type(data.get("num_specials")) is int
-            and 0 < data["num_specials"] <= len(data["tokens"])
+            and 0 <= data["num_specials"] <= len(data["tokens"])
         )
         if not ok:
             raise DataError(f"{source}: expected {{tokens: [str], num_specials: int}}")
@@ -225,25 +225,21 @@ def read_labeled(
     return rows
 
 
-def check_known(pairs: Sequence[Pair], source: Symbols, target: Symbols | None, path: str,
-                what: str = "symbol") -> None:  # fmt: skip
+def check_known(
+    pairs: Sequence[Pair],
+    source: Symbols,
+    target: Symbols | None,
+    path: str,
+    target_noun: str = "target symbol",
+) -> None:
     """DataError naming ``path`` and the first line holding a source symbol (or a target
-    symbol/label) that the training vocabulary lacks."""
+    symbol/label, ``target_noun``) that the training vocabulary lacks."""
     for p in pairs:
-        bad = source.unseen(p.source)
-        if bad:
-            raise DataError(
-                f"{path}:{p.line}: {what}(s) not seen in training: "
-                + ", ".join(repr(s) for s in bad[:10])
-            )
-        if target is not None:
-            bad = target.unseen(p.target)
+        for vocab, symbols, noun in ((source, p.source, "symbol"), (target, p.target, target_noun)):
+            bad = vocab.unseen(symbols) if vocab is not None else []
             if bad:
-                noun = "label" if what == "label" else "target symbol"
-                raise DataError(
-                    f"{path}:{p.line}: {noun}(s) not seen in training: "
-                    + ", ".join(repr(s) for s in bad[:10])
-                )
+                listed = ", ".join(repr(s) for s in bad[:10])
+                raise DataError(f"{path}:{p.line}: {noun}(s) not seen in training: {listed}")
 
 
 # -- batches ----------------------------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""``rnnlab classify train|eval|predict``: many-to-one sequence classification of text rows."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rnnlab.cli.common import add_config_flags, given
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from rnnlab.training.classify import ClassifyTrainConfig
+
+    p = sub.add_parser("classify", help="sequence classification: train, evaluate, predict")
+    p.set_defaults(run=lambda args: _usage(p))
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+
+    t = actions.add_parser("train", help="train a classifier on a TSV/CSV of text, label")
+    t.add_argument("file", nargs="?", default=None, help="training rows (same as --data)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    add_config_flags(t, ClassifyTrainConfig)
+    t.set_defaults(run=run_train)
+
+    e = actions.add_parser("eval", help="accuracy, macro-F1 and confusion matrix on a file")
+    e.add_argument("run_dir", help="run directory or checkpoint directory")
+    e.add_argument("file", help="TSV/CSV of text, label (read like the training file)")
+    e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(run=run_eval)
+
+    r = actions.add_parser("predict", help="a label for each text")
+    r.add_argument("run_dir", help="run directory or checkpoint directory")
+    r.add_argument("texts", nargs="*", help="texts to classify (default: --input)")
+    r.add_argument("--input", default=None, help="a file of texts, one per line")
+    r.add_argument(
+        "--unknown",
+        choices=("error", "replace"),
+        default="error",
+        help="symbols unseen in training: error, or replace by <unk>",
+    )
+    r.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    r.add_argument("--device", default="cpu")
+    r.set_defaults(run=run_predict)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from rnnlab.training.classify import ClassifyTrainConfig, train_classifier
+
+    values = given(args, ClassifyTrainConfig)
+    if args.file is not None:
+        if values.get("data", args.file) != args.file:
+            raise ValueError("data: given twice (FILE and --data); give one")
+        values["data"] = args.file
+    if args.resume:
+        result = train_classifier(resume=args.resume, changes=values, on_event=_report)
+    else:
+        result = train_classifier(ClassifyTrainConfig(**values), on_event=_report)
+    if result.stopped == "interrupted":
+        print(f"interrupted at step {result.step}; continue with: rnnlab classify train "
+              f"--resume {result.run_dir}", file=sys.stderr)  # fmt: skip
+        return 130
+    print(f"run directory: {result.run_dir}", file=sys.stderr)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from rnnlab.data.pairs import check_known, read_labeled
+    from rnnlab.metrics.classification import format_confusion
+    from rnnlab.runtime import resolve_device
+    from rnnlab.training.classify import evaluate_rows, load_classifier
+
+    device = resolve_device(args.device)
+    run = load_classifier(args.run_dir, args.checkpoint, str(device))
+    rows = read_labeled(args.file, tokens=run.config.tokens, header=run.config.header)
+    check_known(rows, run.vocab, run.labels, args.file, "label")
+    result = evaluate_rows(run.model, rows, run.vocab, run.labels, device=device)
+    report = result.report
+    print(f"{args.file}: accuracy {100 * report.accuracy:.2f}%  macro-F1 "
+          f"{100 * report.macro_f1:.2f}%  over {report.examples} rows, loss "
+          f"{result.loss:.4f} nats")  # fmt: skip
+    print(format_confusion(report, list(run.labels.tokens)))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from rnnlab.data.errors import DataError
+    from rnnlab.data.pairs import pad_batch, split_symbols
+    from rnnlab.runtime import resolve_device
+    from rnnlab.training.classify import load_classifier
+
+    device = resolve_device(args.device)
+    run = load_classifier(args.run_dir, args.checkpoint, str(device))
+    texts = list(args.texts)
+    where = [f"text {i + 1} ({t!r})" for i, t in enumerate(texts)]
+    if args.input:
+        from rnnlab.cli.seq2seq_cmd import read_lines
+
+        for text, at in read_lines(args.input):
+            texts.append(text)
+            where.append(at)
+    if not texts:
+        raise ValueError("no texts: give them as arguments or with --input FILE")
+    ids = []
+    for text, at in zip(texts, where, strict=True):
+        symbols = split_symbols(text, run.config.tokens)
+        if not symbols:
+            raise DataError(f"{at}: empty text")
+        unseen = run.vocab.unseen(symbols)
+        if unseen and args.unknown == "error":
+            raise DataError(f"{at}: symbol(s) not seen in training: "
+                            + ", ".join(repr(s) for s in unseen[:10])
+                            + " (--unknown replace maps them to <unk>)")  # fmt: skip
+        ids.append(run.vocab.encode(symbols, "replace"))
+    with torch.no_grad():
+        for start in range(0, len(ids), 256):
+            x, n = pad_batch(ids[start : start + 256])
+            probs = run.model(x.to(device), n).softmax(-1)
+            for text, p in zip(texts[start : start + 256], probs, strict=True):
+                k = int(p.argmax())
+                print(f"{run.labels.tokens[k]}\t{float(p[k]):.3f}\t{text}")
+    return 0
+
+
+def _report(event: dict[str, Any]) -> None:
+    kind, err = event["kind"], sys.stderr
+    if kind == "start":
+        verb = "resuming" if event["resumed"] else "training"
+        print(f"{verb} {event['run_dir']}: {event['parameters']:,} parameters, "
+              f"{event['train_rows']:,} training / {event['val_rows']:,} validation rows, "
+              f"{event['labels']} labels, vocab {event['vocab']}", file=err)  # fmt: skip
+    elif kind == "eval":
+        mark = " *" if event["best"] else ""
+        print(f"step {event['step']:>6}  val loss {event['val_loss']:.4f}  accuracy "
+              f"{100 * event['val_accuracy']:.2f}%  macro-F1 "
+              f"{100 * event['val_macro_f1']:.2f}%{mark}", file=err)  # fmt: skip
+    elif kind == "nonfinite":
+        print(f"step {event['step']}: {event['reason']} loss, step skipped", file=err)
+    elif kind == "end":
+        print(f"stopped at step {event['step']} ({event['stopped']}); best val accuracy "
+              f"{100 * event['best_accuracy']:.2f}%", file=err)  # fmt: skip
