@@ -68,7 +68,7 @@ class CaptionerConfig:
     encoder: Literal["cnn", "features"] = setting(
         "cnn", "a small CNN trained end to end, or precomputed feature files"
     )
-    image_size: int = setting(48, "S: images are resized to S x S (cnn encoder)", low=8,
+    image_size: int = setting(32, "S: images are resized to S x S (cnn encoder)", low=8,
                               high=1024)  # fmt: skip
     cnn_channels: int = setting(32, "channels of the CNN's first stage", low=1, high=1024)
     cnn_blocks: int = setting(3, "CNN stages (each but the last halves the grid)", low=1,
@@ -107,7 +107,9 @@ class Captioner(nn.Module):
         super().__init__()
         self.config = c = config
         self.encoder = (
-            SmallCNN(c.cnn_channels, c.cnn_blocks, c.feature_size) if c.encoder == "cnn" else None
+            SmallCNN(c.cnn_channels, c.cnn_blocks, c.feature_size, c.image_size)
+            if c.encoder == "cnn"
+            else None
         )
         F_, H, E = c.feature_size, c.hidden_size, c.embedding_size
         C = self.encoder.grid_size if self.encoder is not None else F_  # annotation size

@@ -96,7 +96,7 @@ class CaptionTrainConfig:
         "step", "image enters every step (W_ih v) or the initial state (Show and Tell)"
     )
     attention: bool = setting(False, "soft attention over the CNN grid (Show, Attend and Tell)")
-    image_size: int = setting(48, "images are resized to this side", low=8, high=1024)
+    image_size: int = setting(32, "images are resized to this side", low=8, high=1024)
     cnn_channels: int = setting(32, "CNN first-stage channels", low=1, high=1024)
     cnn_blocks: int = setting(3, "CNN stages", low=1, high=8)
     feature_size: int = setting(128, "image feature size (CNN output)", low=1, high=1_000_000)

@@ -1,0 +1,1 @@
+"""Static reports (HTML) of trained models."""
