@@ -15,7 +15,7 @@ import sys
 # Adding a command: its module name here (the module defines ``register(subparsers)``).
 COMMANDS = (
     "train", "sample", "eval", "data", "gradcheck", "demo", "doctor", "export", "seq2seq",
-    "classify",
+    "classify", "caption",
 )  # fmt: skip
 
 
