@@ -51,7 +51,7 @@ def test_tokenize_lowercases_and_drops_punctuation():
 
 
 def test_shapes_set_reads_back_with_splits_and_five_references(shapes):
-    data = read_caption_json(shapes, shapes.parent / "images")
+    data = read_caption_json(shapes)
     assert [len(data.split(s)) for s in ("train", "val", "test")] == [30, 5, 5]
     assert all(len(im.captions) == 5 for im in data.images)
     assert all(im.path.exists() for im in data.images)
@@ -60,7 +60,7 @@ def test_shapes_set_reads_back_with_splits_and_five_references(shapes):
 
 
 def test_shapes_captions_name_the_colours_drawn(shapes):
-    data = read_caption_json(shapes, shapes.parent / "images")
+    data = read_caption_json(shapes)
     for im in data.images[:10]:
         pixels = load_image(im.path, 32).reshape(3, -1).T.astype(int)  # (S*S, 3)
         words = {w for c in im.captions for w in c}

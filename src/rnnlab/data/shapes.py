@@ -128,7 +128,8 @@ def write_shapes_dataset(
     """Write ``out_dir/images/NNNNN.png`` and ``out_dir/captions.json``; returns the JSON's path.
 
     The last ``num_test`` images are the test split, the ``num_val`` before them val, the rest
-    train. The image folder for ``read_caption_json`` is ``out_dir/images``."""
+    train. Each entry's ``filepath`` is ``images``, so ``read_caption_json`` finds the images
+    from the JSON's own folder (as COCO's entries say ``train2014``)."""
     from PIL import Image
 
     if num_images < 1 or num_val < 0 or num_test < 0 or num_val + num_test >= num_images:
@@ -152,6 +153,7 @@ def write_shapes_dataset(
         )
         captions = describe(shapes, relation, rng)
         entries.append({
+            "filepath": "images",
             "filename": filename,
             "imgid": i,
             "split": split,
