@@ -167,3 +167,13 @@ def test_configs_read_from_files_get_the_same_checks():
         assert str(info.value).startswith(f"{source}: {field}: expected"), str(info.value)
     with pytest.raises(ConfigError, match="a JSON object, found 'list'"):
         from_mapping(TrainConfig, [1, 2], source)
+
+
+def test_sampling_memory_is_bounded_over_all_streams():
+    SampleConfig(length=10**7)
+    with pytest.raises(ConfigError, match="^length: expected at most 100,000,000 characters"):
+        SampleConfig(length=10**6, num_samples=101)
+    with pytest.raises(ConfigError, match="^length: expected at most"):
+        SampleConfig(length=10**6, beam=200)
+    with pytest.raises(ConfigError, match="^device: expected"):
+        RunOptions(device="gpu0")

@@ -32,6 +32,7 @@ from rnnlab.cells import State
 from rnnlab.validation import ConfigError, setting, validate
 
 MAX_VOCAB = 0x110000 + 256
+MAX_TOKENS = 10**8  # generated ids kept in memory over all streams (800 MB of int64 at most)
 
 # Prime tokens per forward pass: memory stays bounded (B x chunk x V logits) for any prime length.
 PRIME_CHUNK = 4096
@@ -74,7 +75,7 @@ class SampleConfig:
     """
 
     length: int = setting(500, "characters to generate (0: check the run and prime, print nothing)",
-                          low=0, high=10**9)  # fmt: skip
+                          low=0, high=10**7)  # fmt: skip
     temperature: float = setting(1.0, "divide logits by this before softmax (0: argmax)", low=0,
                                  high=1e6)  # fmt: skip
     top_k: int = setting(
@@ -96,6 +97,12 @@ class SampleConfig:
             raise ConfigError(
                 "num_samples", f"at most beam={self.beam} (beam search returns that many)",
                 self.num_samples,
+            )  # fmt: skip
+        streams = max(self.num_samples, self.beam)
+        if streams * self.length > MAX_TOKENS:  # the generated ids are kept: bound their memory
+            raise ConfigError(
+                "length", f"at most {MAX_TOKENS:,} characters over all {streams} streams",
+                self.length,
             )  # fmt: skip
 
     @property

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 # Adding a command: its module name here (the module defines ``register(subparsers)``).
 COMMANDS = (
@@ -19,7 +21,22 @@ COMMANDS = (
 )  # fmt: skip
 
 
+_interrupted = False
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _interrupted
+    _interrupted = False
+    if threading.current_thread() is threading.main_thread():
+        # Remember a Ctrl-C even when a library turns it into another error (an interrupted
+        # numpy import fails the next import with ImportError).
+        signal.signal(signal.SIGINT, _on_sigint)
     try:  # Ctrl-C at any moment, even while torch is imported, is one line and exit 130
         from rnnlab.cli import common
 
@@ -38,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return closed_pipe()
     except Exception as e:  # one line, no traceback: the message names the problem and the fix
+        if _interrupted:
+            print("rnnlab: interrupted", file=sys.stderr)
+            return 130
         from rnnlab.cli.common import report_error
 
         return report_error(e)

@@ -33,7 +33,12 @@ class RunOptions:
     )
 
     def __post_init__(self) -> None:
+        from rnnlab.training.config import DEVICE
+        from rnnlab.validation import ConfigError
+
         validate(self)
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError("device", "cpu, cuda or cuda:N", self.device)
 
 
 def add_config_flags(
@@ -48,9 +53,11 @@ def add_config_flags(
         kind, _ = _kind(hints[f.name])
         meta = f.metadata
         accepts = describe(kind, meta.get("low"), meta.get("high"))
-        text = f"{meta.get('help', f.name)}; {accepts} (default: {f.default})"
-        if meta.get("unit"):
-            text = f"{meta['help']} [{meta['unit']}]; {accepts} (default: {f.default})"
+        what = meta.get("help", f.name) + (f" [{meta['unit']}]" if meta.get("unit") else "")
+        default = "none" if f.default is None else repr(f.default) if kind is str else f.default
+        text = f"{what}; {accepts} (default: {default})"
+        if kind is str:
+            text = f"{what} (default: {default})"
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:
             text = f"{meta.get('help', f.name)} (default: {'on' if f.default else 'off'})"
@@ -101,12 +108,20 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def report_error(e: BaseException) -> int:
-    """One line on stderr; exit 2 for bad input (ValueError, OSError), 1 for a failed run."""
-    from rnnlab.training.tools import TrainingError
+    """One line on stderr; exit 2 for bad input (ValueError, OSError), 1 for a failed run.
 
+    Imports nothing: it also reports a failure of an import (e.g. Ctrl-C while torch loads
+    leaves numpy half-initialised, and the next import of it fails), so it must not fail itself.
+    """
+    cause: BaseException | None = e
+    while cause is not None:  # an interrupt that a library turned into another error
+        if isinstance(cause, KeyboardInterrupt):
+            print("rnnlab: interrupted", file=sys.stderr)
+            return 130
+        cause = cause.__cause__ or cause.__context__
     text = " ".join(str(e).split()) or type(e).__name__
     print(f"rnnlab: error: {text}", file=sys.stderr)
-    if isinstance(e, TrainingError):
+    if any(c.__name__ == "TrainingError" for c in type(e).__mro__):
         return 1
     return 2 if isinstance(e, (ValueError, OSError)) else 1
 
@@ -126,8 +141,7 @@ def notes_not_warnings() -> Iterator[None]:
             seen.add(text)
             print(f"rnnlab: note: {text}", file=sys.stderr)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():  # the filters stay Python's: ResourceWarning etc. ignored
         warnings.showwarning = show
         try:
             yield
