@@ -134,8 +134,7 @@
       const label = document.createElementNS(SVG, "text");
       label.setAttribute("x", 4);
       label.setAttribute("y", 10);
-      label.textContent = `${layer}: x left-sat (<0.1), y right-sat (>0.9); ` +
-        Object.keys(gates).join(" ");
+      label.textContent = `layer ${Number(layer.slice(1)) + 1}: ` + Object.keys(gates).join(" ");
       svg.appendChild(label);
       for (const [gate, fr] of Object.entries(gates)) {
         fr.left.forEach((lx, j) => {
@@ -150,7 +149,12 @@
       }
       box.appendChild(svg);
     }
-    if (!Object.keys(layers).length) box.textContent = "this cell has no sigmoid gates";
+    const note = document.createElement("p");
+    note.textContent = Object.keys(layers).length
+      ? "each dot a gate unit: x = fraction of steps left-saturated (< 0.1), " +
+        "y = right-saturated (> 0.9); i blue, f red, o green, r purple, z orange"
+      : "this cell has no sigmoid gates";
+    box.appendChild(note);
   }
 
   function showTip(ev, top, loss, value) {
