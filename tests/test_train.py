@@ -259,3 +259,12 @@ def test_a_high_learning_rate_never_ends_in_a_diverged_final_checkpoint(text_fil
             records = {r["step"]: r for r in read_metrics(cfg.out_dir)}
             step = load_checkpoint(ckpt).step
             assert records[step].get("val_loss", 0.0) <= limit
+
+
+def test_step_events_carry_throughput_and_an_eta_bounded_by_the_time_limit(text_file, tmp_path):
+    events = []
+    cfg = small(text_file, tmp_path, max_steps=10**6, max_minutes=0.02, eval_every=10**6,
+                sample_length=0)  # fmt: skip
+    train(cfg, on_event=events.append)
+    steps = [e for e in events if e["kind"] == "step"]
+    assert steps and all(e["chars_per_s"] > 0 and 0 <= e["eta_s"] <= 1.2 for e in steps)

@@ -285,6 +285,8 @@ def _loop(
         }
         if step % config.log_every == 0 or step == config.max_steps:
             eta = speed.eta((config.max_steps - step) * x.numel())
+            if config.max_minutes:  # whichever limit comes first
+                eta = min(eta, max(0.0, 60 * config.max_minutes - speed.elapsed()))
             emit({"kind": "step", **record, "tokens_per_s": speed.rate, "eta_s": eta,
                   "max_steps": config.max_steps})  # fmt: skip
         out_of_time = bool(config.max_minutes) and speed.elapsed() > 60 * config.max_minutes
