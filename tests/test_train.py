@@ -268,3 +268,20 @@ def test_step_events_carry_throughput_and_an_eta_bounded_by_the_time_limit(text_
     train(cfg, on_event=events.append)
     steps = [e for e in events if e["kind"] == "step"]
     assert steps and all(e["chars_per_s"] > 0 and 0 <= e["eta_s"] <= 1.2 for e in steps)
+
+
+def test_a_failing_training_sample_never_kills_the_run(text_file, tmp_path, monkeypatch):
+    import rnnlab.training.char_lm as loop
+    from rnnlab.sample import DecodingError
+
+    def broken(*args, **kwargs):
+        raise DecodingError("the model produced non-finite logits (NaN/inf) at character 0")
+
+    monkeypatch.setattr(loop, "generate", broken)
+    events = []
+    result = train(small(text_file, tmp_path, max_steps=10, eval_every=5), on_event=events.append)
+    assert result.step == 10
+    samples = [e["text"] for e in events if e["kind"] == "sample"]
+    assert samples and all(
+        s.startswith("(no sample: the model produced non-finite") for s in samples
+    )
