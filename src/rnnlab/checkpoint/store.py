@@ -23,7 +23,6 @@ the new one. One process writes a run directory at a time (rank 0 under DDP).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.checkpoint.state import CheckpointError
+from rnnlab.io import fsync_dir
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -210,19 +210,6 @@ def _check_json(x: Any, path: list[str]) -> None:
         raise TypeError(f"{'.'.join(path)} is a {type(x).__name__}, not JSON (use flatten_state)")
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # Windows cannot open a directory; NTFS renames are journaled
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some file systems cannot fsync a directory; nothing more to do there
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _write_dir(tmp: Path, contents: dict[str, bytes]) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -233,7 +220,7 @@ def _write_dir(tmp: Path, contents: dict[str, bytes]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -252,7 +239,7 @@ def _copy_dir(src: Path, tmp: Path) -> None:
                 shutil.copyfile(src / name, tmp / name)
                 with open(tmp / name, "rb") as f:
                     os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -269,7 +256,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
             shutil.rmtree(old)
         os.rename(final, old)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

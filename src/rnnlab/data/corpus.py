@@ -44,6 +44,7 @@ import numpy as np
 
 from rnnlab.data.errors import DataError, InvalidUTF8Error
 from rnnlab.data.vocab import Vocab, codepoints, describe_chars
+from rnnlab.io import fsync_dir, write_atomic
 
 CORPUS_FORMAT = 1
 SPLITS = ("train", "val", "test")
@@ -327,14 +328,6 @@ def reserve(path: Path, size: int) -> None:
             f.truncate(size)  # a file system without fallocate: sparse, as before
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_stale_builds(cache: Path) -> None:
     """Delete ``.tmp-<key>-<pid>-<nonce>`` build directories whose process is gone."""
     for tmp in cache.glob(".tmp-*"):
@@ -435,7 +428,7 @@ def prepare_corpus(
             if not entry.exists():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another process built the same entry
-        _fsync_dir(cache)
+        fsync_dir(cache)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -472,11 +465,7 @@ def _build(
         "has_crlf": crlf > 0,
         "crlf_count": crlf,
     }
-    with open(out / "meta.json", "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(out)
+    write_atomic(out / "meta.json", json.dumps(meta, indent=1))
 
 
 def corpus_info(path: str | os.PathLike[str], chunk_size: int = DEFAULT_CHUNK) -> dict[str, Any]:

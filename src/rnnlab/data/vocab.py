@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rnnlab.data.errors import DataError
+from rnnlab.io import write_atomic
 
 FORMAT_VERSION = 1
 KINDS = ("text", "bytes")
@@ -280,15 +281,8 @@ class Vocab:
         return cls(tokens=data["tokens"], kind=data["kind"], counts=data.get("counts"))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``vocab.json`` atomically (temp file in the same directory, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_json(), f, ensure_ascii=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Write ``vocab.json`` atomically and durably (``rnnlab.io.write_atomic``)."""
+        write_atomic(path, json.dumps(self.to_json(), ensure_ascii=True) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocab:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.checkpoint import CheckpointError, flatten_state, unflatten_state
+from rnnlab.io import write_atomic
 
 
 class TrainingError(RuntimeError):
@@ -208,12 +209,7 @@ class MetricsLog:
         self.path = Path(path)
         self.history = read_metrics(self.path) if resume_step is not None else []
         self.history = [r for r in self.history if r["step"] <= (resume_step or 0)]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.history)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, record: Mapping[str, Any]) -> None:
