@@ -164,3 +164,35 @@ def test_predict_with_g2p_ens_published_model(capsys):
     code, out, err = run_cli(capsys, "seq2seq", "predict", "--g2p-en", "Activationist")
     assert code == 0, err
     assert out == "Activationist\tAE2 K T IH0 V EY1 SH AH0 N IH0 S T\n"
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_130_then_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    train = reverse_file(tmp_path / "train.tsv")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rnnlab.cli", "seq2seq", "train", "--pairs", str(train),
+           "--out-dir", str(run_dir), "--max-steps", "1000000", "--eval-every", "1000000",
+           *TINY]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    log = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "continue with: rnnlab seq2seq train --resume" in err
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    last = steps[-1]
+    assert (run_dir / f"step-{last}" / "manifest.json").is_file()
+    result = train_seq2seq(resume=run_dir, changes={"max_steps": last + 3})
+    assert result.step == last + 3 and result.stopped == "max_steps"
