@@ -130,3 +130,39 @@ def test_iter_trace_memory_does_not_grow_with_the_text():
         tracemalloc.stop()
         assert total == n
     assert peaks[1] < 1.5 * peaks[0] + 100_000
+
+
+def test_parallel_streams_trace_each_segment_from_zero():
+    torch.manual_seed(2)
+    model = CharLM(CharLMConfig(6, "lstm", hidden_size=8, num_layers=2, backend="reference"))
+    ids = np.random.default_rng(1).integers(0, 6, 103)
+    chunks = list(iter_trace(model, ids, chunk_len=10, streams=4))  # segments of 26 chars
+    assert sorted({c.start // 26 for c in chunks}) == [0, 1, 2, 3]
+    assert sum(len(c.ids) for c in chunks) == 103
+    for b in range(4):
+        seg = ids[26 * b : 26 * (b + 1)]
+        alone = trace_text(model, seg, chunk_len=7)
+        mine = sorted((c for c in chunks if c.start // 26 == b), key=lambda c: c.start)
+        got = np.concatenate([c.values["L1.c"] for c in mine])
+        np.testing.assert_allclose(got, alone.values["L1.c"], atol=1e-6)
+        np.testing.assert_allclose(
+            np.concatenate([c.loss for c in mine]), alone.loss, atol=1e-5, equal_nan=True
+        )
+    with pytest.raises(ValueError, match="single stream"):
+        next(iter_trace(model, ids, streams=2, state=chunks[0].state))
+
+
+def test_analyze_with_streams_finds_the_planted_units(planted):
+    model, _, text, ids = planted
+    result = analyze(model, ids, text, ["bracket_depth", "in_quote"], streams=6, view_chars=700)
+    assert result.cells.best("bracket_depth").unit == "L0.c.0"
+    assert result.cells.best("in_quote").unit in ("L0.c.1", "L0.h.1")
+    w = result.window
+    assert w.activations.shape == (700, 8) and w.start == 1500
+    np.testing.assert_array_equal(w.ids, ids[1500:2200])
+    # chunks arrive segment by segment; the window puts each at its position in the text
+    chunks = sorted(iter_trace(model, ids, 512, streams=6), key=lambda c: c.start)
+    full = np.concatenate([c.units()[1] for c in chunks])[1500:2200]
+    np.testing.assert_allclose(w.activations.astype(np.float32), full, atol=2e-3, rtol=1e-3)
+    loss = np.concatenate([c.loss for c in chunks])
+    np.testing.assert_array_equal(result.loss, loss)

@@ -50,7 +50,7 @@ def test_cells_writes_everything(tiny_run, capsys):
     code = run_command([
         "cells", str(root / "run"), "--text", str(root / "held.txt"), "--out", str(out),
         "--html", str(html), "--lstmvis", str(lv), "--ngram-train", str(root / "train.txt"),
-        "--ngram-order", "6", "--regex", "ret=return", "--view-chars", "500",
+        "--ngram-order", "6", "--regex", "ret=return", "--view-chars", "500", "--streams", "3",
     ])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out

@@ -59,10 +59,13 @@ def analyze(
     chunk_len: int = 512,
     view_chars: int = 4000,
     top_k: int = 5,
+    streams: int = 1,
 ) -> Analysis:
     """Cell search + saturation + loss over ``text`` (ids: its (N,) token ids).
 
     The first ``fit_frac`` of the text ranks units and fits thresholds; the rest scores them.
+    ``streams`` > 1 reads the text as that many segments side by side (``iter_trace``): faster,
+    at the cost of a zero state at each segment's start.
     """
     if len(ids) != len(text):
         raise ValueError(f"ids: expected one id per character ({len(text)}), got {len(ids)}")
@@ -77,33 +80,37 @@ def analyze(
     sat = SaturationCounter(model.rnn.cell)
     loss = np.empty(len(text), np.float32)
     view_end = min(len(text), fit_chars + view_chars)
-    window: dict[str, list[np.ndarray]] = {k: [] for k in ("act", "loss", "tid", "tp", "ids")}
-    unit_names: list[str] = []
-    for chunk in iter_trace(model, ids, chunk_len, top_k):
+    m = view_end - fit_chars  # the viewer's window: text[fit_chars:view_end]
+    window: ViewWindow | None = None
+    for chunk in iter_trace(model, ids, chunk_len, top_k, streams=streams):
         T = len(chunk.ids)
         search.add(chunk, fmat[chunk.start : chunk.start + T])
         sat.add(chunk)
         loss[chunk.start : chunk.start + T] = chunk.loss
+        names, a = chunk.units()
+        if window is None:
+            k = chunk.top_ids.shape[1]
+            window = ViewWindow(
+                start=fit_chars,
+                ids=np.asarray(ids[fit_chars:view_end], np.int64),
+                units=names,
+                activations=np.zeros((m, len(names)), np.float16),
+                loss=np.zeros(m, np.float32),
+                top_ids=np.zeros((m, k), np.int64),
+                top_probs=np.zeros((m, k), np.float32),
+            )
         lo, hi = max(fit_chars - chunk.start, 0), min(view_end - chunk.start, T)
-        if lo < hi:
-            unit_names, a = chunk.units()
-            window["act"].append(a[lo:hi].astype(np.float16))
-            window["loss"].append(chunk.loss[lo:hi])
-            window["tid"].append(chunk.top_ids[lo:hi])
-            window["tp"].append(chunk.top_probs[lo:hi])
-            window["ids"].append(chunk.ids[lo:hi])
+        if lo < hi:  # chunks may come out of order (streams > 1): place by position
+            at = slice(chunk.start + lo - fit_chars, chunk.start + hi - fit_chars)
+            window.activations[at] = a[lo:hi]
+            window.loss[at] = chunk.loss[lo:hi]
+            window.top_ids[at] = chunk.top_ids[lo:hi]
+            window.top_probs[at] = chunk.top_probs[lo:hi]
+    assert window is not None  # iter_trace yields at least one chunk for a non-empty text
     return Analysis(
         cells=search.result(top),
         saturation=sat.result(),
         loss=loss,
         features=values,
-        window=ViewWindow(
-            start=fit_chars,
-            ids=np.concatenate(window["ids"]),
-            units=unit_names,
-            activations=np.concatenate(window["act"]),
-            loss=np.concatenate(window["loss"]),
-            top_ids=np.concatenate(window["tid"]),
-            top_probs=np.concatenate(window["tp"]),
-        ),
+        window=window,
     )

@@ -114,58 +114,90 @@ def iter_trace(
     chunk_len: int = 512,
     top_k: int = 5,
     state: State | None = None,
+    streams: int = 1,
 ) -> Iterator[TraceChunk]:
     """Trace ``model`` over token ids (N,), one chunk at a time, the state carried across chunks.
 
     Memory is bounded by one chunk: (chunk_len, H) per layer and gate. The gates come from the
     core's ``Recurrent.trace`` (the cell's own step equations, reference backend), so the traced
     states equal ``model(idx)``'s to floating-point rounding.
+
+    ``streams`` > 1 cuts the text into that many contiguous segments read side by side as one
+    batch (S times fewer steps; each segment starts from the zero state, so its first characters
+    see less context, and its first character has no loss). Chunks then arrive segment by
+    segment within each step, each contiguous in the text with its own ``start``::
+
+        ids   [ s0 s0 s0 s0 | s1 s1 s1 s1 | s2 s2 s2 ]     S = 3 segments of ceil(N / S)
+        step  [ c0 c0 c1 c1 | c0 c0 c1 c1 | c0 c0 c1 ]     chunk c0 of every segment, then c1
     """
     if chunk_len <= 0:
         raise ValueError(f"chunk_len: expected a positive integer, got {chunk_len}")
     if top_k <= 0:
         raise ValueError(f"top_k: expected a positive integer, got {top_k}")
+    if streams <= 0:
+        raise ValueError(f"streams: expected a positive integer, got {streams}")
+    if streams > 1 and state is not None:
+        raise ValueError("state: only a single stream (streams=1) continues a given state")
     ids_t = torch.as_tensor(np.asarray(ids), dtype=torch.long).reshape(-1)
-    if ids_t.numel() == 0:
+    n = ids_t.numel()
+    if n == 0:
         raise ValueError("ids: the text to trace is empty")
     V = model.head.out_features
     if int(ids_t.min()) < 0 or int(ids_t.max()) >= V:
         raise ValueError(f"ids: token ids must lie in [0, {V}), the model's vocabulary")
+    seg = -(-n // streams)  # segment length
+    S = -(-n // seg)  # segments actually used
+    grid = torch.zeros(S * seg, dtype=torch.long)
+    grid[:n] = ids_t
+    grid = grid.view(S, seg)  # (S, L): padding after the text's end is never reported
     was_training = model.training
     model.eval()
     device = model.head.weight.device
-    prev_logp: Tensor | None = None  # (V,) log-probs predicting the chunk's first character
+    prev_logp: Tensor | None = None  # (S, V) log-probs predicting each chunk's first character
     k = min(top_k, V)
     try:
-        for start in range(0, ids_t.numel(), chunk_len):
-            idx = ids_t[start : start + chunk_len].to(device)  # (T,)
-            x = model.embedding(idx[None])  # (1, T, E)
-            out, state, gates = model.rnn.trace(x, state)  # out (1, T, H); gates[k][n] (1, T, H)
-            logp = F.log_softmax(model.head(out[0]).float(), dim=-1)  # (T, V)
-            loss = torch.full((idx.numel(),), float("nan"))
-            if idx.numel() > 1:
-                loss[1:] = -logp[:-1].gather(1, idx[1:, None])[:, 0].cpu()
+        for start in range(0, seg, chunk_len):
+            idx = grid[:, start : start + chunk_len].to(device)  # (S, T)
+            x = model.embedding(idx)  # (S, T, E)
+            out, state, gates = model.rnn.trace(x, state)  # out (S, T, H); gates[k][n] (S, T, H)
+            logp = F.log_softmax(model.head(out).float(), dim=-1)  # (S, T, V)
+            loss = torch.full(idx.shape, float("nan"))
+            if idx.shape[1] > 1:
+                loss[:, 1:] = -logp[:, :-1].gather(2, idx[:, 1:, None])[..., 0].cpu()
             if prev_logp is not None:
-                loss[0] = -prev_logp[idx[0]].cpu()
-            prev_logp = logp[-1]
+                loss[:, 0] = -prev_logp.gather(1, idx[:, :1])[:, 0].cpu()
+            prev_logp = logp[:, -1]
             top = logp.exp().topk(k, dim=-1)
+            top_ids, top_probs = top.indices.cpu().numpy(), top.values.cpu().numpy()
             values = {
-                f"L{layer}.{name}": g[0].float().cpu().numpy()
+                f"L{layer}.{name}": g.float().cpu().numpy()
                 for layer, layer_gates in enumerate(gates)
                 for name, g in layer_gates.items()
             }
-            yield TraceChunk(
-                start=start,
-                ids=idx.cpu().numpy(),
-                values=values,
-                loss=loss.numpy(),
-                top_ids=top.indices.cpu().numpy(),
-                top_probs=top.values.cpu().numpy(),
-                next_logp=logp[-1].cpu().numpy(),
-                state=state,
-            )
+            for b in range(S):
+                offset = b * seg + start
+                T = min(idx.shape[1], n - offset)
+                if T <= 0:
+                    continue
+                yield TraceChunk(
+                    start=offset,
+                    ids=idx[b, :T].cpu().numpy(),
+                    values={key: v[b, :T] for key, v in values.items()},
+                    loss=loss[b, :T].numpy(),
+                    top_ids=top_ids[b, :T],
+                    top_probs=top_probs[b, :T],
+                    next_logp=logp[b, T - 1].cpu().numpy(),
+                    state=_select(state, b),
+                )
     finally:
         model.train(was_training)
+
+
+def _select(state: State, b: int) -> State:
+    """Stream b's state, (L, 1, H) (a pair for the LSTM): what continues that stream."""
+    if isinstance(state, tuple):
+        return tuple(t[:, b : b + 1] for t in state)  # type: ignore[return-value]
+    return state[:, b : b + 1]
 
 
 def trace_text(
