@@ -132,6 +132,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
     server: ViewerServer
     server_version = "rnnlab-viewer"
     sys_version = ""
+    timeout = 30  # seconds a client may stall mid-request before its socket is closed
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Quiet: the library never prints; errors reach the client as JSON."""
