@@ -166,3 +166,29 @@ def test_analyze_with_streams_finds_the_planted_units(planted):
     np.testing.assert_allclose(w.activations.astype(np.float32), full, atol=2e-3, rtol=1e-3)
     loss = np.concatenate([c.loss for c in chunks])
     np.testing.assert_array_equal(result.loss, loss)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "mut1", "mut2", "mut3", "lstm"])
+def test_every_cell_analyses_and_exports(cell, tmp_path):
+    import json
+
+    from rnnlab.analysis.export import viewer_payload
+    from rnnlab.analysis.plots import plot_saturation
+    from rnnlab.analysis.saturation import SIGMOID_GATES
+
+    torch.manual_seed(0)
+    model = CharLM(CharLMConfig(6, cell, hidden_size=6, num_layers=2, backend="reference"))
+    text = planted_text(300, seed=4)
+    ids = np.array([' "()ab'.index(c) for c in text])
+    result = analyze(model, ids, text, ["bracket_depth", "in_quote"], view_chars=100)
+    kinds = {u.split(".")[1] for u in result.cells.units}
+    assert kinds == ({"h", "c"} if cell == "lstm" else {"h"})
+    assert len(result.cells.units) == 2 * 6 * len(kinds)
+    assert set(result.saturation.left.get("L1", {})) == set(SIGMOID_GATES[cell])
+    payload = viewer_payload(result, list(' "()ab'), {"cell": cell})
+    assert len(json.loads(json.dumps(payload, allow_nan=False))["text"]) == 100
+    if SIGMOID_GATES[cell]:
+        assert plot_saturation(result.saturation, tmp_path / "s.png").stat().st_size > 1000
+    else:
+        with pytest.raises(ValueError, match="no sigmoid gates"):
+            plot_saturation(result.saturation, tmp_path / "s.png")
