@@ -170,3 +170,23 @@ def test_cli_train_eval_predict_and_errors(tmp_path, capsys):
     code = main(["classify", "train", str(empty), "--out-dir", str(tmp_path / "none")])
     _, err = capsys.readouterr()
     assert code == 2 and f"{empty}: no rows" in err and not (tmp_path / "none").exists()
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    import json
+
+    data = write_rows(tmp_path / "rows.tsv", bracket_rows(120, 3))
+    common = dict(data="rows.tsv", hidden_size=8, embedding_size=4, num_layers=2, dropout=0.3,
+                  batch_size=16, eval_every=5, threads=1, decay_steps=20)  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    train_classifier(ClassifyTrainConfig(**common, out_dir="a", max_steps=20))
+    train_classifier(ClassifyTrainConfig(**common, out_dir="b", max_steps=8))
+    monkeypatch.chdir(data.parent.parent)  # another directory: the stored path is absolute
+    result = train_classifier(resume=tmp_path / "b", changes={"max_steps": 20})
+    assert result.step == 20
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["train_loss"] for line in lines]
+
+    assert losses("a") == losses("b")

@@ -217,6 +217,9 @@ def train_classifier(
             if config is None:
                 raise TypeError("train_classifier() needs a ClassifyTrainConfig or resume=RUN_DIR")
             run_dir = Path(config.out_dir or Path("runs") / f"{Path(config.data).stem}-classify")
+            config = dataclasses.replace(config, data=str(Path(config.data).resolve()),
+                                         val_data=str(Path(config.val_data).resolve())
+                                         if config.val_data else "")  # fmt: skip
         else:
             path = resolve_checkpoint(resume, "latest")
             ckpt = load_checkpoint(path)

@@ -357,6 +357,9 @@ def train_seq2seq(
             if config is None:
                 raise TypeError("train_seq2seq() needs a Seq2SeqTrainConfig, or resume=RUN_DIR")
             run_dir = Path(config.out_dir or Path("runs") / f"{config.task}-{config.encoder_cell}")
+            # absolute paths, so a resume from another directory finds the same files
+            config = dataclasses.replace(config, pairs=_absolute(config.pairs),
+                                         val_pairs=_absolute(config.val_pairs))  # fmt: skip
         else:
             path = resolve_checkpoint(resume, "latest")
             ckpt = load_checkpoint(path)
@@ -383,6 +386,10 @@ def train_seq2seq(
                 raise ValueError(f"out_dir: {run_dir} already holds a run; resume it with "
                                  f"--resume {run_dir} or choose another --out-dir")  # fmt: skip
             return _loop(config, run_dir.resolve(), ckpt, data, device, emit, stop)
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if path else ""
 
 
 def _check_same_data(ckpt: Any, data: TaskData) -> None:
