@@ -151,3 +151,18 @@ def test_report_escapes_corpus_text_and_runs_no_script(shapes):
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "&amp;amp;" in page
     assert "default-src 'none'" in page and page.count("data:image/png;base64,") == 1
     assert torch.is_tensor(torch.zeros(1))  # torch stays importable alongside the report
+
+
+def test_resume_refuses_a_changed_caption_file(shapes, tmp_path):
+    import shutil
+
+    from rnnlab.data.errors import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes.parent, data)
+    train_captioner(config(data / "captions.json", tmp_path / "run", max_steps=1))
+    entries = json.loads((data / "captions.json").read_text())
+    entries["images"][0]["sentences"][0]["tokens"] = ["changed"]
+    (data / "captions.json").write_text(json.dumps(entries))
+    with pytest.raises(DataError, match="changed since the run started"):
+        train_captioner(resume=tmp_path / "run", max_steps=2)

@@ -54,13 +54,17 @@ def score_method(method: str, split: str, images: Sequence[CaptionImage],
     return CaptionEvaluation(method, split, tuple(images), tuple(map(tuple, generated)), scores)
 
 
-def dataset_of(run: LoadedCaptioner, data: str | None = None, images: str | None = None):  # noqa: ANN201
+def dataset_of(
+    run: LoadedCaptioner, data: str | None = None, images: str | None = None
+) -> CaptionDataset:
     """The caption JSON a run was trained on (or ``data``/``images`` if given)."""
     config = run.train_config
     return read_caption_json(data or config.data, images or config.images or None)
 
 
-def model_inputs(run: LoadedCaptioner, dataset: CaptionDataset, features: str | None = None):  # noqa: ANN201
+def model_inputs(
+    run: LoadedCaptioner, dataset: CaptionDataset, features: str | None = None
+) -> torch.Tensor:
     """Every image of ``dataset`` as the run's model reads it: uint8 pixels or feature rows."""
     if run.model.config.encoder == "features":
         path = features or run.train_config.features

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from rnnlab.checkpoint import (
+    Checkpoint,
     CheckpointError,
     list_checkpoints,
     load_checkpoint,
@@ -216,7 +217,15 @@ def train_captioner(
             return _loop(config, run_dir.resolve(), data, ckpt, device, emit, stop)
 
 
-def _loop(config, run_dir, data, ckpt, device, emit, stop) -> CaptionTrainResult:  # noqa: ANN001
+def _loop(
+    config: CaptionTrainConfig,
+    run_dir: Path,
+    data: CaptionData,
+    ckpt: Checkpoint | None,
+    device: torch.device,
+    emit: Callable[[Event], None],
+    stop: GracefulStop,
+) -> CaptionTrainResult:
     train_images, val_images = data.dataset.split("train"), data.dataset.split("val")
     if ckpt is None:
         vocab = CaptionVocab.build([c for im in train_images for c in im.captions],
@@ -251,8 +260,20 @@ def _loop(config, run_dir, data, ckpt, device, emit, stop) -> CaptionTrainResult
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if ckpt else None)
     guard = StepGuard(len(vocab), config.warmup_steps, config.max_nonfinite)
     speed = Throughput(elapsed)
-    stored = {**config.to_dict(), "out_dir": str(run_dir)}
-    data_record = {"source": str(data.dataset.source), "sha256": _sha256(data.dataset.source)}
+    # Absolute paths, so eval, predict and resume work from any directory.
+    stored = {
+        **config.to_dict(),
+        "out_dir": str(run_dir),
+        "data": str(data.dataset.source.resolve()),
+        "images": str(data.dataset.image_dir.resolve()),
+        "features": str(Path(config.features).resolve()) if config.features else "",
+    }
+    data_record = {"source": stored["data"], "sha256": _sha256(data.dataset.source)}
+    if ckpt is not None and ckpt.config.get("data", {}).get("sha256") != data_record["sha256"]:
+        raise DataError(
+            f"{data.dataset.source}: changed since the run started (sha256 differs); "
+            "resume with the caption file the run was trained on"
+        )
     emit({"kind": "start", "run_dir": str(run_dir), "step": step, "max_steps": config.max_steps,
           "parameters": model.num_parameters(), "vocab_size": len(vocab),
           "train_captions": len(train_caps.ids), "val_images": len(val_images),
@@ -356,7 +377,15 @@ def _caption_batch(
 
 
 @torch.no_grad()
-def _validate(model, vocab, images, inputs, caps, config, device) -> dict[str, float]:  # noqa: ANN001
+def _validate(
+    model: Captioner,
+    vocab: CaptionVocab,
+    images: list[CaptionImage],
+    inputs: torch.Tensor,
+    caps: EncodedCaptions,
+    config: CaptionTrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
     """Teacher-forced loss on every val caption; greedy BLEU-4/CIDEr-D on val images."""
     model.eval()
     total, words = 0.0, 0
