@@ -79,12 +79,18 @@ def test_checkpoints_are_safetensors_and_json_and_resume_is_exact(shapes, tmp_pa
 
 
 def test_sigterm_finishes_the_step_and_checkpoints(shapes, tmp_path):
+    notes = []
+
     def on_event(event):
         if event["kind"] == "step" and event["step"] == 2:
             os.kill(os.getpid(), signal.SIGTERM)
+        if event["kind"] == "note":
+            notes.append(event["text"])
 
     result = train_captioner(config(shapes, tmp_path, max_steps=6, log_every=1), on_event=on_event)
     assert result.stopped == "interrupted" and result.step == 2
+    # Captions longer than max_length (12) are cut, and the loop says so.
+    assert any("train caption(s) cut to --max-length 12 words" in n for n in notes), notes
     assert (tmp_path / "step-2" / "manifest.json").exists()
     assert train_captioner(resume=tmp_path).step == 6
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -199,7 +199,7 @@ def train_captioner(
         source = str(ckpt.path / "config.json")
         config = from_mapping(CaptionTrainConfig, saved, f"{source}: train")
         if max_steps is not None:
-            config.max_steps = max_steps
+            config = replace(config, max_steps=max_steps)  # validated like a typed flag
         run_dir = ckpt.path.parent
     elif config is None:
         raise TypeError("train_captioner() needs a CaptionTrainConfig, or resume=RUN_DIR")
