@@ -101,7 +101,7 @@ def test_a_second_fresh_run_into_the_same_directory_is_refused(shapes, tmp_path)
         train_captioner(config(shapes, tmp_path, max_steps=1))
 
 
-def test_precomputed_feature_grids_with_attention(shapes, tmp_path):
+def test_precomputed_feature_grids_with_attention(shapes, tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "features.npy", rng.standard_normal((24, 5, 6)).astype(np.float32))
     cfg = config(
@@ -117,6 +117,15 @@ def test_precomputed_feature_grids_with_attention(shapes, tmp_path):
     dataset = dataset_of(run)
     result = evaluate_run(run, dataset, model_inputs(run, dataset), "test", beam=2)
     assert len(result.generated) == 4 and result.method == "beam 2"
+    # predict on a features run reads feature files: one caption per row.
+    from rnnlab.cli import main
+
+    np.save(tmp_path / "two.npy", rng.standard_normal((2, 5, 6)).astype(np.float32))
+    assert main(["caption", "predict", str(tmp_path / "run"), str(tmp_path / "two.npy")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [
+        f"{tmp_path / 'two.npy'}[{i}]" for i in (0, 1)
+    ]
 
 
 def test_evaluation_baselines_and_loading_errors(shapes, tmp_path):
