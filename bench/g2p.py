@@ -34,8 +34,8 @@ MODELS = {
 }
 COMMON = [
     "--task", "g2p", "--num-layers", "2", "--hidden-size", "256", "--embedding-size", "64",
-    "--encoder-cell", "lstm", "--decoder-cell", "lstm", "--bidirectional", "--dropout", "0.1",
-    "--batch-size", "128", "--lr", "0.003", "--warmup-steps", "100",
+    "--encoder-cell", "lstm", "--decoder-cell", "lstm", "--bidirectional",
+    "--batch-size", "64", "--lr", "0.003", "--warmup-steps", "100",
     "--eval-every", "500", "--eval-size", "1000", "--threads", "1", "--no-progress",
 ]  # fmt: skip
 
@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=22.0, help="training wall time per run")
     parser.add_argument("--out", default=str(ROOT / "runs" / "g2p"), help="where the runs go")
     parser.add_argument("--beam", type=int, default=5, help="beam width for the second score")
-    parser.add_argument("--max-steps", type=int, default=2200, help="cosine schedule length")
+    parser.add_argument("--max-steps", type=int, default=3000, help="cosine schedule length")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="scored split")
     args = parser.parse_args()
     out = Path(args.out)
