@@ -116,7 +116,7 @@ def main() -> int:
         subtitle=f"{name}, {evaluation.method} decoding",
     )
     html = report.write_report(work / "report.html", page)
-    table = markdown(rows, args)
+    table = markdown(rows, args, len(dataset.split("test")))
     Path(args.out).write_text(table, encoding="utf-8")
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(table)
@@ -124,9 +124,10 @@ def main() -> int:
     return 0
 
 
-def markdown(rows: list, args: argparse.Namespace) -> str:
+def markdown(rows: list, args: argparse.Namespace, test_images: int) -> str:
     lines = [
-        f"Shapes test set (200 held-out images, 5 references each); {platform.machine()} CPU, "
+        f"Shapes test set ({test_images} held-out images, 5 references each); "
+        f"{platform.machine()} CPU, "
         f"{args.threads} thread(s), torch {torch.__version__}; `python bench/captioning.py`.",
         "",
         "| model, decoding | BLEU-1 | BLEU-4 | CIDEr-D | training |",
