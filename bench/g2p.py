@@ -9,10 +9,10 @@ word in one split; a word is right if it matches any of them).
     .venv/bin/python bench/g2p.py                      # 22 minutes of training, then the test
     .venv/bin/python bench/g2p.py --minutes 1 --max-steps 50 --split val --out /tmp/g2p  # a look
 
-Published figures for comparison (a different, older split of CMUdict: about 106k training and
-12k test words from Bisani & Ney 2008, also without stress): Yao & Zweig 2015, encoder-decoder
-LSTM (2 layers) 7.63% PER / 28.61% WER; bidirectional LSTM with alignment 5.45% / 23.55%;
-Rao et al. 2015 (LSTM, 1-best) WER about 25.8%; Toshniwal & Livescu 2016 (attention) 20.2% WER.
+Published figures for comparison use another split (the older standard split of CMUdict from
+Bisani & Ney 2008, about 106k training and 12k test words, also without stress): LSTM
+encoder-decoders report about 23-31% WER (Yao & Zweig 2015; Rao et al. 2015). Our split differs,
+so the numbers are a sanity check, not a comparison on equal terms.
 """
 
 from __future__ import annotations
