@@ -137,6 +137,7 @@ def run_predict(args: argparse.Namespace) -> int:
         model, source, target = load_g2p_en()
         model = model.to(device)
         source_tokens, target_tokens = "char", "space"
+        lower = True  # CMUdict spells words in lower case
         if not decode.max_length:
             decode = DecodeConfig(**{**vars(decode), "max_length": MAX_STEPS})
     else:
@@ -145,6 +146,7 @@ def run_predict(args: argparse.Namespace) -> int:
         run = load_seq2seq(args.run_dir, args.checkpoint, str(device))
         model, source, target = run.model, run.source, run.target
         source_tokens, target_tokens = run.config.source_tokens, run.config.target_tokens
+        lower = run.config.task == "g2p"
     source_at = [f"source {i + 1} ({s!r})" for i, s in enumerate(sources)]
     if args.input:
         lines = read_lines(args.input)
@@ -152,7 +154,7 @@ def run_predict(args: argparse.Namespace) -> int:
         source_at += [where for _, where in lines]
     if not sources:
         raise ValueError("no sources: give them as arguments or with --input FILE")
-    texts = [s.lower() if args.g2p_en else s for s in sources]
+    texts = [s.lower() if lower else s for s in sources]
     symbols = [split_symbols(s, source_tokens) for s in texts]  # type: ignore[arg-type]
     for syms, where in zip(symbols, source_at, strict=True):
         if not syms:
