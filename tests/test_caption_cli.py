@@ -155,6 +155,11 @@ def test_user_errors_name_the_file(trained, capsys, tmp_path):
         "--beam and --temperature",
     )
     one_line_error(capsys, ["caption", "train"], "--data")
+    one_line_error(
+        capsys,
+        ["caption", "train", "--data", str(data), "--image-size", "30"],
+        "image_size: expected a multiple of 4",
+    )
 
 
 def test_a_real_process_exits_non_zero_without_a_traceback(tmp_path):

@@ -64,7 +64,7 @@ from rnnlab.training.tools import (
     pack_trainer_state,
     unpack_trainer_state,
 )
-from rnnlab.validation import from_mapping, setting, validate
+from rnnlab.validation import ConfigError, from_mapping, setting, validate
 
 Event = dict[str, Any]
 TRAINER_SCHEMA = {"optimizer": dict, "step": int, "cursor": int, "epoch": int,
@@ -133,6 +133,11 @@ class CaptionTrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        step = 2 ** (self.cnn_blocks - 1)  # the CNN halves the grid cnn_blocks - 1 times
+        if not self.features and self.image_size % step:
+            raise ConfigError("image_size", f"a multiple of {step} (--cnn-blocks "
+                              f"{self.cnn_blocks} pools {self.cnn_blocks - 1} times)",
+                              self.image_size)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
