@@ -38,7 +38,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/rnnlab-caption-bench", help="data and runs")
     parser.add_argument("--steps", type=int, default=1000, help="training steps per model")
-    parser.add_argument("--minutes", type=float, default=6.0, help="time cap per model")
+    parser.add_argument("--minutes", type=float, default=8.0, help="time cap per model")
     parser.add_argument("--images", type=int, default=2400, help="synthetic images in all")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--beam", type=int, default=3, help="beam width for the beam rows")

@@ -181,3 +181,11 @@ def test_resume_refuses_a_changed_caption_file(shapes, tmp_path):
     (data / "captions.json").write_text(json.dumps(entries))
     with pytest.raises(DataError, match="changed since the run started"):
         train_captioner(resume=tmp_path / "run", max_steps=2)
+
+
+def test_time_limit_stops_with_an_evaluated_best_checkpoint(shapes, tmp_path):
+    result = train_captioner(config(shapes, tmp_path, max_steps=50, max_minutes=1e-6))
+    assert result.stopped == "max_minutes" and result.step == 1
+    assert (tmp_path / "best" / "manifest.json").exists()
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1 and "val_cider" in record

@@ -341,7 +341,8 @@ def _loop(
         if stop.signal is not None:
             stopped = "interrupted"
         is_best = False
-        if (step % config.eval_every == 0 or step == config.max_steps) and stopped != "interrupted":
+        due = step % config.eval_every == 0 or step == config.max_steps or stopped == "max_minutes"
+        if due and stopped != "interrupted":  # an interrupted run checkpoints without evaluating
             val = _validate(model, vocab, val_images, val_inputs, val_caps, config, device)
             record.update(val)
             is_best = val["val_cider"] > best
