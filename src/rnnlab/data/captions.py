@@ -324,13 +324,3 @@ def most_frequent_caption(images: Sequence[CaptionImage]) -> tuple[str, ...]:
     if not counts:
         raise DataError("no captions to count")
     return counts.most_common(1)[0][0]
-
-
-def caption_length_stats(images: Sequence[CaptionImage]) -> dict[str, float]:
-    """Mean and maximum caption length in words, and the number of captions."""
-    lengths = [len(c) for im in images for c in im.captions]
-    return {
-        "captions": len(lengths),
-        "mean_length": sum(lengths) / max(1, len(lengths)),
-        "max_length": max(lengths, default=0),
-    }
