@@ -196,3 +196,36 @@ def test_sigterm_checkpoints_and_exits_130_then_resumes(tmp_path):
     assert (run_dir / f"step-{last}" / "manifest.json").is_file()
     result = train_seq2seq(resume=run_dir, changes={"max_steps": last + 3})
     assert result.step == last + 3 and result.stopped == "max_steps"
+
+
+def test_length_batches_cover_every_example_once_and_repeat_with_the_seed():
+    import torch
+
+    from rnnlab.data.pairs import length_batches, pad_batch
+
+    lengths = [(i * 7) % 13 + 1 for i in range(1000)]
+    a = length_batches(lengths, 32, torch.Generator().manual_seed(3))
+    b = length_batches(lengths, 32, torch.Generator().manual_seed(3))
+    c = length_batches(lengths, 32, torch.Generator().manual_seed(4))
+    assert a == b and a != c
+    assert sorted(i for batch in a for i in batch) == list(range(1000))
+    spread = sum(max(lengths[i] for i in x) - min(lengths[i] for i in x) for x in a) / len(a)
+    assert spread < 2  # batches of similar lengths: little padding
+    ids, n = pad_batch([[5, 6, 7], [8]], pad=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and n.tolist() == [3, 1]
+
+
+@pytest.mark.slow
+def test_g2p_task_trains_and_predicts_arpabet(tmp_path, capsys):
+    run_dir = tmp_path / "g2p"
+    flags = ["--out-dir", str(run_dir), "--max-steps", "3", "--eval-size", "20", *TINY]
+    code, _, err = run_cli(capsys, "seq2seq", "train", "--task", "g2p", *flags)
+    assert code == 0, err
+    assert "114,561 training / 6,707 validation pairs" in err
+    code, out, err = run_cli(capsys, "seq2seq", "predict", str(run_dir), "Hello", "--max-length",
+                             "5")  # fmt: skip
+    assert code == 0, err
+    word, phones = out.rstrip("\n").split("\t")
+    assert word == "Hello" and len(phones.split()) <= 5
+    phonemes = {p for prons in load_cmudict().values() for pron in prons for p in pron}
+    assert len(phonemes) == 39 and set(phones.split()) <= phonemes

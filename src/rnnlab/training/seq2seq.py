@@ -151,6 +151,8 @@ class Seq2SeqTrainConfig:
         validate(self)
         if self.task == "pairs" and not self.pairs:
             raise ConfigError("pairs", "a TSV/CSV file of pairs (task pairs)", self.pairs)
+        if self.task == "g2p":  # spelling characters -> space-separated ARPAbet phonemes
+            self.source_tokens, self.target_tokens = "char", "space"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
