@@ -273,7 +273,8 @@ def generate_captions(
     start: int = 1,
     end: int = 2,
 ) -> list[list[int]]:
-    """Word ids of one caption per image (``<start>``/``<end>`` excluded), in eval mode.
+    """Word ids of one caption per image (``<start>``/``<end>`` excluded), in eval mode: at most
+    ``max_length`` decoding steps, the end token's included.
 
     ``beam`` > 1: beam search (``alpha``: length normalisation); else ``temperature`` 0 is greedy
     and > 0 samples (``generator`` makes it reproducible). All three are ``rnnlab.decoding``'s,
