@@ -199,3 +199,15 @@ def test_learns_to_reverse_and_copy_held_out_strings(tmp_path, task, attention, 
     held = ["abcde", "eedcb", "ab"]  # may or may not be training strings; all must be right
     out = decode_sources([list(w) for w in held], run.model, run.source, run.target)
     assert ["".join(o) for o in out] == [w[::-1] if task == "reverse" else w for w in held]
+
+
+def test_translate_sampling_is_seeded_and_temperature_zero_is_greedy():
+    model = make("gru", "lstm", True, "luong", seed=11)
+    source, lengths, _, _ = batch(11)
+    sample = DecodeConfig(method="sample", max_length=10, seed=3)
+    a = translate(model, source, lengths, sample)
+    b = translate(model, source, lengths, sample)
+    assert [h.tokens for h in a] == [h.tokens for h in b]
+    cold = DecodeConfig(method="sample", max_length=10, temperature=0.0)
+    g = translate(model, source, lengths, DecodeConfig(max_length=10))
+    assert [h.tokens for h in translate(model, source, lengths, cold)] == [h.tokens for h in g]
