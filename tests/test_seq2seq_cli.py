@@ -229,3 +229,11 @@ def test_g2p_task_trains_and_predicts_arpabet(tmp_path, capsys):
     assert word == "Hello" and len(phones.split()) <= 5
     phonemes = {p for prons in load_cmudict().values() for pron in prons for p in pron}
     assert len(phonemes) == 39 and set(phones.split()) <= phonemes
+
+
+def test_a_bad_model_config_writes_nothing(tmp_path, capsys):
+    train = reverse_file(tmp_path / "train.tsv")
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "seq2seq", "train", "--pairs", str(train), "--out-dir",
+                           str(out_dir), "--hidden-size", "7", "--bidirectional")  # fmt: skip
+    assert code == 2 and "even hidden_size" in err and not out_dir.exists()

@@ -236,6 +236,7 @@ def train_classifier(
         set_threads(config.threads)
         device = resolve_device(config.device)
         data = load_labeled(config)
+        config.model_config(len(data.vocab), len(data.labels))  # refuse a bad model up front
         if ckpt is not None and ckpt.config.get("data", {}).get("data_sha256") != data.record[
                 "data_sha256"]:  # fmt: skip
             raise DataError(f"{config.data}: not the file the run was trained on")

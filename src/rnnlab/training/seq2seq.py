@@ -382,6 +382,7 @@ def train_seq2seq(
         data = load_task(config)
         if ckpt is not None:
             _check_same_data(ckpt, data)
+        config.model_config(len(data.source), len(data.target))  # refuse a bad model up front
         run_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(run_dir):
             if ckpt is None and list_checkpoints(run_dir):
