@@ -237,3 +237,13 @@ def test_a_bad_model_config_writes_nothing(tmp_path, capsys):
     code, _, err = run_cli(capsys, "seq2seq", "train", "--pairs", str(train), "--out-dir",
                            str(out_dir), "--hidden-size", "7", "--bidirectional")  # fmt: skip
     assert code == 2 and "even hidden_size" in err and not out_dir.exists()
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    train = reverse_file(tmp_path / "train.tsv")
+    config = Seq2SeqTrainConfig(pairs=str(train), out_dir=str(tmp_path / "run"), hidden_size=8,
+                                embedding_size=4, num_layers=1, max_steps=2, threads=1)  # fmt: skip
+    train_seq2seq(config)
+    train.write_text(train.read_text() + "dcba\tabcd\n")
+    with pytest.raises(DataError, match="differ from the run"):
+        train_seq2seq(resume=tmp_path / "run", changes={"max_steps": 4})

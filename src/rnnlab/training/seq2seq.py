@@ -195,7 +195,10 @@ def load_task(config: Seq2SeqTrainConfig) -> TaskData:
 
         splits = g2p_splits(stress=config.stress)
         train, val = splits["train"], splits["val"]
-        record: dict[str, Any] = {"task": "g2p", "stress": config.stress}
+        from rnnlab.data.cmudict import cmudict_path
+
+        record: dict[str, Any] = {"task": "g2p", "stress": config.stress,
+                                  "cmudict_sha256": _file_sha256(str(cmudict_path()))}  # fmt: skip
     else:
         pairs = read_pairs(config.pairs, source_tokens=config.source_tokens,
                            target_tokens=config.target_tokens, header=config.header)  # fmt: skip
@@ -398,10 +401,7 @@ def _absolute(path: str) -> str:
 def _check_same_data(ckpt: Any, data: TaskData) -> None:
     source = Symbols.from_json(ckpt.vocab.get("source"), f"{ckpt.path}/vocab.json: source")
     target = Symbols.from_json(ckpt.vocab.get("target"), f"{ckpt.path}/vocab.json: target")
-    saved = ckpt.config.get("data", {})
-    if saved.get("pairs_sha256", None) != data.record.get("pairs_sha256", None) or (
-        source != data.source or target != data.target
-    ):
+    if ckpt.config.get("data") != data.record or source != data.source or target != data.target:
         raise DataError(
             f"the training data differ from the run's ({ckpt.path}); resume with the same files"
         )
