@@ -261,7 +261,7 @@ def _loop(config: ClassifyTrainConfig, run_dir: Path, ckpt: Any, data: LabeledDa
         return length_batches(
             lengths,
             config.batch_size,
-            torch.Generator().manual_seed(config.seed * 1_000_003 + epoch),
+            torch.Generator().manual_seed((config.seed * 1_000_003 + epoch) % 2**63),
         )
 
     step, cursor, epoch, elapsed = 0, 0, 0, 0.0

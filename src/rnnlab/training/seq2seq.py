@@ -424,7 +424,7 @@ def _loop(
     val = _val_subset(data.val, config.eval_size)
 
     def epoch_batches(epoch: int) -> list[list[int]]:
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed((config.seed * 1_000_003 + epoch) % 2**63)
         return length_batches(lengths, config.batch_size, gen)
 
     step, cursor, epoch, elapsed = 0, 0, 0, 0.0
