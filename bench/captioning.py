@@ -30,14 +30,14 @@ from rnnlab.training.captioning import CaptionTrainConfig, load_captioner, train
 MODELS = {  # name -> (conditioning, attention, steps as a fraction of --steps)
     "per-step W_ih v": ("step", False, 1.0),
     "initial state (Show and Tell)": ("init", False, 1.0),
-    "initial state + attention": ("init", True, 0.8),  # a step costs ~2.5x: a Python step loop
+    "initial state + attention": ("init", True, 0.6),  # a step costs ~3x: a Python step loop
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/rnnlab-caption-bench", help="data and runs")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps per model")
+    parser.add_argument("--steps", type=int, default=1400, help="training steps per model")
     parser.add_argument("--minutes", type=float, default=8.0, help="time cap per model")
     parser.add_argument("--images", type=int, default=2400, help="synthetic images in all")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
