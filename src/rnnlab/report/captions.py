@@ -57,9 +57,12 @@ def score_method(method: str, split: str, images: Sequence[CaptionImage],
 def dataset_of(
     run: LoadedCaptioner, data: str | None = None, images: str | None = None
 ) -> CaptionDataset:
-    """The caption JSON a run was trained on (or ``data``/``images`` if given)."""
+    """The caption JSON a run was trained on, or ``data`` (its images in ``images``, default the
+    JSON's folder)."""
+    if data:
+        return read_caption_json(data, images or None)
     config = run.train_config
-    return read_caption_json(data or config.data, images or config.images or None)
+    return read_caption_json(config.data, images or config.images or None)
 
 
 def model_inputs(
