@@ -92,6 +92,7 @@ def test_train_eval_predict(tmp_path, capsys):
                              "--val-frac", "0.2", *TINY)  # fmt: skip
     assert code == 0, err
     assert "WER" in err and (run_dir / "best" / "model.safetensors").is_file()
+    assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 31))
     assert "val_wer" in records[14] and "val_per" in records[29]
@@ -102,6 +103,12 @@ def test_train_eval_predict(tmp_path, capsys):
                              "--method", "beam", "--beam", "3")  # fmt: skip
     assert code == 0, err
     assert out.startswith(f"{test}: WER ") and "over 2 sources" in out
+    code, out, err = run_cli(capsys, "seq2seq", "eval", str(run_dir), "--pairs", str(test),
+                             "--output", str(tmp_path / "out.tsv"))  # fmt: skip
+    rows = [line.split("\t") for line in (tmp_path / "out.tsv").read_text().splitlines()]
+    assert code == 0 and [r[0] for r in rows] == ["abc", "dcb"] and rows[0][3] == "cba"
+    wrong = sum(r[2] == "0" for r in rows)
+    assert f"({wrong} wrong" in out
 
     code, out, err = run_cli(capsys, "seq2seq", "predict", str(run_dir), "abc", "dd")
     assert code == 0, err

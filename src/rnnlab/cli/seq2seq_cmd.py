@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--pairs", default=None, help="evaluate on this TSV/CSV file instead")
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     e.add_argument("--device", default="cpu")
+    e.add_argument(
+        "--output",
+        default=None,
+        help="also write source, output, right (1/0) and the references as TSV, one per source",
+    )
     add_config_flags(e, DecodeConfig)
     e.set_defaults(run=run_eval)
 
@@ -111,12 +116,28 @@ def run_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = evaluate_pairs(run.model, pairs, run.source, run.target, decode, device=device)
     rates = result.rates
+    if args.output:
+        _write_outputs(Path(args.output), result, config)
     print(f"{where}: WER {100 * rates.wer:.2f}%  PER {100 * rates.per:.2f}%  over {rates.words} "
           f"sources ({rates.word_errors} wrong, {rates.edits} edits / {rates.reference_symbols} "
           f"symbols), loss {result.loss:.4f} nats/symbol, {decode.method}"
           f"{f' {decode.beam}' if decode.method == 'beam' else ''}, "
           f"{time.perf_counter() - start:.1f}s")  # fmt: skip
     return 0
+
+
+def _write_outputs(path: Path, result: Any, config: Any) -> None:
+    from rnnlab.data.pairs import join_symbols
+
+    lines = []
+    for src, hyp, refs in zip(result.sources, result.hypotheses, result.references, strict=True):
+        right = int(any(hyp == r for r in refs))
+        shown = " | ".join(join_symbols(r, config.target_tokens) for r in refs)
+        lines.append(f"{join_symbols(src, config.source_tokens)}\t"
+                     f"{join_symbols(hyp, config.target_tokens)}\t{right}\t{shown}\n")  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(path)
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -547,9 +547,40 @@ def _loop(
     if (not saved_steps or saved_steps[-1] != step) and verdict == "ok":
         checkpoint(False)
     metrics.close()
+    plot_history(metrics.history, run_dir / "loss.png")
     emit({"kind": "end", "step": step, "stopped": stopped, "best_wer": best_wer,
           "best_val_loss": best_loss, "elapsed_s": speed.elapsed()})  # fmt: skip
     return Seq2SeqResult(run_dir, step, best_wer, best_loss, loss_value, stopped)
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss (nats per target symbol) and validation WER/PER as a PNG (Agg backend)."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, loss_axis = plt.subplots(figsize=(7, 4))
+    loss_axis.plot([r["step"] for r in history], [r["train_loss"] for r in history], lw=0.6,
+                   color="tab:blue", label="train loss")  # fmt: skip
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("loss (nats/symbol)")
+    evals = [r for r in history if "val_wer" in r]
+    if evals:
+        rate_axis = loss_axis.twinx()
+        for key, colour in (("val_wer", "tab:red"), ("val_per", "tab:orange")):
+            rate_axis.plot([r["step"] for r in evals], [100 * r[key] for r in evals], "o-",
+                           color=colour, label=key.replace("val_", "val ").upper())  # fmt: skip
+        rate_axis.set_ylabel("validation error rate (%)")
+        rate_axis.legend(loc="upper right")
+    loss_axis.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def _val_subset(val: list[Pair], size: int) -> list[Pair]:
