@@ -108,3 +108,22 @@ def test_bad_inputs_are_errors():
         cider_d([["a"]], [[]])
     with pytest.raises(TypeError, match="candidates\\[0\\]"):
         bleu(["a red circle"], [[["a"]]])
+
+
+def test_edge_cases_equal_pycocoevalcap(capsys):
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    # An empty candidate, a candidate shorter than 4 words, a one-word reference.
+    candidates = [[], ["a", "b"], ["a"]]
+    references = [[["a", "b", "c"]], [["a", "b"]], [["a", "x"], ["b"]]]
+    gts, res = coco_inputs(candidates, references)
+    theirs, theirs_per_image = Bleu(4).compute_score(gts, res, verbose=0)
+    ours, ours_per_image = bleu(candidates, references)
+    assert ours == pytest.approx(theirs, rel=1e-12)
+    assert [list(x) for x in zip(*ours_per_image, strict=True)] == pytest.approx(theirs_per_image)
+    cider, cider_per_image = cider_d(candidates, references)
+    coco, coco_per_image = Cider().compute_score(gts, res)
+    assert cider == pytest.approx(float(coco)) and cider_per_image == pytest.approx(
+        list(coco_per_image)
+    )
