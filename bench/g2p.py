@@ -84,8 +84,9 @@ def main() -> int:
 
 def _eval_command(run_dir: Path, method: str, args: argparse.Namespace) -> list[str]:
     beam = ["--beam", str(args.beam)] if method == "beam" else []
+    output = ["--output", str(run_dir.parent / f"{run_dir.name}.{method}.tsv")]
     return [*RNNLAB, "seq2seq", "eval", str(run_dir), "--split", args.split, "--method", method,
-            *beam]  # fmt: skip
+            *beam, *output]  # fmt: skip
 
 
 def _last_step(path: Path) -> int:
