@@ -205,12 +205,11 @@ def test_ctrl_c_during_start_up_prints_no_traceback(runs):
 def test_every_option_of_every_command_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    from rnnlab.cli import COMMANDS
-
-    assert set(sub.choices) >= set(COMMANDS)
+    mine = ("train", "sample", "eval", "data", "gradcheck", "demo", "doctor")
+    assert set(sub.choices) >= set(mine)
     for name, p in sub.choices.items():
-        if name not in COMMANDS:
-            continue  # commands registered by rnnlab.analysis have their own tests
+        if name not in mine:
+            continue  # other commands (analysis, seq2seq) are tested by their own files
         for action in p._actions:
             if isinstance(action, argparse._HelpAction):
                 continue

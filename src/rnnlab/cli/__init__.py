@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -21,28 +22,59 @@ COMMANDS = (
 )  # fmt: skip
 
 
+# Ctrl-C while the CLI starts (torch, numpy and the commands import: seconds on a busy machine)
+# only sets a flag, checked once start-up is done: a KeyboardInterrupt raised inside the import
+# system can surface as a traceback printed by Python itself, or as a later ImportError. Once a
+# command runs, Ctrl-C raises KeyboardInterrupt as usual (training installs its own handler).
 _interrupted = False
+_started = False
 
 
 def _on_sigint(signum: int, frame: object) -> None:
     global _interrupted
     _interrupted = True
-    raise KeyboardInterrupt
+    if _started:
+        raise KeyboardInterrupt
+
+
+def _on_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C that landed where Python cannot raise it (a callback inside the import system)
+    would print "Exception ignored ... Traceback" and carry on: end the command instead."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        try:
+            sys.stdout.flush()
+            print("rnnlab: interrupted", file=sys.stderr, flush=True)
+        finally:
+            os._exit(130)
+    sys.__unraisablehook__(unraisable)
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _interrupted
-    _interrupted = False
+    global _interrupted, _started
+    _interrupted = _started = False
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        # Remember a Ctrl-C even when a library turns it into another error (an interrupted
-        # numpy import fails the next import with ImportError).
-        signal.signal(signal.SIGINT, _on_sigint)
+        previous = signal.signal(signal.SIGINT, _on_sigint), sys.unraisablehook
+        sys.unraisablehook = _on_unraisable
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:  # main() may be called in-process (tests, scripts)
+            signal.signal(signal.SIGINT, previous[0])
+            sys.unraisablehook = previous[1]
+
+
+def _main(argv: list[str] | None) -> int:
+    global _started
     try:  # Ctrl-C at any moment, even while torch is imported, is one line and exit 130
         from rnnlab.cli import common
 
         with common.notes_not_warnings():
             parser = build_parser()
             args = parser.parse_args(argv)
+            if _interrupted:
+                raise KeyboardInterrupt
+            _started = True
             if not getattr(args, "run", None):
                 parser.print_help()
                 return 2

@@ -295,12 +295,16 @@ def unpack_trainer_state(
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: state: expected an object, found {type(state).__name__}")
     for name, kind in schema.items():
-        value = state.get(name, None)
-        ok = (type(value) is int and value >= 0) if kind is int else isinstance(value, kind)
-        if kind is float:
+        if name not in state:
+            raise CheckpointError(f"{source}: {name}: expected {kind.__name__}, found nothing")
+        value = state[name]
+        if kind is int:  # counters: non-negative ints (bool is not a counter)
+            ok = type(value) is int and value >= 0
+        elif kind is float:
             ok = type(value) in (int, float)
-        if name not in state or not ok:
-            found = type(value).__name__ if name in state else "nothing"
-            shown = f"{value!r}" if type(value) in (int, float, str) else found
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            shown = repr(value) if type(value) in (int, float, str) else type(value).__name__
             raise CheckpointError(f"{source}: {name}: expected {kind.__name__}, found {shown}")
     return state
