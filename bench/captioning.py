@@ -5,7 +5,7 @@ the lecture's per-step conditioning (``W_ih v`` at every step), Show and Tell's 
 initial state, and initial state plus soft attention (Show, Attend and Tell); scores each on the
 200 test images with greedy decoding and beam search (BLEU-1..4, CIDEr-D), next to the
 most-frequent-caption and nearest-neighbour baselines; writes a Markdown table, the results as
-JSON and the HTML report of the best model.
+JSON and the HTML report of the attention model.
 
     python bench/captioning.py                       # about 12 minutes on a 2-core CPU
     python bench/captioning.py --quick               # a smoke run (a minute)
@@ -61,7 +61,7 @@ def main() -> int:
         )
     dataset = read_caption_json(data)
     results, rows = {}, []
-    best_cider, best_eval = -1.0, None
+    shown = None
     baselines = None
     for name, (conditioning, attention, fraction) in MODELS.items():
         run_dir = work / "runs" / f"{conditioning}{'-attention' if attention else ''}"
@@ -100,20 +100,22 @@ def main() -> int:
             evaluation = report.evaluate_run(run, dataset, inputs, "test", beam=beam)
             entry[evaluation.method] = evaluation.scores.as_dict()
             rows.append((f"{name}, {evaluation.method}", evaluation.scores.as_dict(), seconds))
-            if evaluation.scores.cider > best_cider:
-                best_cider, best_eval = evaluation.scores.cider, (evaluation, name)
+            if attention and beam == args.beam:  # the report shows where each word looked
+                shown = (evaluation, name, report.attention_of(run, evaluation, inputs))
         results[name] = entry
         print(f"{name}: {json.dumps(entry)}", file=sys.stderr, flush=True)
-    assert baselines is not None and best_eval is not None
+    assert baselines is not None and shown is not None
     for evaluation in baselines:
         rows.append((evaluation.method, evaluation.scores.as_dict(), None))
         results[evaluation.method] = evaluation.scores.as_dict()
-    evaluation, name = best_eval
+    evaluation, name, maps = shown
     page = report.render_report(
         evaluation,
         baselines,
         title="rnnlab captioning: shapes test set",
-        subtitle=f"{name}, {evaluation.method} decoding",
+        subtitle=f"{name}, {evaluation.method} decoding; attention for each word (bright: "
+        "looked at) under the first images",
+        attention=maps,
     )
     html = report.write_report(work / "report.html", page)
     table = markdown(rows, args, len(dataset.split("test")))

@@ -189,3 +189,18 @@ def test_time_limit_stops_with_an_evaluated_best_checkpoint(shapes, tmp_path):
     assert (tmp_path / "best" / "manifest.json").exists()
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 1 and "val_cider" in record
+
+
+def test_report_draws_attention_for_an_attention_model(shapes, tmp_path):
+    from rnnlab.report.captions import attention_of
+
+    train_captioner(config(shapes, tmp_path, max_steps=1, attention=True))
+    run = load_captioner(tmp_path)
+    dataset = dataset_of(run)
+    inputs = model_inputs(run, dataset)
+    result = evaluate_run(run, dataset, inputs, "test")
+    maps = attention_of(run, result, inputs, limit=2)
+    assert [m.shape for m in maps] == [(len(g) + 1, 64) for g in result.generated[:2]]
+    page = render_report(result, attention=maps)
+    words = sum(len(g) + 1 for g in result.generated[:2])
+    assert page.count("<figure>") == words and "<figcaption>&lt;end&gt;</figcaption>" in page

@@ -162,3 +162,20 @@ def test_overfits_a_handful_of_pairs_to_exact_captions(cell, conditioning, atten
     assert generate_captions(model, x, max_length=8, beam=3) == CAPTIONS
     # Different images, different captions: the decoder reads the image, not a prior.
     assert len({tuple(c) for c in generate_captions(model, x, max_length=8)}) == 4
+
+
+def test_attention_maps_are_distributions_per_word():
+    from rnnlab.models.captioner import attention_maps
+
+    torch.manual_seed(0)
+    model = tiny(attention=True)
+    x = images(2)
+    maps = attention_maps(model, x, [[4, 5, 6], [7]])
+    assert [tuple(m.shape) for m in maps] == [(4, 64), (2, 64)]  # words + <end>, K = 8 x 8
+    for m in maps:
+        torch.testing.assert_close(m.sum(1), torch.ones(len(m)))
+    # The first row is what produced the first word: equal to attention before any step.
+    state = model.eval().start(x[:1])
+    torch.testing.assert_close(maps[0][0], model.attention_weights(state)[0])
+    with pytest.raises(ValueError, match="no attention"):
+        attention_maps(tiny(), x, [[4]])

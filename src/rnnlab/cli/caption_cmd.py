@@ -202,8 +202,9 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"{ev.method:<24}" + "".join(f"{v:>9.4f}" for v in ev.scores.as_dict().values()))
     if args.report:
         subtitle = f"run {run.path} · decoding: {result.method}"
+        maps = report.attention_of(run, result, inputs)
         path = report.write_report(
-            args.report, report.render_report(result, others, subtitle=subtitle)
+            args.report, report.render_report(result, others, subtitle=subtitle, attention=maps)
         )
         print(f"report: {path}", file=sys.stderr)
     return 0

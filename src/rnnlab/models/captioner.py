@@ -299,3 +299,26 @@ def generate_captions(
         return [h.tokens for h in hyps]
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def attention_maps(model: Captioner, images: Tensor, captions: list[list[int]]) -> list[Tensor]:
+    """Where an attention decoder looked for each word of given captions (Xu et al. 2015, fig. 3):
+    per image, alpha (n, K) for its n words plus ``<end>``; row t is the attention that produced
+    word t (computed from the state before it)."""
+    if not model.config.attention:
+        raise ValueError("attention_maps: the model has no attention (--attention)")
+    was_training = model.training
+    model.eval()
+    try:
+        maps = []
+        for i, caption in enumerate(captions):
+            state = model.start(images[i : i + 1])
+            rows = []
+            for token in [1, *caption]:  # <start>, then each word: one alpha per output
+                rows.append(model.attention_weights(state)[0])
+                _, state = model.step(torch.tensor([token], device=images.device), state)
+            maps.append(torch.stack(rows))  # (n + 1, K)
+        return maps
+    finally:
+        model.train(was_training)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from rnnlab.data.captions import (
     read_features,
 )
 from rnnlab.metrics.captioning import CaptionScores, bleu, score_captions
-from rnnlab.models.captioner import generate_captions
+from rnnlab.models.captioner import attention_maps, generate_captions
 from rnnlab.training.captioning import LoadedCaptioner
 
 
@@ -108,6 +109,20 @@ def evaluate_run(
     return score_method(method, split, images, generated)
 
 
+def attention_of(
+    run: LoadedCaptioner, evaluation: CaptionEvaluation, inputs: torch.Tensor, limit: int = 12
+) -> list[np.ndarray]:
+    """Attention maps (n + 1, K) of the first ``limit`` generated captions, for a model that
+    attends over a CNN grid; an empty list for any other model."""
+    if not run.model.config.attention or run.model.config.encoder != "cnn":
+        return []
+    images = evaluation.images[:limit]
+    device = next(run.model.parameters()).device
+    x = inputs[[im.index for im in images]].to(device)
+    ids = [run.vocab.encode(words) for words in evaluation.generated[:limit]]
+    return [m.cpu().numpy() for m in attention_maps(run.model, x, ids)]
+
+
 def most_frequent_baseline(dataset: CaptionDataset, split: str = "test") -> CaptionEvaluation:
     caption = most_frequent_caption(dataset.split("train"))
     images = dataset.split(split)
@@ -150,6 +165,9 @@ table.scores td:first-child, table.scores th:first-child { text-align: left; }
 .generated { font-weight: 600; margin: 0 0 4px; }
 .refs { margin: 0; padding-left: 16px; color: #555; font-size: 12px; }
 .score { color: #777; font-size: 12px; margin-top: 4px; }
+.attention { display: flex; flex-wrap: wrap; gap: 2px; margin-top: 6px; }
+.attention figure { margin: 0; text-align: center; font-size: 10px; color: #555; }
+.attention img { width: 40px; height: 40px; image-rendering: auto; }
 """
 
 
@@ -164,6 +182,21 @@ def _png_data_uri(path: Path, side: int = 96) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _attention_uri(path: Path, alpha: np.ndarray, side: int = 48) -> str:
+    """The image dimmed where attention ``alpha`` (K,) is low: Xu et al.'s figure 3."""
+    from PIL import Image
+
+    grid = int(round(math.sqrt(alpha.size)))
+    weights = alpha.reshape(grid, grid) / max(float(alpha.max()), 1e-12)
+    mask = Image.fromarray(np.uint8(255 * weights)).resize((side, side), Image.Resampling.BILINEAR)
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB").resize((side, side)), dtype=np.float32)
+    shade = 0.25 + 0.75 * np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    buffer = io.BytesIO()
+    Image.fromarray(np.uint8(pixels * shade)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def render_report(
     model: CaptionEvaluation,
     baselines: Sequence[CaptionEvaluation] = (),
@@ -171,8 +204,11 @@ def render_report(
     title: str = "rnnlab captioning report",
     subtitle: str = "",
     max_images: int = 60,
+    attention: Sequence[np.ndarray] = (),
 ) -> str:
-    """The report as one HTML string (no script, no external resource)."""
+    """The report as one HTML string (no script, no external resource). ``attention``: per
+    image (in ``model.images`` order, as many as given), alpha (n + 1, K) over a square grid
+    (``rnnlab.models.captioner.attention_maps``), drawn as one dimmed image per word."""
     e = html.escape
     metrics = list(model.scores.as_dict())
     head = "".join(f"<th>{e(m)}</th>" for m in metrics)
@@ -186,11 +222,15 @@ def render_report(
     for i, im in enumerate(model.images[:max_images]):
         refs = "".join(f"<li>{e(' '.join(r))}</li>" for r in im.captions)
         b4, cider = model.scores.per_image_bleu[i][3], model.scores.per_image_cider[i]
+        maps = (
+            _attention_html(im.path, model.generated[i], attention[i]) if i < len(attention) else ""
+        )
         cards.append(
             f'<div class="card"><img alt="{e(im.filename)}" src="{_png_data_uri(im.path)}">'
             f'<div><p class="generated">{e(" ".join(model.generated[i]))}</p>'
             f'<ul class="refs">{refs}</ul>'
             f'<div class="score">{e(im.filename)} · BLEU-4 {b4:.3f} · CIDEr-D {cider:.3f}</div>'
+            f"{maps}"
             "</div></div>"
         )
     shown = min(max_images, len(model.images))
@@ -205,6 +245,15 @@ def render_report(
         f"<h2>{shown} held-out images: generated caption (bold), references, scores</h2>"
         f'<div class="grid">{"".join(cards)}</div></body></html>\n'
     )
+
+
+def _attention_html(path: Path, words: Sequence[str], alpha: np.ndarray) -> str:
+    figures = "".join(
+        f'<figure><img alt="" src="{_attention_uri(path, np.asarray(a))}">'
+        f"<figcaption>{html.escape(word)}</figcaption></figure>"
+        for word, a in zip([*words, "<end>"], alpha, strict=False)
+    )
+    return f'<div class="attention">{figures}</div>'
 
 
 def write_report(path: str | Path, text: str) -> Path:
