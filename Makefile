@@ -17,7 +17,7 @@ setup: $(STAMP) engine
 
 # Build the C++ engine now (cached by source and toolchain), so a user's first command does not.
 engine: $(STAMP)
-	$(BIN)/python -m rnnlab.kernels.extension
+	$(BIN)/python -c "from rnnlab.kernels.extension import build; build()"
 
 demo: setup
 	$(BIN)/rnnlab demo

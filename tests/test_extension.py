@@ -135,5 +135,5 @@ def test_a_venv_symlink_and_its_interpreter_share_one_build(tmp_path, monkeypatc
 def test_make_setup_builds_the_engine():
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
     assert "setup: $(STAMP) engine" in makefile
-    assert "python -m rnnlab.kernels.extension" in makefile
+    assert "from rnnlab.kernels.extension import build; build()" in makefile
     assert "test: lint engine" in makefile and "demo: setup" in makefile

@@ -18,7 +18,7 @@ it waits for on stderr ("building the C++ engine, first use, about a minute") an
 reference loop. A killed build's leftovers (torch's ``lock`` file, half-written objects) are
 removed by the next build, which holds our lock. The cache key covers everything that changes
 the build command: the source, the flags, torch, the Python interpreter, the compiler and ninja.
-``make setup`` builds the engine (``python -m rnnlab.kernels.extension``), so a user's first
+``make setup`` builds the engine (``rnnlab.kernels.extension.build()``), so a user's first
 command does not.
 """
 
@@ -215,7 +215,10 @@ def is_built() -> bool:
     return any(directory.glob("*.so"))
 
 
-if __name__ == "__main__":  # ``make setup``: build once, so a user's first command does not
+def build() -> int:
+    """``make setup``/``make engine``: build once, so a user's first command does not. A failed
+    build is reported, not fatal: the fused backend then falls back to the reference loop."""
     status = extension_status()
     print(f"rnnlab C++ engine: {'built' if status.available else 'NOT built: ' + status.reason}")
     print(f"  {status.build_directory}")
+    return 0
