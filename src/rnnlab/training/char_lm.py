@@ -29,6 +29,7 @@ from torch import Tensor
 from rnnlab.checkpoint import CheckpointError, list_checkpoints, save_checkpoint
 from rnnlab.data import Corpus, DataError, StreamBatcher, Vocab, prepare_corpus
 from rnnlab.evaluate import evaluate_tokens
+from rnnlab.kernels import extension_status
 from rnnlab.loading import RunCheckpoint, load_run_checkpoint, run_directory, training_corpus
 from rnnlab.models import CharLM, CharLMConfig
 from rnnlab.runtime import capture_rng, resolve_device, restore_rng, seed_everything, set_threads
@@ -83,6 +84,10 @@ def train(
     once (checkpoints are atomic, so the last complete one is intact either way).
     """
     emit = on_event or (lambda event: None)
+    if config is None or config.backend in ("auto", "fused"):
+        # Build (or wait for another process's build of) the C++ engine before SIGTERM/Ctrl-C
+        # are deferred to step boundaries, so a signal during a first-use build acts at once.
+        extension_status()
     with GracefulStop() as stop:
         if resume is None:
             if config is None:
