@@ -530,3 +530,24 @@ def test_lengths_with_batch_first_equal_time_major():
     torch.testing.assert_close(out_bf.transpose(0, 1), out_tm)
     torch.testing.assert_close(h_bf, h_tm)
     torch.testing.assert_close(c_bf, c_tm)
+
+
+@pytest.mark.skipif(not extension_status().available, reason="the C++ engine is not built")
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_trace_on_the_engine_equals_the_reference_trace(cell):
+    """Under no_grad the engine records the gates (what it saves for backward): the same names
+    and values as the reference loop's, with lengths and both directions."""
+    torch.manual_seed(0)
+    m = Recurrent(cell, 4, 5, num_layers=2, bidirectional=True, batch_first=True)
+    x, lengths = torch.randn(3, 6, 4), torch.tensor([6, 2, 4])
+    with torch.no_grad():
+        out_f, state_f, gates_f = m.trace(x, lengths=lengths)  # the engine
+    out_r, state_r, gates_r = m.trace(x, lengths=lengths)  # grad mode: the reference loop
+    torch.testing.assert_close(out_f, out_r.detach())
+    for a, b in zip(flat(state_f), flat(state_r), strict=True):
+        torch.testing.assert_close(a, b.detach())
+    assert len(gates_f) == len(gates_r) == 4
+    for layer_f, layer_r in zip(gates_f, gates_r, strict=True):
+        assert layer_f.keys() == layer_r.keys()
+        for name in layer_r:
+            torch.testing.assert_close(layer_f[name], layer_r[name].detach(), msg=name)

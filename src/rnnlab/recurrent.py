@@ -256,9 +256,11 @@ class Recurrent(nn.Module):
         condition: Tensor | None = None,
         embedding: Tensor | None = None,
     ) -> tuple[Tensor, State, list[Gates]]:
-        """Like ``forward`` (reference backend), plus every gate at every step: ``gates[j][name]``
+        """Like ``forward``, plus every gate at every step: ``gates[j][name]``
         is (T, B, H) for layer ``j // D``, direction ``j % D`` (unbatched: (T, H); batch_first:
-        (B, T, H)); names per cell as in ``rnnlab.cells`` (lstm: i f g o c h)."""
+        (B, T, H)); names per cell as in ``rnnlab.cells`` (lstm: i f g o c h). Under
+        ``torch.no_grad()`` the C++ engine records them (the activations it keeps for backward);
+        otherwise the reference loop does, differentiably."""
         batch = self._batch(input, hx, lengths, condition, embedding)
         output, state, gates = self._run(batch, record=True)
         output, state = self._finish(output, state, batch.unbatched)
@@ -314,8 +316,10 @@ class Recurrent(nn.Module):
         lookup = batch.embedding is not None
         conditioned = batch.condition is not None
         device = self._device()
-        backend = "reference" if record else self.resolved_backend(
-            device, lookup=lookup, conditioned=conditioned)  # fmt: skip
+        backend = self.resolved_backend(device, lookup=lookup, conditioned=conditioned)
+        if record:  # the engine records gates without autograd; with it, the reference loop does
+            fused_ok = not torch.is_grad_enabled() and self.backend in ("auto", "fused")
+            backend = "fused" if fused_ok and not self.proj_size else "reference"
         if backend == "fused" and not kernels.fused_available(device, _dtype(self)):
             native_ok = self.cell in NATIVE_CELLS and not conditioned
             backend = "native" if native_ok and device.type == "cuda" else "reference"
@@ -324,10 +328,10 @@ class Recurrent(nn.Module):
             output, state = self._forward_native(x, batch.state, batch.lengths)
             return output, state, []
         if backend == "fused" and batch.lengths is not None:
-            return self._sorted_fused(batch)
+            return self._sorted_fused(batch, record)
         return self._forward_layers(batch, fused=backend == "fused", record=record)
 
-    def _sorted_fused(self, batch: _Batch) -> tuple[Tensor, State, list[Gates]]:
+    def _sorted_fused(self, batch: _Batch, record: bool) -> tuple[Tensor, State, list[Gates]]:
         """The engine wants a ragged batch longest first (live rows form a prefix): sort, run,
         and put outputs and states back in the caller's order."""
         order = torch.sort(batch.lengths, descending=True, stable=True).indices
@@ -342,9 +346,10 @@ class Recurrent(nn.Module):
             batch.embedding,
             batch.unbatched,
         )  # fmt: skip
-        output, state, _ = self._forward_layers(sorted_batch, fused=True, record=False)
-        output = output.index_select(1, back.to(output.device))
-        return output, _map(state, lambda t: t.index_select(1, back.to(t.device))), []
+        output, state, gates = self._forward_layers(sorted_batch, fused=True, record=record)
+        back = back.to(output.device)
+        gates = [{n: g.index_select(1, back) for n, g in layer.items()} for layer in gates]
+        return output.index_select(1, back), _map(state, lambda t: t.index_select(1, back)), gates
 
     def _forward_layers(
         self, batch: _Batch, fused: bool, record: bool
@@ -374,9 +379,12 @@ class Recurrent(nn.Module):
                     weights = kernels.layer_weights(self.cell, p)
                     if projected:
                         weights[0] = weights[4] = None  # applied already: u is the projection
-                    out, final = kernels.run_layer(self.cell, self.nonlinearity, u, state,
-                                                   weights, lengths, projected)  # fmt: skip
-                    g: Gates = {}
+                    args = (self.cell, self.nonlinearity, u, state, weights, lengths, projected)
+                    if record:
+                        out, final, g = kernels.trace_layer(*args)
+                    else:
+                        out, final = kernels.run_layer(*args)
+                        g = {}
                 else:
                     out, final, g = unroll(self.cell, u, state, p, self.nonlinearity, lengths,
                                            record)  # fmt: skip

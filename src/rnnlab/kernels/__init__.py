@@ -7,6 +7,7 @@ caller (every model reaches the engine through it). Public API:
   built).
 - ``run_layer(cell, nonlinearity, x, state, weights, lengths=None, projected=False)``: one
   direction of one layer over all steps (see ``fused.run_layer``), autograd-aware.
+- ``trace_layer(...)``: ``run_layer`` without autograd, plus every gate at every step (analysis).
 - ``step_layers(cell, nonlinearity, x, state, weights, projected=False)``: one step of every layer
   in one C++ call, no autograd (sampling).
 - ``choose_backend(cell, hidden_size, device, ...)``: what ``backend="auto"`` runs.
@@ -36,6 +37,7 @@ __all__ = [
     "layer_weights",
     "run_layer",
     "step_layers",
+    "trace_layer",
 ]
 
 layer_weights = fused.layer_weights
@@ -128,6 +130,23 @@ def run_layer(
     if ext is None:
         raise RuntimeError(f"run_layer: no C++ engine: {extension_status().reason}")
     return fused.run_layer(ext, cell, nonlinearity, x, state, weights, lengths, projected)
+
+
+def trace_layer(
+    cell: str,
+    nonlinearity: str,
+    x: Tensor,
+    state: State,
+    weights: list[Tensor | None],
+    lengths: Tensor | None = None,
+    projected: bool = False,
+) -> tuple[Tensor, State, dict[str, Tensor]]:
+    """``run_layer`` without autograd, returning also ``gates[name]`` (T, B, H) for every gate the
+    cell has (``rnnlab.cells``' names), read from what the engine saves for backward anyway."""
+    ext = load_extension()
+    if ext is None:
+        raise RuntimeError(f"trace_layer: no C++ engine: {extension_status().reason}")
+    return fused.trace_layer(ext, cell, nonlinearity, x, state, weights, lengths, projected)
 
 
 @torch.no_grad()

@@ -139,6 +139,37 @@ def run_layer(
     return result[0], ((result[1], result[2]) if lstm else result[1])
 
 
+# The activations recurrence.cpp saves per step (the header's S layout, H columns each) under
+# rnnlab.cells' gate names; the rest of S (GRU's W_hn h, MUT's r*h ...) is not a gate.
+SAVED_GATES = {"rnn": (), "lstm": ("i", "f", "g", "o", "c"), "gru": ("r", "z", "n"),
+               **dict.fromkeys(("mut1", "mut2", "mut3"), ("z", "r", "n"))}  # fmt: skip
+
+
+@torch.no_grad()
+def trace_layer(
+    ext: ModuleType,
+    cell: str,
+    nonlinearity: str,
+    x: Tensor,
+    state: State,
+    weights: list[Tensor | None],
+    lengths: Tensor | None = None,
+    projected: bool = False,
+) -> tuple[Tensor, State, dict[str, Tensor]]:
+    """``run_layer`` without autograd, plus every gate at every step: ``gates[name]`` (T, B, H),
+    the activations the engine saves for backward anyway, named as ``rnnlab.cells`` names them."""
+    lstm = cell == "lstm"
+    h0, c0 = state if lstm else (state, None)
+    sizes = None if lengths is None else batch_sizes(lengths, x.shape[0])
+    out, h_t, c_t, saved = ext.layer_forward(
+        cell_id(cell, nonlinearity), x, h0, c0, *weights, True, projected, sizes
+    )
+    H = out.shape[-1]
+    gates = {n: saved[..., k * H : (k + 1) * H] for k, n in enumerate(SAVED_GATES[cell])}
+    gates["h"] = out
+    return out, ((h_t, c_t) if lstm else h_t), gates
+
+
 def step_layers(
     ext: ModuleType,
     cell: str,
