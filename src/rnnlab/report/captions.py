@@ -227,7 +227,7 @@ def render_report(
         )
         cards.append(
             f'<div class="card"><img alt="{e(im.filename)}" src="{_png_data_uri(im.path)}">'
-            f'<div><p class="generated">{e(" ".join(model.generated[i]))}</p>'
+            f'<div><p class="generated">{e(" ".join(model.generated[i]) or "(empty caption)")}</p>'
             f'<ul class="refs">{refs}</ul>'
             f'<div class="score">{e(im.filename)} · BLEU-4 {b4:.3f} · CIDEr-D {cider:.3f}</div>'
             f"{maps}"
