@@ -22,11 +22,11 @@ already one GEMM for all steps) for MUT1-3 and conditioned layers.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
-from rnnlab.cells import NATIVE_CELLS, State
+from rnnlab.cells import NATIVE_CELLS
 from rnnlab.kernels import fused
-from rnnlab.kernels.extension import ExtensionStatus, extension_status, load_extension
+from rnnlab.kernels.extension import ExtensionStatus, extension_status
+from rnnlab.kernels.fused import run_layer, step_layers, trace_layer
 
 __all__ = [
     "ExtensionStatus",
@@ -111,60 +111,3 @@ def describe_backend(module: torch.nn.Module, device: torch.device | str | None 
     chosen = ", auto" if module.backend == "auto" else ""
     size = f"{module.num_layers}x{module.hidden_size}"
     return f"{module.cell} {size}: {backend} ({how}{chosen})"
-
-
-def run_layer(
-    cell: str,
-    nonlinearity: str,
-    x: Tensor,
-    state: State,
-    weights: list[Tensor | None],
-    lengths: Tensor | None = None,
-    projected: bool = False,
-) -> tuple[Tensor, State]:
-    """One direction of one layer on the C++ engine (needs ``fused_available``): x (T, B, I), or
-    its input projection u (T, B, G) with ``projected``; state h0 (B, H) or (h0, c0); weights in
-    the kernel's slots (``layer_weights``); ``lengths`` (B,) sorted longest first, or None.
-    Returns (output (T, B, H), final state)."""
-    ext = load_extension()
-    if ext is None:
-        raise RuntimeError(f"run_layer: no C++ engine: {extension_status().reason}")
-    return fused.run_layer(ext, cell, nonlinearity, x, state, weights, lengths, projected)
-
-
-def trace_layer(
-    cell: str,
-    nonlinearity: str,
-    x: Tensor,
-    state: State,
-    weights: list[Tensor | None],
-    lengths: Tensor | None = None,
-    projected: bool = False,
-) -> tuple[Tensor, State, dict[str, Tensor]]:
-    """``run_layer`` without autograd, returning also ``gates[name]`` (T, B, H) for every gate the
-    cell has (``rnnlab.cells``' names), read from what the engine saves for backward anyway."""
-    ext = load_extension()
-    if ext is None:
-        raise RuntimeError(f"trace_layer: no C++ engine: {extension_status().reason}")
-    return fused.trace_layer(ext, cell, nonlinearity, x, state, weights, lengths, projected)
-
-
-@torch.no_grad()
-def step_layers(
-    cell: str,
-    nonlinearity: str,
-    x: Tensor,
-    state: State,
-    weights: list[list[Tensor | None]],
-    projected: bool = False,
-) -> tuple[Tensor, State]:
-    """One time step of every layer in one C++ call (needs ``fused_available``; no autograd, no
-    dropout): x (B, I) (or layer 0's projection with ``projected``), state (L, B, H) or a pair,
-    ``weights[k]`` layer k's slots -> (h_top (B, H), new state). A character costs only its
-    GEMVs, not a framework call per layer."""
-    ext = load_extension()
-    if ext is None:
-        raise RuntimeError(
-            f"step_layers: the C++ engine is unavailable: {extension_status().reason}"
-        )
-    return fused.step_layers(ext, cell, nonlinearity, x, state, weights, projected)

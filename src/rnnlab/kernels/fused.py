@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.cells import State, input_projection, unroll
+from rnnlab.kernels.extension import extension_status, load_extension
 
 # Must match the Cell enum in recurrence.cpp.
 CELL_IDS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3, "mut1": 4, "mut2": 5, "mut3": 6}
@@ -114,8 +115,15 @@ def _recomputed_grads(ctx, grads, x, h0, c0, weights) -> tuple:  # noqa: ANN001
     return tuple(next(found) if need else None for need in ctx.needs_input_grad[5:])
 
 
+def engine() -> ModuleType:
+    """The compiled C++ module; RuntimeError naming why when it cannot be built."""
+    ext = load_extension()
+    if ext is None:
+        raise RuntimeError(f"the C++ engine is unavailable: {extension_status().reason}")
+    return ext
+
+
 def run_layer(
-    ext: ModuleType,
     cell: str,
     nonlinearity: str,
     x: Tensor,
@@ -127,6 +135,7 @@ def run_layer(
     """One direction of one layer on x (T, B, I) (or its projection u, ``projected``) from state
     h0 (B, H) or (h0, c0): -> (output (T, B, H), final state). ``lengths``: sorted, longest first.
     Records for autograd only when something needs a gradient."""
+    ext = engine()
     lstm = cell == "lstm"
     h0, c0 = state if lstm else (state, None)
     tensors = [x, h0, c0, *weights]
@@ -147,7 +156,6 @@ SAVED_GATES = {"rnn": (), "lstm": ("i", "f", "g", "o", "c"), "gru": ("r", "z", "
 
 @torch.no_grad()
 def trace_layer(
-    ext: ModuleType,
     cell: str,
     nonlinearity: str,
     x: Tensor,
@@ -158,6 +166,7 @@ def trace_layer(
 ) -> tuple[Tensor, State, dict[str, Tensor]]:
     """``run_layer`` without autograd, plus every gate at every step: ``gates[name]`` (T, B, H),
     the activations the engine saves for backward anyway, named as ``rnnlab.cells`` names them."""
+    ext = engine()
     lstm = cell == "lstm"
     h0, c0 = state if lstm else (state, None)
     sizes = None if lengths is None else batch_sizes(lengths, x.shape[0])
@@ -170,8 +179,8 @@ def trace_layer(
     return out, ((h_t, c_t) if lstm else h_t), gates
 
 
+@torch.no_grad()
 def step_layers(
-    ext: ModuleType,
     cell: str,
     nonlinearity: str,
     x: Tensor,
@@ -180,7 +189,9 @@ def step_layers(
     projected: bool = False,
 ) -> tuple[Tensor, State]:
     """One step of every layer in one C++ call (no autograd): x (B, I) -> (h_top (B, H), state).
-    ``weights[k]`` is layer k's five slots; ``projected``: x is layer 0's projection u (B, G)."""
+    ``weights[k]`` is layer k's five slots; ``projected``: x is layer 0's projection u (B, G).
+    A character costs only its GEMVs, not a framework call per layer."""
+    ext = engine()
     lstm = cell == "lstm"
     h, c = state if lstm else (state, None)
     flat = [w for layer in weights for w in layer]
