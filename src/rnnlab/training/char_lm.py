@@ -84,47 +84,36 @@ def train(
     once (checkpoints are atomic, so the last complete one is intact either way).
     """
     emit = on_event or (lambda event: None)
-    if config is None or config.backend in ("auto", "fused"):
-        # Build (or wait for another process's build of) the C++ engine before SIGTERM/Ctrl-C
-        # are deferred to step boundaries, so a signal during a first-use build acts at once.
-        extension_status()
-    with GracefulStop() as stop:
-        if resume is None:
-            if config is None:
-                raise TypeError("train() needs a TrainConfig, or resume=RUN_DIR")
-            if changes:
-                raise TypeError("changes= only applies with resume=RUN_DIR")
-            run_dir = Path(
-                config.out_dir or Path("runs") / f"{Path(config.input).stem}-{config.cell}"
-            )
-            return _train(config, run_dir, None, emit, stop)
-        ckpt = load_run_checkpoint(resume, "latest", need_trainer=True)
-        assert ckpt.train_config is not None
-        wanted = dict(changes or {})
-        if config is not None:
-            saved = ckpt.train_config.to_dict()
-            for name, value in config.to_dict().items():
-                if value != saved[name] and not (name == "input" and not value):
-                    wanted.setdefault(name, value)
-        run_dir = ckpt.run_dir
-        out_dir = wanted.pop("out_dir", "")
-        if out_dir and Path(out_dir).resolve() != run_dir.resolve():
-            raise TrainingError(
-                f"out_dir: a resume writes into its own run directory {run_dir}, not {out_dir}; "
-                f"copy the run first (cp -a {run_dir} {out_dir}) and resume the copy"
-            )
-        resumed, notes = resumed_config(ckpt.train_config, wanted)
-        for note in notes:
-            emit({"kind": "note", "text": f"resume changes {note}"})
-        return _train(resumed, run_dir, ckpt, emit, stop)
+    if resume is None:
+        if config is None:
+            raise TypeError("train() needs a TrainConfig, or resume=RUN_DIR")
+        if changes:
+            raise TypeError("changes= only applies with resume=RUN_DIR")
+        run_dir = Path(config.out_dir or Path("runs") / f"{Path(config.input).stem}-{config.cell}")
+        return _train(config, run_dir, None, emit)
+    ckpt = load_run_checkpoint(resume, "latest", need_trainer=True)
+    assert ckpt.train_config is not None
+    wanted = dict(changes or {})
+    if config is not None:
+        saved = ckpt.train_config.to_dict()
+        for name, value in config.to_dict().items():
+            if value != saved[name] and not (name == "input" and not value):
+                wanted.setdefault(name, value)
+    run_dir = ckpt.run_dir
+    out_dir = wanted.pop("out_dir", "")
+    if out_dir and Path(out_dir).resolve() != run_dir.resolve():
+        raise TrainingError(
+            f"out_dir: a resume writes into its own run directory {run_dir}, not {out_dir}; "
+            f"copy the run first (cp -a {run_dir} {out_dir}) and resume the copy"
+        )
+    resumed, notes = resumed_config(ckpt.train_config, wanted)
+    for note in notes:
+        emit({"kind": "note", "text": f"resume changes {note}"})
+    return _train(resumed, run_dir, ckpt, emit)
 
 
 def _train(
-    config: TrainConfig,
-    run_dir: Path,
-    ckpt: RunCheckpoint | None,
-    emit: Callable[[Event], None],
-    stop: GracefulStop,
+    config: TrainConfig, run_dir: Path, ckpt: RunCheckpoint | None, emit: Callable[[Event], None]
 ) -> TrainResult:
     set_threads(config.threads)
     device = resolve_device(config.device)
@@ -144,8 +133,12 @@ def _train(
     train_data = StreamBatcher(corpus.split("train"), config.batch_size, config.seq_len)
     val_data = _val_batcher(corpus, config)
 
+    if config.backend in ("auto", "fused"):
+        # Build (or wait for another process's build of) the C++ engine before SIGTERM/Ctrl-C
+        # are deferred to step boundaries, so a signal during a first-use build acts at once.
+        extension_status()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
+    with GracefulStop() as stop, RunLock(run_dir):
         if ckpt is None and list_checkpoints(run_dir):
             raise ValueError(
                 f"out_dir: {run_dir} already holds a run; resume it with --resume "
