@@ -137,3 +137,26 @@ def test_make_setup_builds_the_engine():
     assert "setup: $(STAMP) engine" in makefile
     assert "from rnnlab.kernels.extension import build; build()" in makefile
     assert "test: lint engine" in makefile and "demo: setup" in makefile
+
+
+def test_the_compile_command_does_not_depend_on_where_the_checkout_is(tmp_path, monkeypatch):
+    """Two checkouts (or an installed and an editable copy) of the same source share one build:
+    the compiler reads a copy of the source inside the build directory, never the checkout's
+    path, so ninja sees the same command from both and neither rebuilds the other's build."""
+    from torch.utils import cpp_extension
+
+    seen = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: seen.append(kw["sources"]))
+    for checkout in ("a", "b"):
+        here = tmp_path / checkout
+        here.mkdir()
+        for source in extension.SOURCES:
+            (here / source).write_bytes((extension._HERE / source).read_bytes())
+        monkeypatch.setattr(extension, "_HERE", here)
+        build = tmp_path / "build"
+        build.mkdir(exist_ok=True)
+        extension._compile("rnnlab_fused_test", build, [])
+    assert seen[0] == seen[1] == [str(tmp_path / "build" / s) for s in extension.SOURCES]
+    assert (tmp_path / "build" / extension.SOURCES[0]).read_bytes() == (
+        tmp_path / "a" / extension.SOURCES[0]
+    ).read_bytes()

@@ -147,12 +147,24 @@ def _locked_build(name: str, build_directory: Path, flags: list[str]) -> ModuleT
 
 
 def _compile(name: str, build_directory: Path, flags: list[str]) -> ModuleType:
-    """The one call into the compiler (tests replace it to exercise the failure path)."""
+    """The one call into the compiler (tests replace it to exercise the failure path).
+
+    It compiles a copy of the sources placed in the build directory: the build name already
+    hashes their content, and a path into the checkout would make the compile command differ
+    between two checkouts (or an installed and an editable copy) of the same source, so each
+    would rebuild the other's build forever."""
     from torch.utils import cpp_extension
 
+    sources = []
+    for source in SOURCES:
+        copy = build_directory / source
+        data = (_HERE / source).read_bytes()
+        if not copy.exists() or copy.read_bytes() != data:  # keep the mtime: ninja rebuilds on it
+            copy.write_bytes(data)
+        sources.append(str(copy))
     return cpp_extension.load(
         name=name,
-        sources=[str(_HERE / s) for s in SOURCES],
+        sources=sources,
         build_directory=str(build_directory),
         extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
