@@ -285,8 +285,9 @@ class Recurrent(nn.Module):
         if self.bidirectional:
             raise RuntimeError("step: a bidirectional Recurrent needs the whole sequence")
         batch = self._batch(input.unsqueeze(0), hx, None, condition, embedding, time_major=True)
-        tensors = [*self.parameters(), batch.x, *_parts(batch.state)]
-        graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        graph = torch.is_grad_enabled() and any(  # evaluated only in grad mode: sampling is hot
+            t.requires_grad for t in (*self.parameters(), batch.x, *_parts(batch.state))
+        )
         device = self._device()
         if (not graph and self.backend in ("auto", "fused") and not self.proj_size
                 and kernels.fused_available(device, _dtype(self))):  # fmt: skip
