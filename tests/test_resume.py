@@ -296,3 +296,19 @@ def test_kill_9_trials_every_latest_checkpoint_resumes_and_metrics_have_each_ste
                            capture_output=True, timeout=120)  # fmt: skip
     assert final.returncode == 0, final.stderr
     assert steps(run) == list(range(1, k + 3))
+
+
+def test_a_new_max_steps_on_resume_keeps_the_cosine_horizon():
+    """--max-steps may change on resume and stay bit-exact: the cosine (whose horizon defaults to
+    max_steps) keeps the horizon the run started with; --decay-steps changes it explicitly."""
+    from rnnlab.training.config import TrainConfig, resumed_config
+    from rnnlab.training.tools import lr_at
+
+    saved = TrainConfig(input="in.txt", max_steps=300)
+    for new in (60, 1000):
+        resumed, notes = resumed_config(saved, {"max_steps": new})
+        assert resumed.max_steps == new and any("horizon of 300" in n for n in notes)
+        for step in (0, 10, 59, 250):
+            assert lr_at(step, resumed, 1) == lr_at(step, saved, 1)
+    explicit, _ = resumed_config(saved, {"max_steps": 60, "decay_steps": 60})
+    assert explicit.decay_steps == 60

@@ -182,5 +182,11 @@ def resumed_config(saved: TrainConfig, changes: dict[str, Any]) -> tuple[TrainCo
             notes.append(f"{name}: {values[name]!r} -> {value!r} (resume no longer bit-exact)")
         elif name != "input":
             notes.append(f"{name}: {values[name]!r} -> {value!r}")
+        if name == "max_steps" and not values["decay_steps"] and "decay_steps" not in changes:
+            # The cosine's horizon defaults to max_steps: keep the one the run started with, so a
+            # longer (or shorter) run continues the very schedule it was on (bit-exact).
+            values["decay_steps"] = values["max_steps"]
+            notes.append(f"decay_steps: the cosine keeps its horizon of {values['max_steps']} "
+                         f"steps (--decay-steps changes it)")  # fmt: skip
         values[name] = value
     return TrainConfig(**values), notes
