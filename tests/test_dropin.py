@@ -194,6 +194,10 @@ def test_shape_errors_are_runtime_errors_like_torch(backend):
         lambda m: m(torch.randn(4, 2, 5), torch.zeros(1, 3, 6)),  # wrong h_0 batch
         lambda m: m(torch.randn(0, 2, 5)),  # zero-length sequence
     ]
+    with pytest.raises(ValueError):  # a wrong dtype: torch raises ValueError, so do we
+        theirs(torch.randn(4, 2, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="expected dtype torch.float32"):
+        ours(torch.randn(4, 2, 5, dtype=torch.float64))
     for call in bad_calls:
         with pytest.raises(RuntimeError):
             call(theirs)

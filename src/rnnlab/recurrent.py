@@ -478,6 +478,10 @@ class Recurrent(nn.Module):
             if embedding.dim() != 2 or embedding.shape[1] != self.input_size:
                 raise ShapeError(f"embedding: expected (V, {self.input_size}), "
                                  f"got {tuple(embedding.shape)}")  # fmt: skip
+        elif input.dtype != _dtype(self):  # torch.nn raises a ValueError here too
+            want = _dtype(self)
+            raise ShapeError(f"input: expected dtype {want}, got {input.dtype}; convert the "
+                             f"input (.to({want})) or the module (.to(dtype))")  # fmt: skip
         elif input.shape[-1] != self.input_size:
             raise ShapeError(f"input: expected size {self.input_size} in the last dimension, "
                              f"got {input.shape[-1]}")  # fmt: skip
