@@ -23,10 +23,17 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    if not (a.export_dir / "export.json").is_file():
+        p.error(f"{a.export_dir}: no export.json here; run `rnnlab export RUN_DIR` first")
     spec = json.loads((a.export_dir / "export.json").read_text())
     vocab = json.loads((a.export_dir / "vocab.json").read_text())
     tokens = vocab["tokens"]
     index = {t: i for i, t in enumerate(tokens)}
+    if vocab["kind"] == "bytes":  # a byte-level model reads the prime's UTF-8 bytes
+        a.prime = a.prime.encode("utf-8").decode("latin-1")
+    unseen = sorted(set(a.prime) - set(index))
+    if unseen:
+        p.error(f"--prime: characters not in the model's vocabulary: {''.join(unseen)!r}")
     session = onnxruntime.InferenceSession(str(a.export_dir / spec["file"]))
     L, H = spec["num_layers"], spec["hidden_size"]
     state = [np.zeros((L, 1, H), np.float32) for _ in spec["order"]["inputs"][1:]]
@@ -46,7 +53,8 @@ def main() -> None:
         token = int(rng.choice(len(probs), p=probs / probs.sum()))
         out.append(token)
     if vocab["kind"] == "bytes":
-        print(a.prime + bytes(out).decode("utf-8", errors="replace"))
+        text = a.prime.encode("latin-1") + bytes(out)
+        print(text.decode("utf-8", errors="replace"))
     else:
         print(a.prime + "".join(tokens[t] for t in out))
 
