@@ -1,12 +1,14 @@
-"""G2P on CMUdict: a 2-layer LSTM encoder-decoder, without and with attention, trained for a fixed
-wall time on CPU, then scored on the test split (PER and WER, greedy and beam search).
+"""G2P on CMUdict: a 2-layer LSTM encoder-decoder, without and with attention, trained on CPU for
+3,000 steps or 22 minutes, whichever comes first, then scored on the test split (PER and WER,
+greedy and beam search).
 
 The two runs train at the same time, one CPU thread each (``rnnlab seq2seq train`` in two
-processes), so the figure is "what this machine gives in N minutes". Split: rnnlab's hash split of
+processes); on the 2-vCPU build machine both finished 3,000 steps in about 12 minutes (README,
+"G2P on this CPU"). Split: rnnlab's hash split of
 CMUdict by word (``rnnlab.data.cmudict``: 85 / 5 / 10 %, stress removed, all pronunciations of a
 word in one split; a word is right if it matches any of them).
 
-    .venv/bin/python bench/g2p.py                      # 22 minutes of training, then the test
+    .venv/bin/python bench/g2p.py                      # about 15 minutes here, test included
     .venv/bin/python bench/g2p.py --minutes 1 --max-steps 50 --split val --out /tmp/g2p  # a look
 
 Published figures for comparison use another split (the older standard split of CMUdict from
