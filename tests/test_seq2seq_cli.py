@@ -127,9 +127,10 @@ def test_resume_continues_exactly(tmp_path):
     train = reverse_file(tmp_path / "train.tsv")
     common = dict(pairs=str(train), hidden_size=16, embedding_size=8, num_layers=2, batch_size=8,
                   dropout=0.2, eval_every=10, eval_size=0, threads=1, sampling=0.3,
-                  warmup_steps=3, decay_steps=24)  # fmt: skip
+                  warmup_steps=3)  # fmt: skip
+    # the straight run's schedule: a 10-step cosine horizon (the horizon the resumed run keeps)
     straight = train_seq2seq(Seq2SeqTrainConfig(**common, out_dir=str(tmp_path / "a"),
-                                                max_steps=24))  # fmt: skip
+                                                max_steps=24, decay_steps=10))  # fmt: skip
     train_seq2seq(Seq2SeqTrainConfig(**common, out_dir=str(tmp_path / "b"), max_steps=10))
     resumed = train_seq2seq(resume=tmp_path / "b", changes={"max_steps": 24})
     assert resumed.step == straight.step == 24

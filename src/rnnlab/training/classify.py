@@ -232,6 +232,9 @@ def train_classifier(
                 raise ConfigError(fixed[0], f"the run's value {getattr(saved, fixed[0])!r} (a "
                                   f"resume may change {', '.join(RESUMABLE)})",
                                   wanted[fixed[0]])  # fmt: skip
+            new_length = wanted.get("max_steps", saved.max_steps) != saved.max_steps
+            if saved.decay_steps == 0 and new_length:
+                wanted["decay_steps"] = saved.max_steps  # the cosine horizon the run started with
             config, run_dir = dataclasses.replace(saved, **wanted), path.parent
         set_threads(config.threads)
         device = resolve_device(config.device)

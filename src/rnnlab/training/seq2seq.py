@@ -378,6 +378,9 @@ def train_seq2seq(
                 raise ConfigError(fixed[0], f"its value in the run ({getattr(saved, fixed[0])!r}; "
                                   f"a resume may change only {', '.join(RESUMABLE)})",
                                   wanted[fixed[0]])  # fmt: skip
+            new_length = wanted.get("max_steps", saved.max_steps) != saved.max_steps
+            if saved.decay_steps == 0 and new_length:
+                wanted["decay_steps"] = saved.max_steps  # the cosine horizon the run started with
             config = dataclasses.replace(saved, **wanted)
             run_dir = path.parent
         set_threads(config.threads)
