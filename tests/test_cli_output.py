@@ -202,18 +202,24 @@ def test_ctrl_c_during_start_up_prints_no_traceback(runs):
         assert len(err.splitlines()) <= 1, (delay, err.decode())
 
 
+def _commands(parser, path=()):
+    """Every (command path, parser) pair, nested subcommands (``seq2seq train``) included."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
 def test_every_option_of_every_command_has_help():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = dict(_commands(build_parser()))
     mine = ("train", "sample", "eval", "data", "gradcheck", "demo", "doctor")
-    assert set(sub.choices) >= set(mine)
-    for name, p in sub.choices.items():
-        if name not in mine:
-            continue  # other commands (analysis, seq2seq) are tested by their own files
+    assert {path[0] for path in commands if path} >= set(mine)
+    for path, p in commands.items():
         for action in p._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            assert action.help and len(action.help) > 8, (name, action.dest)
+            assert action.help and len(action.help) > 8, (" ".join(path), action.dest)
 
 
 def test_help_names_units_and_ranges(capsys):
@@ -260,3 +266,34 @@ def test_the_bytes_flag_named_in_errors_exists(tmp_path, capsys, monkeypatch):
     code = main(["train", str(bad), "--out-dir", str(tmp_path / "r"), *TINY, "--bytes"])
     assert code == 0, capsys.readouterr().err
     assert Path(tmp_path / "r" / "best").is_dir()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sample", "RUN", "--seed", "nan"],
+        ["eval", "RUN", "--split", "foo"],
+        ["sample", "RUN", "--checkpoint", "step-20"],
+        ["train", "in.txt", "--max-steps", "1.5"],
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_are_one_line(args, capsys):
+    """A mistyped flag value is one line naming it and where the options are, exit 2: never the
+    whole usage text (found by a fresh-user trial)."""
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "--help" in err and "usage:" not in err
+
+
+def test_integer_flags_accept_whole_numbers_in_e_notation():
+    from rnnlab.cli.common import _parse
+
+    parse = _parse(int, "--max-steps")
+    assert parse("1e6") == 1_000_000 and parse("1_000") == 1000 and parse("-3") == -3
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse("1.5")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse("inf")

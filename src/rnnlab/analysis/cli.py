@@ -40,11 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gradients", help="gradient flow through time, sigma_max(W_hh), clipping")
     p.add_argument("run_dir", nargs="?", default=None, help="a run (default: fresh models)")
     p.add_argument("--cells", default="rnn,lstm", help="cells of the fresh models (no RUN_DIR)")
-    p.add_argument("--hidden-size", type=int, default=128)
-    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument(
+        "--hidden-size", type=int, default=128, help="H of the fresh models (default 128)"
+    )
+    p.add_argument("--input-size", type=int, default=64, help="I of the fresh models (default 64)")
     p.add_argument("--steps", type=int, default=100, help="sequence length T (default 100)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences averaged over (default 8)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the fresh models and inputs (default 0)"
+    )
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/analysis or .)")
     p.set_defaults(run=run_gradients)
 
@@ -63,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _text_flags(p: argparse.ArgumentParser, max_chars: int) -> None:
     p.add_argument("run_dir", help="run directory or checkpoint directory")
     p.add_argument("--text", required=True, help="text to analyse (held-out text is best)")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint of the run (default best)")  # fmt: skip
     p.add_argument(
         "--max-chars",
         type=int,

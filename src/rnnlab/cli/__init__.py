@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 # Adding a command: its module name here (the module defines ``register(subparsers)``).
 COMMANDS = (
@@ -95,9 +96,19 @@ def _main(argv: list[str] | None) -> int:
         return report_error(e)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (the problem, and where the options are listed)
+    instead of the whole usage text; exit code 2. Subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnlab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="rnnlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="what to do; rnnlab COMMAND --help for its options"
+    )
     for name in COMMANDS:
         importlib.import_module(f"rnnlab.cli.{name}_cmd").register(sub)
     importlib.import_module("rnnlab.analysis.cli").register(sub)  # cells, gradients, view

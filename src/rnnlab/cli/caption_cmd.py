@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from rnnlab.training.captioning import CaptionTrainConfig
 
     p = sub.add_parser("caption", help="image captioning: train, eval, predict, synthetic data")
-    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", help="train, eval, predict or shapes")
 
     t = verbs.add_parser("train", help="train a captioner on a Karpathy-split caption JSON")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -57,11 +57,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = verbs.add_parser("shapes", help="write the synthetic coloured-shapes caption set")
     s.add_argument("out_dir", help="folder for captions.json and images/")
-    s.add_argument("--num-images", type=int, default=2400, help="(default: 2400)")
-    s.add_argument("--num-val", type=int, default=200, help="(default: 200)")
-    s.add_argument("--num-test", type=int, default=200, help="(default: 200)")
-    s.add_argument("--image-size", type=int, default=64, help="(default: 64)")
-    s.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    s.add_argument("--num-images", type=int, default=2400, help="images in all (default: 2400)")
+    s.add_argument("--num-val", type=int, default=200, help="of them for validation (default: 200)")
+    s.add_argument(
+        "--num-test", type=int, default=200, help="of them held out for test (default: 200)"
+    )
+    s.add_argument("--image-size", type=int, default=64, help="side in pixels (default: 64)")
+    s.add_argument(
+        "--seed", type=int, default=0, help="generator seed: same seed, same set (default: 0)"
+    )
     s.set_defaults(run=run_shapes)
     p.set_defaults(run=lambda args: _usage(p))
 

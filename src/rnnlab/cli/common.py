@@ -92,8 +92,15 @@ def add_config_flags(
 def _parse(kind: type, flag: str) -> Any:
     def parse(text: str) -> Any:
         try:
+            if kind is int and text.strip().lower().lstrip("+-").replace(".", "", 1).isdigit():
+                return kind(text)
+            if kind is int:  # 1e6 is how people write a million: accept it when it is whole
+                value = float(text)
+                if not value.is_integer():
+                    raise ValueError(text)
+                return int(value)
             return kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             noun = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
 
