@@ -229,7 +229,8 @@ def test_top_level_public_api_is_lazy_and_complete():
 
     code = ("import sys, rnnlab; assert 'torch' not in sys.modules; "
             "from rnnlab import (Recurrent, RNN, LSTM, GRU, MUT1, MUT2, MUT3, LSTMCell, CharLM, "
-            "CharLMConfig, TrainConfig, SampleConfig, load_run, prepare_corpus, ShapeError); "
+            "CharLMConfig, TrainConfig, SampleConfig, load_run, prepare_corpus, ShapeError, "
+            "Seq2Seq, SequenceClassifier, Captioner); "
             "print('ok')")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr

@@ -25,6 +25,9 @@ _EXPORTS = {
         ["Recurrent", "RNN", "LSTM", "GRU", "MUT1", "MUT2", "MUT3"], "rnnlab.recurrent"
     ),
     **dict.fromkeys(["CharLM", "CharLMConfig"], "rnnlab.models.char_lm"),
+    **dict.fromkeys(["Seq2Seq", "Seq2SeqConfig"], "rnnlab.models.seq2seq"),
+    **dict.fromkeys(["SequenceClassifier", "ClassifierConfig"], "rnnlab.models.classifier"),
+    **dict.fromkeys(["Captioner", "CaptionerConfig"], "rnnlab.models.captioner"),
     # The train/sample/evaluate functions share their names with modules (rnnlab.train, ...), which
     # would shadow them once imported: they stay at rnnlab.train.train, rnnlab.runs.sample, ...
     **dict.fromkeys(["TrainConfig"], "rnnlab.train"),
@@ -49,7 +52,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         cell_class,
     )
     from rnnlab.data import prepare_corpus  # noqa: F401
+    from rnnlab.models.captioner import Captioner, CaptionerConfig  # noqa: F401
     from rnnlab.models.char_lm import CharLM, CharLMConfig  # noqa: F401
+    from rnnlab.models.classifier import ClassifierConfig, SequenceClassifier  # noqa: F401
+    from rnnlab.models.seq2seq import Seq2Seq, Seq2SeqConfig  # noqa: F401
     from rnnlab.recurrent import GRU, LSTM, MUT1, MUT2, MUT3, RNN, Recurrent  # noqa: F401
     from rnnlab.runs import load_run  # noqa: F401
     from rnnlab.sample import SampleConfig  # noqa: F401

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("classify", help="sequence classification: train, evaluate, predict")
     p.set_defaults(run=lambda args: _usage(p))
-    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", help="train, eval or predict")
 
     t = actions.add_parser("train", help="train a classifier on a TSV/CSV of text, label")
     t.add_argument("file", nargs="?", default=None, help="training rows (same as --data)")
@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = actions.add_parser("eval", help="accuracy, macro-F1 and confusion matrix on a file")
     e.add_argument("run_dir", help="run directory or checkpoint directory")
     e.add_argument("file", help="TSV/CSV of text, label (read like the training file)")
-    e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint of the run (default: best)")  # fmt: skip
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     e.set_defaults(run=run_eval)
 
     r = actions.add_parser("predict", help="a label for each text")
@@ -39,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="error",
         help="symbols unseen in training: error, or replace by <unk>",
     )
-    r.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint of the run (default: best)")  # fmt: skip
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     r.set_defaults(run=run_predict)
 
 

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("seq2seq", help="sequence to sequence: train, evaluate (PER/WER), predict")
     p.set_defaults(run=lambda args: _usage(p))
-    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", help="train, eval or predict")
 
     t = actions.add_parser("train", help="train an encoder-decoder (--task g2p: CMUdict)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the run's split (default: test; a pairs run needs --pairs for test)",
     )
     e.add_argument("--pairs", default=None, help="evaluate on this TSV/CSV file instead")
-    e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint of the run (default: best)")  # fmt: skip
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     e.add_argument(
         "--output",
         default=None,
@@ -59,8 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="error",
         help="source symbols unseen in training: error, or replace by <unk>",
     )
-    r.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint of the run (default: best)")  # fmt: skip
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     add_config_flags(r, DecodeConfig)
     r.set_defaults(run=run_predict)
 

@@ -366,7 +366,7 @@ def _loop(
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The order of the training images in an epoch: a function of (seed, epoch) only, so a
     resumed run walks the same batches."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)  # torch's seed range
     return torch.randperm(n, generator=g)
 
 
