@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
+from rnnlab.cells import State
 from rnnlab.data import StreamBatcher
 from rnnlab.models import CharLM
 
@@ -41,3 +44,39 @@ def evaluate_tokens(
         count += y.numel()
     model.train(was_training)
     return EvalResult(total / max(count, 1), count)
+
+
+@torch.no_grad()
+def evaluate_all(model: CharLM, tokens: np.ndarray, batch_size: int, seq_len: int) -> EvalResult:
+    """Mean loss over every one of the N-1 next-token predictions of ``tokens`` (N,), none left
+    out: ``batch_size`` contiguous streams walked in ``seq_len`` chunks with the state carried
+    (the last chunk may be shorter), then the few targets left over (fewer than the number of
+    streams) continuing the last stream's state. Tokens are read chunk by chunk (a memmap stays
+    on disk)."""
+    was_training = model.training
+    model.eval()
+    device = model.head.weight.device
+    n = len(tokens) - 1
+    B = max(1, min(batch_size, n))
+    L = n // B  # targets per stream
+
+    def rows(starts: list[int], t0: int, t1: int) -> tuple[Tensor, Tensor]:
+        x = np.stack([np.asarray(tokens[s + t0 : s + t1], dtype=np.int64) for s in starts])
+        y = np.stack([np.asarray(tokens[s + t0 + 1 : s + t1 + 1], dtype=np.int64) for s in starts])
+        return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+
+    def loss_sum(x: Tensor, y: Tensor, state: State | None) -> tuple[float, State]:
+        logits, state = model(x, state)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item(), state
+
+    total, state = 0.0, None
+    starts = [b * L for b in range(B)]
+    for t0 in range(0, L, max(1, seq_len)):
+        part, state = loss_sum(*rows(starts, t0, min(L, t0 + seq_len)), state)
+        total += part
+    if n > B * L:  # the remainder follows the last stream's text: carry its state on
+        last = tuple(s[:, -1:] for s in state) if isinstance(state, tuple) else state[:, -1:]
+        part, _ = loss_sum(*rows([B * L], 0, n - B * L), last)
+        total += part
+    model.train(was_training)
+    return EvalResult(total / max(n, 1), n)

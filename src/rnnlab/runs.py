@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnlab.data import DataError, StreamBatcher, Vocab
+from rnnlab.data import DataError, Vocab
 from rnnlab.data.corpus import check_file
-from rnnlab.evaluate import EvalResult, evaluate_tokens
+from rnnlab.evaluate import EvalResult, evaluate_all
 from rnnlab.loading import load_run_checkpoint, training_corpus
 from rnnlab.models import CharLM
 from rnnlab.runtime import resolve_device
@@ -76,8 +76,7 @@ def evaluate(
         batch = min(batch_size, max(1, len(tokens) // 1000))
     if len(tokens) < 2:
         raise DataError(f"{file or split}: needs at least 2 characters to evaluate")
-    seq_len = max(1, min(seq_len, (len(tokens) - 1) // batch - 1))
-    return evaluate_tokens(run.model, StreamBatcher(tokens, batch, seq_len))
+    return evaluate_all(run.model, tokens, batch, seq_len)  # every character scored
 
 
 def sample(
