@@ -37,7 +37,11 @@ def run_cli(args, capsys):
 
 
 def one_line_error(err):
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note")]
+    lines = [
+        line
+        for line in err.splitlines()
+        if line.strip() and not line.startswith(("note", "rnnlab: note"))
+    ]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 

@@ -148,7 +148,7 @@ def _report(event: dict[str, Any]) -> None:
             file=err,
         )
     elif kind == "note":
-        print(f"note: {event['text']}", file=err)
+        print(f"rnnlab: note: {event['text']}", file=err)
     elif kind == "step":
         print(
             f"step {event['step']:>6}/{event['max_steps']}  loss {event['train_loss']:.4f}  "

@@ -94,7 +94,7 @@ class TrainReporter:
                 file=err,
             )
         elif kind == "note":
-            print(f"note: {event['text']}", file=err)
+            print(f"rnnlab: note: {event['text']}", file=err)
         elif kind == "step":
             line = (
                 f"step {event['step']:>6}/{event['max_steps']}  loss {event['train_loss']:.4f}  "
