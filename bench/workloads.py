@@ -82,7 +82,7 @@ def train(a: argparse.Namespace) -> dict:
     data = torch.randint(a.vocab, (a.batch, steps * a.seq + 1))  # B streams, walked in chunks of T
     state, times = None, []
     if a.backend != "baseline":  # map the C++ engine's code now, so RSS growth is the step's data
-        from rnnlab.kernels import load_extension
+        from rnnlab.kernels.extension import load_extension
 
         load_extension()
     rss_before = rss_bytes()
