@@ -115,7 +115,8 @@ def test_cursor_wraps_into_next_epoch() -> None:
         other.load_state_dict({"cursor": 8, "epoch": 0})
 
 
-def test_memmap_input(tmp_path: Path) -> None:
+def test_memmap_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rnnlab.data.tbptt.IN_MEMORY_BYTES", 1000)  # this test's file is larger
     tokens = (np.arange(20_000) % 300).astype(np.uint16)
     tokens.tofile(tmp_path / "tokens.bin")
     mapped = np.memmap(tmp_path / "tokens.bin", dtype=np.uint16, mode="r", offset=2 * 123)
@@ -128,6 +129,10 @@ def test_memmap_input(tmp_path: Path) -> None:
             for got, want in zip(batcher.get(k), reference.get(k), strict=True):
                 assert torch.equal(got, want)
     assert StreamBatcher(mapped, 7, 33)._reopen and not StreamBatcher(mapped[:9000], 7, 33)._reopen
+    monkeypatch.setattr("rnnlab.data.tbptt.IN_MEMORY_BYTES", 2**20)  # small: read once
+    small = StreamBatcher(mapped, 7, 33)
+    assert not small._reopen and not isinstance(small.tokens, np.memmap)
+    assert torch.equal(small.get(3)[0], StreamBatcher(np.array(in_memory), 7, 33).get(3)[0])
 
 
 def test_with_prepared_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

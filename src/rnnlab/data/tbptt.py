@@ -21,8 +21,9 @@ so batch k exists only where ``(k + 1) * T + 1 <= L``, i.e. ``num_batches = (L -
 dropped to keep every batch (B, T)).
 
 Each batch reads only its B slices of T + 1 tokens, so ``tokens`` may be a memmap of a corpus
-larger than RAM. A memmap opened straight from a file (``Corpus.split``) is re-opened for every
-batch so pages read earlier do not stay resident in this process (nanoGPT#287).
+larger than RAM. A memmap opened straight from a file (``Corpus.split``) larger than 64 MiB is
+re-opened for every batch so pages read earlier do not stay resident in this process
+(nanoGPT#287); a smaller one is read into memory once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ import torch
 from torch import Tensor
 
 from rnnlab.data.errors import DataError
+
+# Token arrays up to this size are copied into memory; larger memmaps are re-opened per batch.
+IN_MEMORY_BYTES = 64 * 2**20
 
 
 class StreamBatcher:
@@ -76,8 +80,11 @@ class StreamBatcher:
             np.arange(self.batch_size, dtype=np.int64)[:, None] * self.stream_len
             + np.arange(self.seq_len + 1, dtype=np.int64)[None, :]
         )
-        # A memmap made directly from a file (not a slice of one) can be re-opened per batch.
+        # A memmap made directly from a file (not a slice of one) can be re-opened per batch; one
+        # that fits IN_MEMORY_BYTES is read once instead (a re-open costs ~0.15 ms a batch).
         self._reopen = isinstance(tokens, np.memmap) and isinstance(tokens.base, mmap.mmap)
+        if self._reopen and tokens.nbytes <= IN_MEMORY_BYTES:
+            self.tokens, self._reopen = np.array(tokens), False
 
     def __len__(self) -> int:
         return self.num_batches

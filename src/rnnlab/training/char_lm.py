@@ -260,14 +260,6 @@ def _loop(
         else:  # non-finite or diverged: skip the update, keep the parameters, count it
             emit({"kind": "nonfinite", "step": step, "loss": loss_value, "reason": verdict,
                   "in_a_row": guard.in_a_row})  # fmt: skip
-            if guard.give_up():
-                metrics.close()
-                raise TrainingError(
-                    f"{guard.in_a_row} {verdict.replace('nonfinite', 'non-finite')} steps in a row "
-                    f"at step {step} (rule: loss NaN/inf, or above ln(V)+1 = {guard.limit:.2f} "
-                    f"nats after warm-up); the last good checkpoint is {_last_good(run_dir)}; "
-                    "lower --lr or --grad-clip"
-                )
         step, cursor = step + 1, cursor + 1
         speed.add(x.numel())
 
@@ -281,6 +273,15 @@ def _loop(
             "elapsed_s": round(speed.elapsed(), 3),
             "chars_per_s": round(speed.rate, 1),
         }
+        if verdict != "ok" and guard.give_up():  # the aborting step is in the log too
+            metrics.write(record)
+            metrics.close()
+            raise TrainingError(
+                f"{guard.in_a_row} {verdict.replace('nonfinite', 'non-finite')} steps in a row "
+                f"at step {step - 1} (rule: loss NaN/inf, or above ln(V)+1 = {guard.limit:.2f} "
+                f"nats after warm-up); the last good checkpoint is {_last_good(run_dir)}; "
+                "lower --lr or --grad-clip"
+            )
         if step % config.log_every == 0 or step == config.max_steps:
             eta = speed.eta((config.max_steps - step) * x.numel())
             if config.max_minutes:  # whichever limit comes first

@@ -35,19 +35,35 @@ class TrainingError(RuntimeError):
 def make_optimizer(
     parameters: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """``adam | adamw | rmsprop | adagrad | sgd`` over ``parameters``."""
+    """``adam | adamw | rmsprop | adagrad | sgd`` over ``parameters``.
+
+    Adam, AdamW, Adagrad and SGD use torch's fused kernels where the parameters allow (CPU or
+    CUDA, floating point): one pass over each tensor instead of a dozen, 7-20x faster than the
+    per-tensor loop torch picks by default on CPU (bench/trainer.py; the same update up to float
+    rounding). RMSprop has no fused kernel and uses the multi-tensor (foreach) one.
+    """
     params = list(parameters)
+    fused = _fused_ok(params)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "rmsprop":  # char-rnn's choice, alpha = decay_rate 0.95
         return torch.optim.RMSprop(params, lr=lr, alpha=0.95, weight_decay=weight_decay)
     if name == "adagrad":  # min-char-rnn's choice
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"optimizer: expected adam|adamw|rmsprop|adagrad|sgd, got {name!r}")
+
+
+def _fused_ok(params: list[torch.nn.Parameter]) -> bool | None:
+    """True when torch's fused optimizer kernels take these parameters (None: torch decides)."""
+    ok = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() and not p.is_sparse
+        for p in params
+    )
+    return True if ok else None
 
 
 class ScheduleSettings(Protocol):
@@ -196,33 +212,50 @@ class RunLock:
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON record per step, appended and flushed as it is made.
+    """``metrics.jsonl``: one JSON record per step, appended in order.
 
-    A fresh run starts an empty log (leftovers of a run killed before its first checkpoint are
-    dropped); a resumed run keeps records up to the checkpoint's step and drops later ones (the
-    killed run's, like TensorBoard's purge_step) and a torn last line. ``sync()`` makes the log
-    durable: the loop calls it before writing a checkpoint, so a checkpoint never claims a step
-    whose record could still be lost.
+    Records are buffered and written at most every ``flush_seconds`` (one write instead of one per
+    step: a step of a small model takes milliseconds), and on ``sync()`` and ``close()``. A fresh
+    run starts an empty log (leftovers of a run killed before its first checkpoint are dropped); a
+    resumed run keeps records up to the checkpoint's step and drops later ones (the killed run's,
+    like TensorBoard's purge_step) and a torn last line. ``sync()`` makes the log durable: the
+    loop calls it before writing a checkpoint, so a checkpoint never claims a step whose record
+    could still be lost (records a kill loses are always after the last checkpoint, and a resume
+    drops those anyway).
     """
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+    def __init__(self, path: Path, resume_step: int | None = None, flush_seconds: float = 1.0):
         self.path = Path(path)
         self.history = read_metrics(self.path) if resume_step is not None else []
         self.history = [r for r in self.history if r["step"] <= (resume_step or 0)]
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._pending: list[str] = []
+        self._flush_seconds = flush_seconds
+        self._flushed_at = time.monotonic()
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps(dict(record)) + "\n")
-        self._file.flush()
+        self._pending.append(json.dumps(dict(record)) + "\n")
         self.history.append(dict(record))
+        if time.monotonic() - self._flushed_at >= self._flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffered records to the OS (readers such as ``tail -f`` see them)."""
+        if self._pending:
+            self._file.write("".join(self._pending))
+            self._pending.clear()
+        self._file.flush()
+        self._flushed_at = time.monotonic()
 
     def sync(self) -> None:
-        self._file.flush()
+        self.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        self._file.close()
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
