@@ -499,6 +499,33 @@ def test_step_with_embedding_lookup(cell):
         Recurrent(cell, 4, 5, bidirectional=True).step(torch.randn(2, 4))
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_step_lookup_table_follows_weight_changes(cell):
+    """step() keeps the folded (V, G) table between calls: any change of the embedding or of a
+    layer-0 weight (an optimizer step, load_state_dict, re-assignment) must rebuild it."""
+    torch.manual_seed(0)
+    m = Recurrent(cell, 4, 5, num_layers=2, backend="fused")
+    table, ids = torch.randn(11, 4), torch.tensor([3, 9])
+
+    def check() -> None:
+        with torch.no_grad():
+            got, _ = m.step(ids, None, embedding=table)
+            want, _ = m(ids[None], None, embedding=table)
+        torch.testing.assert_close(got, want[0], rtol=1e-5, atol=1e-6)
+
+    check()
+    with torch.no_grad():
+        m.weight_ih_l0.mul_(2.0)  # in place, like optimizer.step()
+    check()
+    table.add_(1.0)
+    check()
+    m.load_state_dict({k: v + 0.5 for k, v in m.state_dict().items()})
+    check()
+    m.weight_ih_l0 = nn.Parameter(torch.randn_like(m.weight_ih_l0))  # a new tensor
+    check()
+    assert "_step_fold" not in pickle.loads(pickle.dumps(m)).__dict__  # a cache, not state
+
+
 @pytest.mark.skipif(not extension_status().available, reason="the C++ engine is not built")
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_lookup_fold_with_condition_and_lengths_equals_reference(cell):

@@ -46,7 +46,9 @@ class DecodingError(ValueError):
 
 
 def _check_finite(logits: Tensor, step: int) -> None:
-    if not bool(torch.isfinite(logits).all()):
+    # One reduction in float64 (no float32 logits can overflow it): NaN or inf anywhere makes the
+    # sum non-finite. The check runs once per generated character, so it is kept to one op.
+    if not math.isfinite(logits.sum(dtype=torch.float64).item()):
         raise DecodingError(
             f"the model produced non-finite logits (NaN/inf) at character {step}: its weights "
             "are diverged or damaged; sample an earlier checkpoint or retrain with a lower --lr"
@@ -279,6 +281,10 @@ def _choose(logits: Tensor, config: SampleConfig, generator: torch.Generator) ->
     """One token per stream from logits (B, V) -> (B,)."""
     if config.greedy:
         return logits.argmax(dim=-1)
+    if config.temperature == 1 and not config.top_k and config.top_p == 1:
+        # softmax subtracts the row's max itself: the same distribution in one op
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float64)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
     # Shift so the best logit is 0 before dividing, in float64: at any temperature > 0 the best
     # token keeps weight exp(0) = 1 and the others underflow to exactly 0 at worst, never NaN
     # (dividing first overflows to inf at temperature 1e-40 and softmax gives NaN).

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import codecs
 import os
+import time
 from pathlib import Path
 
 from rnnlab.cli.common import RunOptions, add_config_flags, given, stdout_bytes
+
+FLUSH_SECONDS = 0.05  # streamed text reaches the reader at least this often
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,10 +75,12 @@ def run(args: argparse.Namespace) -> int:
             writer.end()
         return 0
 
+    token_bytes = [run.vocab.to_bytes([i]) for i in range(len(run.vocab))]  # a lookup a token
+
     def stream(step: int, ids) -> None:  # noqa: ANN001
         if step == 0:  # only once the prime is known to be valid
             writer.prime(shown_prime)
-        writer.tokens(run.vocab.to_bytes(ids[:1]))
+        writer.tokens(token_bytes[int(ids[0])])
 
     sample_ids(run, prime, config, on_token=stream)
     writer.end()
@@ -117,6 +122,7 @@ class _Writer:
         self.out = stdout_bytes()
         self.byte_level, self.encoding = byte_level, encoding
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.flushed_at = 0.0
 
     def _convert(self, data: bytes, final: bool = False) -> bytes:
         if self.encoding is None or (not self.byte_level and self.encoding == "utf-8"):
@@ -129,8 +135,13 @@ class _Writer:
         self.out.write(self._convert(data))
 
     def tokens(self, data: bytes) -> None:
+        """Streamed output: flushed at most every FLUSH_SECONDS (a reader sees text appear live;
+        a flush per character would cost a system call per character)."""
         self.out.write(self._convert(data))
-        self.out.flush()
+        now = time.monotonic()
+        if now - self.flushed_at >= FLUSH_SECONDS:
+            self.out.flush()
+            self.flushed_at = now
 
     def text(self, text: str) -> None:
         self.out.write(self._convert(text.encode("utf-8")))
