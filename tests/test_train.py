@@ -158,6 +158,24 @@ def test_lr_schedules():
     assert [lr_at(s, step, 10) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
 
 
+def test_cosine_follows_the_time_budget():
+    """With --max-minutes the cosine ends at whichever limit comes first: half the budget spent
+    is half the cosine (lr halfway to the floor), the deadline is the floor, and without a
+    budget (or with --decay-steps) the clock is ignored."""
+    timed = TrainConfig(lr=1.0, warmup_steps=0, max_steps=10**9, max_minutes=2.0, min_lr_frac=0)
+    assert lr_at(5, timed, 50, elapsed=0.0) == pytest.approx(1.0)
+    assert lr_at(5, timed, 50, elapsed=60.0) == pytest.approx(0.5)
+    assert lr_at(5, timed, 50, elapsed=120.0) == pytest.approx(0.0)
+    assert lr_at(5, timed, 50, elapsed=999.0) == pytest.approx(0.0)
+    steps_first = TrainConfig(lr=1.0, warmup_steps=0, max_steps=100, max_minutes=60.0,
+                              min_lr_frac=0)  # fmt: skip
+    assert lr_at(50, steps_first, 50, elapsed=1.0) == pytest.approx(0.5)
+    untimed = TrainConfig(lr=1.0, warmup_steps=0, max_steps=100, min_lr_frac=0)
+    assert lr_at(5, untimed, 50, elapsed=1e6) == lr_at(5, untimed, 50)
+    fixed = TrainConfig(lr=1.0, warmup_steps=0, max_steps=100, decay_steps=100, max_minutes=1.0)
+    assert lr_at(5, fixed, 50, elapsed=59.0) == lr_at(5, fixed, 50)
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [

@@ -311,7 +311,7 @@ def _loop(
         ids, rows = _caption_batch(train_caps, picked)
         ids, rows = ids.to(device), rows.to(device)  # (B, T + 2), (B,)
         images = train_inputs[picked].to(device)  # (N, 3, S, S) or (N, F) / (N, K, F)
-        lr = lr_at(step, config, steps_per_epoch)
+        lr = lr_at(step, config, steps_per_epoch, speed.elapsed())
         for group in optimizer.param_groups:
             group["lr"] = lr
         logits = model(images, ids[:, :-1], rows)  # (B, T + 1, V)

@@ -243,7 +243,7 @@ def _loop(
         if cursor >= train_data.num_batches:  # epoch boundary: streams restart, state resets
             cursor, epoch, carried = 0, epoch + 1, None
         x, y = (t.to(device) for t in train_data.get(cursor))  # (B, T) each
-        lr = lr_at(step, config, train_data.num_batches)
+        lr = lr_at(step, config, train_data.num_batches, speed.elapsed())
         for group in optimizer.param_groups:
             group["lr"] = lr
 

@@ -316,7 +316,7 @@ def _loop(config: ClassifyTrainConfig, run_dir: Path, ckpt: Any, data: LabeledDa
         chosen = batches[cursor]
         x, n = pad_batch([ids[i] for i in chosen])
         y = torch.tensor([ys[i] for i in chosen], device=device)
-        lr = lr_at(step, config, len(batches))  # type: ignore[arg-type]
+        lr = lr_at(step, config, len(batches), speed.elapsed())  # type: ignore[arg-type]
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss = F.cross_entropy(model(x.to(device), n), y)

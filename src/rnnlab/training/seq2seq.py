@@ -486,7 +486,7 @@ def _loop(
         chosen = batches[cursor]
         source, n, target_in, target_out = (t.to(device) for t in teacher_batch(
             [src[i] for i in chosen], [tgt[i] for i in chosen]))  # fmt: skip
-        lr = lr_at(step, config, len(batches))  # type: ignore[arg-type]
+        lr = lr_at(step, config, len(batches), speed.elapsed())  # type: ignore[arg-type]
         for group in optimizer.param_groups:
             group["lr"] = lr
         logits = model(source, n, target_in, sampling=config.sampling)  # (B, T, V)

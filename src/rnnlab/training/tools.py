@@ -73,12 +73,21 @@ class ScheduleSettings(Protocol):
     min_lr_frac: float
     decay_steps: int
     max_steps: int
+    max_minutes: float
     lr_decay: float
     lr_decay_after: int
 
 
-def lr_at(step: int, config: ScheduleSettings, steps_per_epoch: int) -> float:
-    """Learning rate at a step: linear warm-up, then constant / per-epoch decay / cosine."""
+def lr_at(step: int, config: ScheduleSettings, steps_per_epoch: int, elapsed: float = 0.0) -> float:
+    """Learning rate at a step: linear warm-up, then constant / per-epoch decay / cosine.
+
+    The cosine (Loshchilov & Hutter 2017, without restarts) runs from ``lr`` to
+    ``lr * min_lr_frac`` over ``decay_steps`` (default: ``max_steps``) after warm-up. With
+    ``max_minutes`` and no ``decay_steps``, it ends at whichever limit comes first: its progress
+    is the larger of the steps done and the wall time ``elapsed`` (seconds, across resumes) spent
+    of the budget, so a time-limited run anneals by its deadline (such a run follows the clock
+    and is not bit-reproducible; step-limited runs are).
+    """
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_schedule == "step":  # char-rnn: multiply by lr_decay after each epoch
@@ -86,7 +95,11 @@ def lr_at(step: int, config: ScheduleSettings, steps_per_epoch: int) -> float:
         return config.lr * config.lr_decay ** max(0, epochs)
     if config.lr_schedule == "cosine":
         span = max(1, (config.decay_steps or config.max_steps) - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
+        progress = (step - config.warmup_steps) / span
+        budget = getattr(config, "max_minutes", 0.0)
+        if budget and not config.decay_steps:
+            progress = max(progress, elapsed / (60.0 * budget))
+        progress = min(1.0, progress)
         floor = config.lr * config.min_lr_frac
         return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
     return config.lr
