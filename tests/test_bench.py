@@ -2,6 +2,7 @@
 changes). Tiny sizes; the numbers themselves are for bench/run.py, not for tests."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,33 @@ def test_benchmark_workloads_run(args):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["chars_per_s"] > 0
+
+
+TRAINER = WORKLOADS.with_name("trainer.py")
+
+
+def test_trainer_benchmark_measurements_run(tmp_path):
+    """bench/trainer.py's workers (rnnlab train differenced, the plain loop, rnnlab sample through
+    the CLI, the plain sampling loop) on a tiny model and text."""
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog.\n" * 400)
+    dims = ["--hidden", "8", "--layers", "1", "--batch", "4", "--seq", "8", "--seconds", "0.1",
+            "--data", str(text)]  # fmt: skip
+
+    def worker(kind: str, *args: str) -> dict:
+        done = subprocess.run([sys.executable, str(TRAINER), "--worker", kind, *dims, *args],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert worker("baseline", "--cell", "lstm")["chars_per_s"] > 0
+    ours = worker("rnnlab", "--cell", "mut1")  # differenced tiny runs: only the shape of it
+    assert math.isfinite(ours["gflops"]) and ours["steps"] >= 5
+    assert worker("sample-baseline", "--streams", "2")["chars_per_s"] > 0
+    from rnnlab.training import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(input=str(text), out_dir=str(run), hidden_size=8, batch_size=4, seq_len=8,
+                      max_steps=2, sample_length=0))  # fmt: skip
+    got = worker("sample-cli", "--run", str(run), "--streams", "2", "--length", "120")
+    assert math.isfinite(got["chars_per_s"])
