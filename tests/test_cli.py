@@ -1,5 +1,6 @@
 """The CLI: one-line errors for bad input, exit codes, streaming sample output, eval, help."""
 
+import json
 import pickle
 import shutil
 import subprocess
@@ -223,3 +224,20 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
     subprocess.run(resume, env=env, check=True, capture_output=True, timeout=120)
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, k + 4))
+
+
+def test_max_minutes_alone_is_the_only_limit(tmp_path, capsys):
+    """`rnnlab train FILE --max-minutes M` trains for M minutes, not until the default step
+    limit; with --max-steps as well, whichever comes first."""
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    timed = tmp_path / "timed"
+    code, _, err = run_cli(["train", str(path), "--out-dir", str(timed), "--max-minutes", "0.005",
+                            *FAST], capsys)  # fmt: skip
+    assert code == 0, err
+    stored = json.loads((timed / "best" / "config.json").read_text())["train"]
+    assert stored["max_steps"] > 10**9 and "(max_minutes)" in err
+    both = tmp_path / "both"
+    code, _, err = run_cli(["train", str(path), "--out-dir", str(both), "--max-minutes", "5",
+                            "--max-steps", "3", *FAST], capsys)  # fmt: skip
+    assert code == 0 and "step 3 (max_steps)" in err

@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rnnlab.train import PRESETS, TrainConfig, train
+    from rnnlab.training.config import BIG
 
     values = given(args, TrainConfig)
     if args.file is not None:
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not values.get("input"):
             raise ValueError("input: give a training text file (or --resume RUN_DIR)")
+        if values.get("max_minutes") and "max_steps" not in values:
+            values["max_steps"] = BIG  # a time budget alone is the run's only limit
         config = TrainConfig(**{**PRESETS[args.preset or "small"], **values})
         result = train(config, on_event=reporter)
     if result.stopped == "interrupted":

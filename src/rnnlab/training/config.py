@@ -53,7 +53,11 @@ class TrainConfig:
     seq_len: int = setting(64, "characters per stream per step (truncated BPTT)", low=1, high=10**6)
     max_steps: int = setting(2000, "stop after this many steps", low=1, high=BIG)
     max_minutes: float = setting(
-        0.0, "stop after this wall time, minutes (0: off)", low=0, high=1e7
+        0.0,
+        "stop after this wall time, minutes (0: off); the cosine anneals by it; on the command "
+        "line without --max-steps it is the only limit",
+        low=0,
+        high=1e7,
     )
     optimizer: Optimizer = setting("adam", "optimizer")
     lr: float = setting(3e-3, "peak learning rate", low=1e-12, high=100.0)
