@@ -19,6 +19,7 @@ from rnnlab.models import CharLM
 class EvalResult:
     loss: float  # mean cross-entropy, nats per character
     tokens: int  # characters scored
+    nats: float = 0.0  # summed cross-entropy: shards of one evaluation add up exactly
 
     @property
     def bpc(self) -> float:
@@ -28,22 +29,28 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate_tokens(
-    model: CharLM, data: StreamBatcher, max_batches: int | None = None
+    model: CharLM, data: StreamBatcher, max_batches: int | None = None, rows: slice | None = None
 ) -> EvalResult:
     """Mean loss over the batches of ``data`` in order, carrying each stream's state forward
-    (as in training, so every character is predicted with its full left context)."""
+    (as in training, so every character is predicted with its full left context).
+
+    ``rows`` scores only those streams (B', T) of each (B, T) batch: one rank's share of a
+    sharded evaluation, whose ``nats`` and ``tokens`` the ranks add up."""
     was_training = model.training
     model.eval()
     device = model.head.weight.device
     total, count, state = 0.0, 0, None
     n = data.num_batches if max_batches is None else min(max_batches, data.num_batches)
+    if rows is not None and len(range(data.batch_size)[rows]) == 0:
+        n = 0  # a rank with no streams of this batch
     for k in range(n):
-        x, y = (t.to(device) for t in data.get(k))  # (B, T)
+        x, y = (t if rows is None else t[rows] for t in data.get(k))
+        x, y = x.to(device), y.to(device)  # (B, T)
         logits, state = model(x, state)
         total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
         count += y.numel()
     model.train(was_training)
-    return EvalResult(total / max(count, 1), count)
+    return EvalResult(total / max(count, 1), count, total)
 
 
 @torch.no_grad()
@@ -79,4 +86,4 @@ def evaluate_all(model: CharLM, tokens: np.ndarray, batch_size: int, seq_len: in
         part, _ = loss_sum(*rows([B * L], 0, n - B * L), last)
         total += part
     model.train(was_training)
-    return EvalResult(total / max(n, 1), n)
+    return EvalResult(total / max(n, 1), n, total)

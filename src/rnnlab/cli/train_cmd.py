@@ -59,9 +59,14 @@ def run(args: argparse.Namespace) -> int:
             values["max_steps"] = BIG  # a time budget alone is the run's only limit
         config = TrainConfig(**{**PRESETS[args.preset or "small"], **values})
         result = train(config, on_event=reporter)
+    if result.rank != 0:  # torchrun: rank 0 reports for the run
+        return 130 if result.stopped == "interrupted" else 0
     if result.stopped == "interrupted":
+        again = "rnnlab train"
+        if result.world_size > 1:
+            again = "torchrun <the same options> -m rnnlab train"
         print(
-            f"interrupted at step {result.step}; checkpoint saved; continue with: rnnlab train "
+            f"interrupted at step {result.step}; checkpoint saved; continue with: {again} "
             f"--resume {result.run_dir}",
             file=sys.stderr,
         )
@@ -89,11 +94,13 @@ class TrainReporter:
         elapsed = time.perf_counter() - self.start
         if kind == "start":
             verb = "resuming" if event["resumed"] else "training"
+            ranks = event.get("world_size", 1)
             print(
                 f"{verb} {event['run_dir']}: {event['parameters']:,} parameters, vocab "
                 f"{event['vocab_size']}, {event['train_tokens']:,} training chars "
                 f"({event['steps_per_epoch']} steps/epoch), device {event['device']}, "
-                f"backend {event['backend']}",
+                f"backend {event['backend']}"
+                + (f", {ranks} processes (data parallel)" if ranks > 1 else ""),
                 file=err,
             )
         elif kind == "note":

@@ -125,7 +125,9 @@ def _locked_build(name: str, build_directory: Path, flags: list[str]) -> ModuleT
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if not told:
+                # A finished build is only being loaded (checked by ninja) by the other process,
+                # e.g. another torchrun rank: wait without a message about a first-use build.
+                if not told and not any(build_directory.glob("*.so")):
                     print(
                         "rnnlab: waiting for another process building the C++ engine (first "
                         f"use, about a minute; lock {lock_path})",

@@ -16,6 +16,7 @@ lock that refuses a second writer.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,9 +33,16 @@ from rnnlab.evaluate import evaluate_tokens
 from rnnlab.kernels import extension_status
 from rnnlab.loading import RunCheckpoint, load_run_checkpoint, run_directory, training_corpus
 from rnnlab.models import CharLM, CharLMConfig
-from rnnlab.runtime import capture_rng, resolve_device, restore_rng, seed_everything, set_threads
+from rnnlab.runtime import capture_rng, restore_rng, seed_everything, set_threads
 from rnnlab.sample import DecodingError, SampleConfig, generate
 from rnnlab.training.config import TrainConfig, resumed_config
+from rnnlab.training.distributed import (
+    DataParallel,
+    check_divisible,
+    launch_from_env,
+    rank_device,
+    rank_seed,
+)
 from rnnlab.training.tools import (
     GracefulStop,
     MetricsLog,
@@ -61,6 +69,8 @@ class TrainResult:
     best_val_loss: float
     last_train_loss: float
     stopped: str  # max_steps | max_minutes | early_stop | interrupted
+    rank: int = 0  # under torchrun: this process's rank (rank 0 writes and reports for the run)
+    world_size: int = 1  # processes that trained together (data parallel)
 
 
 def train(
@@ -116,7 +126,12 @@ def _train(
     config: TrainConfig, run_dir: Path, ckpt: RunCheckpoint | None, emit: Callable[[Event], None]
 ) -> TrainResult:
     set_threads(config.threads)
-    device = resolve_device(config.device)
+    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
+    if launch.distributed:
+        check_divisible(config.batch_size, launch.world_size)
+        if launch.rank != 0:  # rank 0 reports for the run; errors are raised on every rank
+            emit = _quiet
+    device = rank_device(config.device, launch)
     if ckpt is None:
         corpus = prepare_corpus(
             config.input, byte_level=config.byte_level, errors=config.errors, split=_split(config)
@@ -137,15 +152,20 @@ def _train(
         # Build (or wait for another process's build of) the C++ engine before SIGTERM/Ctrl-C
         # are deferred to step boundaries, so a signal during a first-use build acts at once.
         extension_status()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with GracefulStop() as stop, RunLock(run_dir):
-        if ckpt is None and list_checkpoints(run_dir):
-            raise ValueError(
-                f"out_dir: {run_dir} already holds a run; resume it with --resume "
-                f"{run_dir} or choose another --out-dir"
-            )
-        return _loop(config, run_dir.resolve(), ckpt, corpus, train_data, val_data, device,
-                     emit, stop)  # fmt: skip
+    # Signals stay deferred until the process group is closed: when one rank exits, torchrun
+    # stops the others, and rank 0 must not die between its last checkpoint and the end.
+    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
+        with dp.together("opening the run directory"):
+            if dp.is_main:  # only rank 0 writes the run directory
+                run_dir.mkdir(parents=True, exist_ok=True)
+                own.enter_context(RunLock(run_dir))
+                if ckpt is None and list_checkpoints(run_dir):
+                    raise ValueError(
+                        f"out_dir: {run_dir} already holds a run; resume it with --resume "
+                        f"{run_dir} or choose another --out-dir"
+                    )
+        return _loop(config, run_dir.resolve(), ckpt, corpus, train_data, val_data, dp, emit,
+                     stop)  # fmt: skip
 
 
 def _loop(
@@ -155,12 +175,12 @@ def _loop(
     corpus: Corpus,
     train_data: StreamBatcher,
     val_data: StreamBatcher,
-    device: torch.device,
+    dp: DataParallel,
     emit: Callable[[Event], None],
     stop: GracefulStop,
 ) -> TrainResult:
-    V = len(corpus.vocab)
-    seed_everything(config.seed)
+    V, device, W = len(corpus.vocab), dp.device, dp.world_size
+    seed_everything(config.seed)  # every rank builds the same model
     model = CharLM(CharLMConfig(**config.model_kwargs(V))).to(device)
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     step, cursor, epoch, carried, elapsed = 0, 0, 0, None, 0.0
@@ -176,17 +196,30 @@ def _loop(
         step, cursor, epoch = t["step"], t["cursor"], t["epoch"]
         best, evals_since_best = float(t["best_val_loss"]), t["evals_since_best"]
         carried = _checked_state(t.get("carried"), model, config.batch_size, source)
-        carried = _to_device(carried, device)
+        carried = _to_device(dp.shard_state(carried), device)  # (L, B/W, H): this rank's streams
         elapsed = float(t.get("elapsed", 0.0))
         if cursor > train_data.num_batches:
             raise CheckpointError(
                 f"{source}: cursor: expected <= {train_data.num_batches}, found {cursor}"
             )
+        rng, saved_world = _rank_rng(t, dp.rank, source)
+        dp.check_same("the checkpoint step", step, "every node must read the same run directory")
+        if saved_world != W:
+            emit({"kind": "note", "text": f"resuming a {saved_world}-process run on {W}: "
+                  "the streams are re-sharded; it continues, but not bit-identically"})  # fmt: skip
         try:
-            restore_rng(t["rng"])
+            if rng is not None:
+                restore_rng(rng)
+            else:  # a rank the checkpoint did not have
+                seed_everything(rank_seed(config.seed, dp.rank))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{source}: rng: not a saved RNG state ({e})") from None
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if ckpt else None)
+    elif dp.rank:
+        seed_everything(rank_seed(config.seed, dp.rank))  # each rank draws its own dropout masks
+    net = dp.wrap(model)  # DistributedDataParallel for several processes, the model for one
+    metrics = MetricsLog(  # rank 0 writes metrics.jsonl; the other ranks keep no log
+        run_dir / "metrics.jsonl" if dp.is_main else None, resume_step=step if ckpt else None
+    )
     guard = StepGuard(V, config.warmup_steps, config.max_nonfinite)
     speed = Throughput(elapsed)
     stored = {**config.to_dict(), "out_dir": str(run_dir), "input": corpus.meta["source"]}
@@ -205,10 +238,16 @@ def _loop(
             "steps_per_epoch": train_data.num_batches,
             "backend": model.resolved_backend(device),
             "resumed": ckpt is not None,
+            "world_size": W,
         }
     )
 
     def checkpoint(is_best: bool) -> None:
+        # Every rank sends its streams' state and its RNG state; rank 0 writes them all.
+        whole, rngs = dp.gather_state(carried), dp.gather_objects(capture_rng())
+        saved_steps.append(step)
+        if not dp.is_main:
+            return
         metrics.sync()  # the log holds this step's record before a checkpoint claims the step
         trainer = {
             "optimizer": optimizer.state_dict(),
@@ -217,10 +256,12 @@ def _loop(
             "epoch": epoch,
             "best_val_loss": best,
             "evals_since_best": evals_since_best,
-            "carried": _to_device(carried, torch.device("cpu")),
-            "rng": capture_rng(),
+            "carried": _to_device(whole, torch.device("cpu")),  # (L, B, H): every stream
+            "rng": rngs[0],
             "elapsed": speed.elapsed(),
         }
+        if W > 1:  # rank r's RNG state; a one-process checkpoint is as it always was
+            trainer["rank_rng"] = rngs[1:]
         tensors, tree = pack_trainer_state(trainer)
         path = save_checkpoint(
             run_dir,
@@ -233,26 +274,28 @@ def _loop(
             keep_last=config.keep_last,
             is_best=is_best,
         )
-        saved_steps.append(step)
         emit({"kind": "checkpoint", "step": step, "path": str(path), "best": is_best})
 
     saved_steps: list[int] = []
     stopped, loss_value, verdict = "max_steps", math.nan, "ok"
+    clock = elapsed  # the run's wall time, as rank 0 measured it at the last step's agreement
     model.train()
     while step < config.max_steps:
         if cursor >= train_data.num_batches:  # epoch boundary: streams restart, state resets
             cursor, epoch, carried = 0, epoch + 1, None
-        x, y = (t.to(device) for t in train_data.get(cursor))  # (B, T) each
-        lr = lr_at(step, config, train_data.num_batches, speed.elapsed())
+        x, y = (dp.shard(t).to(device) for t in train_data.get(cursor))  # (B/W, T) each
+        lr = lr_at(step, config, train_data.num_batches, clock)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        logits, new_state = model(x, carried)  # (B, T, V)
+        logits, new_state = net(x, carried)  # (B/W, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients are averaged over the ranks here
         grad_norm = clip_gradients(model.parameters(), config.grad_clip, config.grad_clip_mode)
-        loss_value = loss.item()
+        # One collective a step: the whole batch's loss, whether any rank was signalled, and
+        # rank 0's clock (time limit, schedule), so every rank decides alike at the same step.
+        loss_value, interrupted, clock = dp.agree(loss, stop.signal is not None, speed.elapsed())
         verdict = guard.check(step, loss_value, grad_norm)
         if verdict == "ok":
             optimizer.step()
@@ -261,7 +304,7 @@ def _loop(
             emit({"kind": "nonfinite", "step": step, "loss": loss_value, "reason": verdict,
                   "in_a_row": guard.in_a_row})  # fmt: skip
         step, cursor = step + 1, cursor + 1
-        speed.add(x.numel())
+        speed.add(x.numel() * W)  # characters of the global batch
 
         record = {
             "step": step,
@@ -283,15 +326,15 @@ def _loop(
                 "lower --lr or --grad-clip"
             )
         if step % config.log_every == 0 or step == config.max_steps:
-            eta = speed.eta((config.max_steps - step) * x.numel())
+            eta = speed.eta((config.max_steps - step) * x.numel() * W)
             if config.max_minutes:  # whichever limit comes first
                 eta = min(eta, max(0.0, 60 * config.max_minutes - speed.elapsed()))
             emit({"kind": "step", **record, "tokens_per_s": speed.rate, "eta_s": eta,
                   "max_steps": config.max_steps})  # fmt: skip
-        out_of_time = bool(config.max_minutes) and speed.elapsed() > 60 * config.max_minutes
+        out_of_time = bool(config.max_minutes) and clock > 60 * config.max_minutes
         if out_of_time:
             stopped = "max_minutes"
-        if stop.signal is not None:  # checkpoint below, without a (possibly long) evaluation
+        if interrupted:  # checkpoint below, without a (possibly long) evaluation
             stopped = "interrupted"
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps or out_of_time
         save_now, is_best = (
@@ -299,7 +342,12 @@ def _loop(
             False,
         )
         if evaluate_now and stopped != "interrupted":
-            val = evaluate_tokens(model, val_data, max_batches=config.eval_batches or None).loss
+            # Sharded: each rank scores its block of the streams and the ranks add up their
+            # nats and characters, so the loss is the one a single process computes.
+            part = evaluate_tokens(model, val_data, config.eval_batches or None,
+                                   dp.rows(val_data.batch_size))  # fmt: skip
+            nats, count = dp.sum(part.nats, part.tokens)
+            val = nats / max(count, 1)
             record.update(val_loss=val, val_bpc=val / math.log(2))
             healthy = math.isfinite(val) and not guard.diverged(val)
             is_best = healthy and val < best
@@ -314,7 +362,7 @@ def _loop(
                         f"than guessing (> {guard.limit:.2f}); no checkpoint of a diverged model",
                     }
                 )
-            if config.sample_length and healthy:
+            if config.sample_length and healthy and dp.is_main:
                 emit({"kind": "sample", "step": step,
                       "text": _sample_text(model, corpus.vocab, config)})  # fmt: skip
             model.train()
@@ -329,13 +377,29 @@ def _loop(
     if (not saved_steps or saved_steps[-1] != step) and verdict != "diverged":
         checkpoint(False)  # the final state is always saved, unless it diverged
     metrics.close()
-    plot_losses(metrics.history, run_dir / "loss.png")
+    if dp.is_main:
+        plot_losses(metrics.history, run_dir / "loss.png")
+    dp.wait_for_all()  # no rank exits (torchrun would stop the rest) before rank 0 is done
     emit({"kind": "end", "step": step, "stopped": stopped, "best_val_loss": best,
           "nonfinite_skips": guard.skipped, "elapsed_s": speed.elapsed()})  # fmt: skip
-    return TrainResult(run_dir, step, best, loss_value, stopped)
+    return TrainResult(run_dir, step, best, loss_value, stopped, dp.rank, W)
 
 
 # -- pieces of the loop ---------------------------------------------------------------------
+
+
+def _quiet(event: Event) -> None:
+    """The events of ranks other than 0: rank 0 reports for the run."""
+
+
+def _rank_rng(trainer: dict[str, Any], rank: int, source: str) -> tuple[Any, int]:
+    """(this rank's saved RNG state, or None for a rank the checkpoint did not have; how many
+    processes saved it): rank 0's is ``rng``, rank r's ``rank_rng[r - 1]``."""
+    extra = trainer.get("rank_rng", [])
+    if not isinstance(extra, list) or not all(isinstance(r, dict) for r in extra):
+        raise CheckpointError(f"{source}: rank_rng: expected a list of RNG states")
+    states = [trainer["rng"], *extra]
+    return (states[rank] if rank < len(states) else None), len(states)
 
 
 def _sample_text(model: CharLM, vocab: Vocab, config: TrainConfig) -> str:

@@ -234,20 +234,28 @@ class MetricsLog:
     like TensorBoard's purge_step) and a torn last line. ``sync()`` makes the log durable: the
     loop calls it before writing a checkpoint, so a checkpoint never claims a step whose record
     could still be lost (records a kill loses are always after the last checkpoint, and a resume
-    drops those anyway).
+    drops those anyway). ``path=None`` keeps no log at all (a data-parallel rank other than 0:
+    rank 0 writes the run's log).
     """
 
-    def __init__(self, path: Path, resume_step: int | None = None, flush_seconds: float = 1.0):
-        self.path = Path(path)
-        self.history = read_metrics(self.path) if resume_step is not None else []
-        self.history = [r for r in self.history if r["step"] <= (resume_step or 0)]
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+    def __init__(
+        self, path: Path | None, resume_step: int | None = None, flush_seconds: float = 1.0
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.history: list[dict[str, Any]] = []
+        self._file: Any = None
+        if self.path is not None:
+            self.history = read_metrics(self.path) if resume_step is not None else []
+            self.history = [r for r in self.history if r["step"] <= (resume_step or 0)]
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._pending: list[str] = []
         self._flush_seconds = flush_seconds
         self._flushed_at = time.monotonic()
 
     def write(self, record: Mapping[str, Any]) -> None:
+        if self._file is None:
+            return
         self._pending.append(json.dumps(dict(record)) + "\n")
         self.history.append(dict(record))
         if time.monotonic() - self._flushed_at >= self._flush_seconds:
@@ -255,6 +263,8 @@ class MetricsLog:
 
     def flush(self) -> None:
         """Hand the buffered records to the OS (readers such as ``tail -f`` see them)."""
+        if self._file is None:
+            return
         if self._pending:
             self._file.write("".join(self._pending))
             self._pending.clear()
@@ -262,11 +272,12 @@ class MetricsLog:
         self._flushed_at = time.monotonic()
 
     def sync(self) -> None:
-        self.flush()
-        os.fsync(self._file.fileno())
+        if self._file is not None:
+            self.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self.flush()
             self._file.close()
 
