@@ -523,7 +523,7 @@ def test_step_lookup_table_follows_weight_changes(cell):
     check()
     m.weight_ih_l0 = nn.Parameter(torch.randn_like(m.weight_ih_l0))  # a new tensor
     check()
-    assert "_step_fold" not in pickle.loads(pickle.dumps(m)).__dict__  # a cache, not state
+    assert "_step_cache_" not in pickle.loads(pickle.dumps(m)).__dict__  # a cache, not state
 
 
 @pytest.mark.skipif(not extension_status().available, reason="the C++ engine is not built")

@@ -463,3 +463,73 @@ def test_length_zero_gives_num_samples_empty_texts_in_every_mode():
         assert generate(char_lm(), [1], config) == [[]] * config.num_samples
     with pytest.raises(ValueError, match="prime"):
         generate(char_lm(), [], SampleConfig(length=0, beam=2))
+
+
+def _rounded(model: CharLM, skip: tuple[str, ...] = ("weight_ih_l0",)) -> CharLM:
+    """A copy whose recurrent weight matrices are rounded to bfloat16 (layer 0's input weights
+    are folded into the float32 embedding table, so they stay float32 in the bfloat16 path)."""
+    import copy
+
+    copy_ = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in copy_.rnn.named_parameters():
+            if p.dim() == 2 and name not in skip:
+                p.copy_(p.bfloat16().float())
+    return copy_
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mut1", "mut2", "mut3"])
+def test_bfloat16_weights_equal_float32_with_rounded_weights(cell):
+    """weight_dtype=bfloat16 is exactly float32 arithmetic on weights rounded to bfloat16 (the
+    engine widens them exactly and accumulates in float32), state carried over steps."""
+    torch.manual_seed(0)
+    model = CharLM(CharLMConfig(vocab_size=11, cell=cell, hidden_size=24, num_layers=2)).eval()
+    reference = _rounded(model)
+    idx, state, want_state = torch.tensor([3, 7, 0]), None, None
+    with torch.no_grad():
+        for _ in range(5):
+            got, state = model.step(idx, state, weight_dtype=torch.bfloat16)
+            want, want_state = reference.step(idx, want_state)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            plain, _ = model.step(idx, want_state)
+            assert not torch.equal(plain, got)  # the rounding did happen
+            idx = got.argmax(-1)
+    with torch.no_grad():  # vector input (no embedding): layer 0's W_ih is rounded as well
+        x, rnn = torch.randn(3, 24), model.rnn
+        got, _ = rnn.step(x, None, weight_dtype=torch.bfloat16)
+        want, _ = _rounded(model, skip=()).rnn.step(x, None)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_weights_follow_weight_changes_and_refuse_what_cannot_run():
+    model = char_lm("gru")
+    idx = torch.tensor([1, 2])
+    with torch.no_grad():
+        model.step(idx, None, weight_dtype=torch.bfloat16)
+        model.rnn.weight_hh_l0.mul_(3.0)  # in place, like an optimizer step
+        got, _ = model.step(idx, None, weight_dtype=torch.bfloat16)
+        want, _ = _rounded(model).step(idx, None)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="weight_dtype"):  # grad mode: no engine
+        model.rnn.step(idx, None, embedding=model.embedding.weight, weight_dtype=torch.bfloat16)
+    with torch.no_grad(), pytest.raises(ValueError, match="weight_dtype"):
+        char_lm("gru", backend="reference").step(idx, None, weight_dtype=torch.bfloat16)
+    with torch.no_grad(), pytest.raises(ValueError, match="weight_dtype"):
+        model.double().step(idx, None, weight_dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("mode", [{}, {"argmax": True}, {"top_k": 3}, {"beam": 3}])
+def test_generate_with_bfloat16_weights_every_decoding_mode(mode):
+    """SampleConfig(weights="bfloat16") decodes with the rounded weights in every mode: the same
+    text as float32 decoding of a model whose weights were rounded."""
+    model = char_lm("lstm", 9)
+    config = SampleConfig(length=30, seed=3, weights="bfloat16", **mode)
+    got = generate(model, [1, 2, 3], config)
+    want = generate(_rounded(model), [1, 2, 3], SampleConfig(length=30, seed=3, **mode))
+    assert got == want
+
+
+def test_bfloat16_weights_need_a_step_that_takes_them():
+    table = torch.randn(5, 5)
+    with pytest.raises(ValueError, match="weights"):
+        generate(TableLM(table), [1], SampleConfig(length=3, seed=0, weights="bfloat16"))

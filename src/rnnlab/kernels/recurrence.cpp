@@ -112,11 +112,49 @@ void split_batch(int64_t B, const F& f) {
   });
 }
 
+// out (M, N) = a (M, K) @ w^T for bfloat16 weights w (N, K) and float a, out: sampling with
+// reduced-precision weights (Recurrent.step's weight_dtype). A character is bound by the bytes of
+// weights it reads, so reading half of them is the speed-up. Each weight row is widened to float
+// once (bfloat16 is the top half of a float's bits, so widening is exact) and dotted with every
+// row of a, accumulating in float.
+void mm_nt_bf16(Tensor& out, const Tensor& a, const Tensor& w, int64_t n0, int64_t n1) {
+  TORCH_CHECK(a.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat,
+              "bfloat16 weights take float inputs");
+  TORCH_CHECK(w.is_contiguous() && a.stride(1) == 1 && out.stride(1) == 1,
+              "mm_nt_bf16: expected row-major operands");
+  const int64_t M = a.size(0), K = a.size(1), as = a.stride(0), os = out.stride(0);
+  const float* ap = a.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  std::vector<uint32_t> bits(K);
+  std::vector<float> row(K);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint16_t* wn = wp + n * K;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) bits[k] = static_cast<uint32_t>(wn[k]) << 16;
+    std::memcpy(row.data(), bits.data(), K * sizeof(float));
+    const float* r = row.data();
+    for (int64_t m = 0; m < M; ++m) {
+      const float* x = ap + m * as;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t k = 0; k < K; ++k) acc += r[k] * x[k];
+      op[m * os + n] = acc;
+    }
+  }
+}
+
 // out = a @ w^T. Sampling (T = 1, few rows) is bound by reading the weights; one core cannot pull
 // the memory bandwidth of two, and MKL runs a 1-row GEMV on one, so outside a batch split the
 // weight rows are divided among the threads instead.
 void mm_nt(Tensor& out, const Tensor& a, const Tensor& w) {
   const int64_t N = w.size(0), threads = at::get_num_threads();
+  if (w.scalar_type() == at::kBFloat16) {
+    if (at::in_parallel_region() || threads < 2) return mm_nt_bf16(out, a, w, 0, N);
+    at::parallel_for(0, N, (N + threads - 1) / threads,
+                     [&](int64_t n0, int64_t n1) { mm_nt_bf16(out, a, w, n0, n1); });
+    return;
+  }
   if (at::in_parallel_region() || threads < 2 || a.size(0) > 64 ||
       N * w.size(1) < (1 << 16)) {
     at::mm_out(out, a, w.t());
@@ -357,8 +395,11 @@ Weights prepare(int64_t cell, const optional<Tensor>& w_ih, const Tensor& w_hh,
   if (cell >= kMut1) {
     w.b1 = b_a->contiguous();
   } else if (!b_a.has_value()) {
-    w.b1 = at::zeros({G}, w_hh.options());
-    if (cell == kGru) w.b2 = at::zeros({G}, w_hh.options());
+    // bfloat16 weights (sampling) keep float biases and state
+    const auto bias_options =
+        w_hh.options().dtype(w_hh.scalar_type() == at::kBFloat16 ? at::kFloat : w_hh.scalar_type());
+    w.b1 = at::zeros({G}, bias_options);
+    if (cell == kGru) w.b2 = at::zeros({G}, bias_options);
   } else if (cell == kGru) {
     w.b1 = b_a->contiguous(), w.b2 = b_b->contiguous();
   } else {

@@ -93,11 +93,17 @@ class CharLM(nn.Module):
         return self.rnn.resolved_backend(device, lookup=True)
 
     @torch.no_grad()
-    def step(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, idx: Tensor, state: State | None = None, *, weight_dtype: torch.dtype | None = None
+    ) -> tuple[Tensor, State]:
         """One character per stream, for sampling: idx (B,) -> logits (B, V). No autograd; on
         CPU the recurrence is one C++ call (``Recurrent.step``), so generating a character costs
-        its matrix-vector products, not a framework call per layer."""
-        h, state = self.rnn.step(idx, state, embedding=self.embedding.weight)  # (B, H)
+        its matrix-vector products, not a framework call per layer. ``weight_dtype``
+        (``torch.bfloat16``): the recurrence reads reduced-precision copies of its weight
+        matrices (``Recurrent.step``); the head stays float32."""
+        h, state = self.rnn.step(
+            idx, state, embedding=self.embedding.weight, weight_dtype=weight_dtype
+        )  # (B, H)
         return self.head(h), state  # (B, V)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
