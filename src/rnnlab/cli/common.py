@@ -26,8 +26,9 @@ class RunOptions:
     )
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     threads: int = setting(
-        1,
-        "CPU threads for torch (0: torch's default; 1 is fastest for one stream)",
+        0,
+        "CPU threads for torch (0: torch's default, one per core; 1 on a machine busy with "
+        "other work)",
         low=0,
         high=4096,
     )

@@ -147,12 +147,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # The resume table (README "Resuming"): every field is in exactly one group.
 # May change, results stay bit-exact: how long it runs, where, and how it is watched.
 RESUME_FREE = (
-    "max_steps", "max_minutes", "device", "threads", "eval_every", "eval_batches",
+    "max_steps", "device", "threads", "eval_every", "eval_batches",
     "checkpoint_every", "keep_last", "patience", "sample_length", "log_every", "max_nonfinite",
 )  # fmt: skip
 # May change, but the run is no longer bit-identical to an uninterrupted one.
 RESUME_ENDS_EXACTNESS = (
-    "lr", "lr_schedule", "warmup_steps", "min_lr_frac", "decay_steps", "lr_decay",
+    "max_minutes", "lr", "lr_schedule", "warmup_steps", "min_lr_frac", "decay_steps", "lr_decay",
     "lr_decay_after", "grad_clip", "grad_clip_mode", "weight_decay", "backend",
 )  # fmt: skip
 # May not change: they define the model, its data or its optimizer state.
