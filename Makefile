@@ -34,6 +34,7 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 
 bench: $(STAMP)
+	$(BIN)/python bench/trainer.py
 	$(BIN)/python bench/run.py
 
 bench-quality: $(STAMP)

@@ -111,6 +111,9 @@ def run_baseline(corpus, minutes: float, val: StreamBatcher, hidden: int) -> tup
     return evaluate_tokens(model, val).loss, steps  # type: ignore[arg-type]
 
 
+LAST_MODEL: list = []  # the last rnnlab model trained, for the bfloat16 check
+
+
 def run_rnnlab(path: Path, minutes: float, val: StreamBatcher, settings: dict) -> tuple[float, int]:
     """(validation loss, steps) of ``rnnlab train --max-minutes`` with ``settings``."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +123,19 @@ def run_rnnlab(path: Path, minutes: float, val: StreamBatcher, settings: dict) -
                                 "max_minutes": minutes, **settings})  # fmt: skip
         result = train(config)
         model = load_run(out, which="latest").model
+        LAST_MODEL[:] = [model]
         return evaluate_tokens(model, val).loss, result.step
+
+
+@torch.no_grad()
+def step_loss(model, tokens: torch.Tensor, weight_dtype: torch.dtype | None) -> float:  # noqa: ANN001
+    """nats/char of one stream fed character by character through ``model.step`` (how
+    ``rnnlab sample`` runs it), with float32 or reduced-precision recurrent weights."""
+    state, total = None, 0.0
+    for t in range(len(tokens) - 1):
+        logits, state = model.step(tokens[t : t + 1], state, weight_dtype=weight_dtype)
+        total -= float(logits[0].log_softmax(-1)[tokens[t + 1]])
+    return total / (len(tokens) - 1)
 
 
 def main() -> int:
@@ -148,6 +163,13 @@ def main() -> int:
         rows.append((f"rnnlab {candidate.name}: {candidate.describe()}", "rnnlab", results))
         print(f"  {rows[-1][0]}: {results}", file=sys.stderr, flush=True)
 
+    if LAST_MODEL:  # what --weights bfloat16 costs in loss, on the same model
+        tokens = torch.as_tensor(corpus.split("val")[:20_000].astype("int64"))
+        fp32 = step_loss(LAST_MODEL[0], tokens, None)
+        bf16 = step_loss(LAST_MODEL[0], tokens, torch.bfloat16)
+        print(f"\n`--weights bfloat16` on the last rnnlab model, first 20,000 validation chars "
+              f"fed one by one: float32 {fp32:.4f}, bfloat16 {bf16:.4f} nats/char "
+              f"({bf16 - fp32:+.4f})")  # fmt: skip
     head = " | ".join(f"{m:g} min: val (steps)" for m in marks)
     print(f"\n| run | {head} |\n|---|" + "---:|" * len(marks))
     best = [min(r[2][i][0] for r in rows) for i in range(len(marks))]

@@ -19,7 +19,7 @@ counted as 3x forward) against nn.GRU's at the same size.
 Sampling. ``rnnlab sample RUN --length N`` of a 2x512 LSTM char-LM, two lengths differenced (the
 process start, model load and prime cancel), for 1 stream and ``--num-samples 32``; the baseline
 is the plain per-character loop (embedding, nn.LSTM at T = 1, head, softmax, multinomial),
-median step time.
+median step time; each with float32 weights and with ``--weights bfloat16``.
 
 Each measurement runs in its own process, rnnlab and baseline interleaved, so neither keeps the
 other's allocator or thread state. The machine must be quiet: anything else running moves both
@@ -136,7 +136,7 @@ def measure_sample_cli(a: argparse.Namespace) -> dict:
 
     def run(length: int) -> float:
         args = [str(rnnlab), "sample", str(a.run), "--length", str(length), "--seed", "1",
-                "--num-samples", str(a.streams)]  # fmt: skip
+                "--num-samples", str(a.streams), "--weights", a.weights]  # fmt: skip
         start = time.perf_counter()
         subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - start
@@ -223,8 +223,8 @@ def train_table(a: argparse.Namespace, sizes: list, cells: list[str]) -> list[st
 def sample_table(a: argparse.Namespace, hidden: int, layers: int) -> list[str]:
     from rnnlab.training import TrainConfig, train
 
-    rows = ["| model | streams | plain loop chars/s | rnnlab sample chars/s | ratio |",
-            "|---|---:|---:|---:|---:|"]  # fmt: skip
+    rows = ["| model | streams | weights | plain loop chars/s | rnnlab sample chars/s | ratio |",
+            "|---|---:|---|---:|---:|---:|"]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         train(TrainConfig(input=str(a.data), out_dir=str(run), hidden_size=hidden,
@@ -235,11 +235,13 @@ def sample_table(a: argparse.Namespace, hidden: int, layers: int) -> list[str]:
             dims = {"hidden": hidden, "layers": layers, "streams": streams, "data": a.data,
                     "seconds": min(a.seconds, 5)}  # fmt: skip
             base = median_of("sample-baseline", a.repeats, **dims)["chars_per_s"]
-            ours = median_of("sample-cli", a.repeats, run=run, length=length, **dims)
-            rate = ours["chars_per_s"]
-            rows.append(f"| lstm {layers}x{hidden} | {streams} | {base:,.0f} | {rate:,.0f} | "
-                        f"{rate / base:.2f}x |")  # fmt: skip
-            print(rows[-1], flush=True)
+            for weights in ("float32", "bfloat16"):
+                ours = median_of("sample-cli", a.repeats, run=run, length=length, weights=weights,
+                                 **dims)  # fmt: skip
+                rate = ours["chars_per_s"]
+                rows.append(f"| lstm {layers}x{hidden} | {streams} | {weights} | {base:,.0f} | "
+                            f"{rate:,.0f} | {rate / base:.2f}x |")  # fmt: skip
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -257,6 +259,7 @@ def main() -> int:
                        help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--cell", help=argparse.SUPPRESS)
     p.add_argument("--run", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--weights", default="float32", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         print(json.dumps(WORKERS[a.worker](a)))
