@@ -190,3 +190,28 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         return [json.loads(line)["train_loss"] for line in lines]
 
     assert losses("a") == losses("b")
+
+
+def test_nonfinite_steps_abort_with_the_step_in_the_log(tmp_path, monkeypatch):
+    """Non-finite losses are skipped, max_nonfinite of them in a row abort the run with a clear
+    error, and the aborting step's record is in metrics.jsonl (as in the char-LM loop)."""
+    import json
+    import math
+
+    from rnnlab.training import TrainingError
+
+    data = write_rows(tmp_path / "rows.tsv", bracket_rows(60, 3))
+    original = SequenceClassifier.forward
+
+    def broken(self, ids, lengths):
+        return original(self, ids, lengths) * float("inf")
+
+    monkeypatch.setattr(SequenceClassifier, "forward", broken)
+    config = ClassifyTrainConfig(data=str(data), out_dir=str(tmp_path / "run"), hidden_size=8,
+                                 embedding_size=4, batch_size=8, max_steps=20, eval_every=100,
+                                 threads=1, max_nonfinite=3)  # fmt: skip
+    with pytest.raises(TrainingError, match="3 nonfinite steps in a row"):
+        train_classifier(config)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["step"] == 3 and not math.isfinite(last["train_loss"])

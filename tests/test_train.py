@@ -138,6 +138,8 @@ def test_consecutive_nans_abort_with_last_good_checkpoint(text_file, tmp_path, m
     ckpt = load_checkpoint(latest_checkpoint(cfg.out_dir))
     assert ckpt.step == 10
     assert all(torch.isfinite(t).all() for t in ckpt.model.values())
+    last = read_metrics(cfg.out_dir)[-1]  # the step that aborted the run is in the log
+    assert last["step"] == 12 + cfg.max_nonfinite and not math.isfinite(last["train_loss"])
 
 
 def test_clipping_logs_pre_clip_norm_and_bounds_update(text_file, tmp_path):

@@ -329,7 +329,9 @@ def _loop(config: ClassifyTrainConfig, run_dir: Path, ckpt: Any, data: LabeledDa
             optimizer.step()
         else:
             emit({"kind": "nonfinite", "step": step, "loss": loss_value, "reason": verdict})
-            if guard.give_up():
+            if guard.give_up():  # the aborting step is in the log too
+                metrics.write({"step": step + 1, "train_loss": loss_value, "lr": lr,
+                               "grad_norm": grad_norm, "verdict": verdict})  # fmt: skip
                 metrics.close()
                 raise TrainingError(f"{guard.in_a_row} {verdict} steps in a row at step {step}; "
                                     "lower --lr or --grad-clip")  # fmt: skip
