@@ -169,12 +169,14 @@ def check_divisible(batch_size: int, world_size: int, name: str = "batch_size") 
 
 
 def shard_state(state: State | None, rows: slice) -> State | None:
-    """The rows of a carried state: (L, B, H) -> (L, rows, H); h and c alike for the LSTM."""
+    """The rows of a carried state, in fresh memory: (L, B, H) -> (L, rows, H); h and c alike
+    for the LSTM. A copy, not a view: a view of a checkpoint's buffer may be misaligned, and a
+    GEMM may round differently on misaligned memory (MKL), which would end bit-exact resume."""
     if state is None:
         return None
     if isinstance(state, tuple):
-        return tuple(s[:, rows].contiguous() for s in state)  # type: ignore[return-value]
-    return state[:, rows].contiguous()
+        return tuple(s[:, rows].clone() for s in state)  # type: ignore[return-value]
+    return state[:, rows].clone()
 
 
 # -- the ranks of one run -------------------------------------------------------------------------
@@ -269,10 +271,12 @@ class DataParallel:
         return batch if rows is None else batch[rows]
 
     def shard_state(self, state: State | None) -> State | None:
-        """This rank's streams of a whole carried state: (L, B, H) -> (L, B / W, H)."""
+        """This rank's streams of a whole carried state, copied (see ``shard_state``): (L, B, H)
+        -> (L, B / W, H); all of it for one process."""
         whole = state[0] if isinstance(state, tuple) else state
-        rows = None if whole is None else self.rows(whole.shape[1])
-        return state if rows is None else shard_state(state, rows)
+        if whole is None:
+            return None
+        return shard_state(state, self.rows(whole.shape[1]) or slice(None))
 
     # -- collectives (each a no-op for one process) --
 
