@@ -276,3 +276,14 @@ def test_a_dead_or_hung_rank_makes_the_other_exit_with_one_line(text, tmp_path, 
     lines = [line for line in err.splitlines() if line.startswith("rnnlab: error:")]
     assert len(lines) == 1 and "rank 0 of 2: another rank died or stopped answering" in lines[0]
     assert took < timeout_s + 20
+
+
+@pytest.mark.slow
+def test_the_benchmark_measures_two_processes(text, tmp_path, monkeypatch):
+    """bench/ddp.py's measurement (torchrun, 2 processes) on a tiny model: it must not rot."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    from ddp import measure
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assert measure(text, (16, 1, 4, 16), 2, 1, 2.0, scratch) > 0
