@@ -287,3 +287,31 @@ def test_the_benchmark_measures_two_processes(text, tmp_path, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     assert measure(text, (16, 1, 4, 16), 2, 1, 2.0, scratch) > 0
+
+
+@pytest.mark.slow
+def test_seq2seq_on_two_gloo_processes_matches_one(tmp_path, monkeypatch, capsys):
+    """The same helpers in the seq2seq loop: batches of pairs split by rank (7 pairs: blocks of 4
+    and 3, each rank's summed loss weighed by the batch's token count), 12 steps within 1e-5 of
+    one process, rank 0's evaluation; then a resume on 2 processes continues bit-exactly."""
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+    words = [f"{a}{b}{c}" for a in "abcd" for b in "abcd" for c in "abcdx"][:70]
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{w}\t{w[::-1]}\n" for w in words))
+    common = ["--pairs", pairs, "--hidden-size", "16", "--embedding-size", "8", "--num-layers",
+              "1", "--batch-size", "7", "--eval-size", "0", "--threads", "1", "--no-progress",
+              "--eval-every", "6", "--warmup-steps", "2", "--decay-steps", "20"]  # fmt: skip
+    one, two, cut = tmp_path / "one", tmp_path / "two", tmp_path / "cut"
+    args = ["seq2seq", "train", *map(str, common)]
+    assert main([*args, "--out-dir", str(one), "--max-steps", "12"]) == 0
+    done = torchrun(*args, "--out-dir", two, "--max-steps", "12")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("run directory:") == 1
+    assert np.allclose(losses(two), losses(one), rtol=0, atol=1e-5)
+    assert np.allclose(losses(two, "val_loss"), losses(one, "val_loss"), rtol=0, atol=1e-5)
+    assert len(state := trainer_state(two)["rank_rng"]) == 1 and isinstance(state[0], dict)
+
+    first = torchrun(*args, "--out-dir", cut, "--max-steps", "6")
+    again = torchrun("seq2seq", "train", "--resume", cut, "--max-steps", "12")
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert losses(cut) == losses(two)

@@ -81,9 +81,12 @@ def run_train(args: argparse.Namespace) -> int:
         result = train_seq2seq(resume=args.resume, changes=values, on_event=reporter)
     else:
         result = train_seq2seq(Seq2SeqTrainConfig(**values), on_event=reporter)
+    if result.rank != 0:  # torchrun: rank 0 reports for the run
+        return 130 if result.stopped == "interrupted" else 0
     if result.stopped == "interrupted":
-        print(f"interrupted at step {result.step}; checkpoint saved; continue with: rnnlab seq2seq "
-              f"train --resume {result.run_dir}", file=sys.stderr)  # fmt: skip
+        again = "torchrun <the same options> -m rnnlab" if result.world_size > 1 else "rnnlab"
+        print(f"interrupted at step {result.step}; checkpoint saved; continue with: {again} "
+              f"seq2seq train --resume {result.run_dir}", file=sys.stderr)  # fmt: skip
         return 130
     print(f"run directory: {result.run_dir}  (rnnlab seq2seq eval {result.run_dir})",
           file=sys.stderr)  # fmt: skip

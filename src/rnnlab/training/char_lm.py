@@ -40,8 +40,11 @@ from rnnlab.training.distributed import (
     DataParallel,
     check_divisible,
     launch_from_env,
+    main_reports,
     rank_device,
+    rank_rng_fields,
     rank_seed,
+    saved_rng,
 )
 from rnnlab.training.tools import (
     GracefulStop,
@@ -127,10 +130,8 @@ def _train(
 ) -> TrainResult:
     set_threads(config.threads)
     launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
-    if launch.distributed:
-        check_divisible(config.batch_size, launch.world_size)
-        if launch.rank != 0:  # rank 0 reports for the run; errors are raised on every rank
-            emit = _quiet
+    check_divisible(config.batch_size, launch.world_size)
+    emit = main_reports(emit, launch)
     device = rank_device(config.device, launch)
     if ckpt is None:
         corpus = prepare_corpus(
@@ -202,7 +203,7 @@ def _loop(
             raise CheckpointError(
                 f"{source}: cursor: expected <= {train_data.num_batches}, found {cursor}"
             )
-        rng, saved_world = _rank_rng(t, dp.rank, source)
+        rng, saved_world = saved_rng(t, dp.rank, source)
         dp.check_same("the checkpoint step", step, "every node must read the same run directory")
         if saved_world != W:
             emit({"kind": "note", "text": f"resuming a {saved_world}-process run on {W}: "
@@ -257,11 +258,9 @@ def _loop(
             "best_val_loss": best,
             "evals_since_best": evals_since_best,
             "carried": _to_device(whole, torch.device("cpu")),  # (L, B, H): every stream
-            "rng": rngs[0],
+            **rank_rng_fields(rngs),  # every rank's RNG state
             "elapsed": speed.elapsed(),
         }
-        if W > 1:  # rank r's RNG state; a one-process checkpoint is as it always was
-            trainer["rank_rng"] = rngs[1:]
         tensors, tree = pack_trainer_state(trainer)
         path = save_checkpoint(
             run_dir,
@@ -386,20 +385,6 @@ def _loop(
 
 
 # -- pieces of the loop ---------------------------------------------------------------------
-
-
-def _quiet(event: Event) -> None:
-    """The events of ranks other than 0: rank 0 reports for the run."""
-
-
-def _rank_rng(trainer: dict[str, Any], rank: int, source: str) -> tuple[Any, int]:
-    """(this rank's saved RNG state, or None for a rank the checkpoint did not have; how many
-    processes saved it): rank 0's is ``rng``, rank r's ``rank_rng[r - 1]``."""
-    extra = trainer.get("rank_rng", [])
-    if not isinstance(extra, list) or not all(isinstance(r, dict) for r in extra):
-        raise CheckpointError(f"{source}: rank_rng: expected a list of RNG states")
-    states = [trainer["rng"], *extra]
-    return (states[rank] if rank < len(states) else None), len(states)
 
 
 def _sample_text(model: CharLM, vocab: Vocab, config: TrainConfig) -> str:

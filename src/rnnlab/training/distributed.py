@@ -41,7 +41,7 @@ import os
 import re
 import struct
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,11 +52,12 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
 from rnnlab.cells import State
-from rnnlab.checkpoint import flatten_state, unflatten_state
+from rnnlab.checkpoint import CheckpointError, flatten_state, unflatten_state
 from rnnlab.runtime import resolve_device
 from rnnlab.training.tools import TrainingError
 from rnnlab.validation import ConfigError
 
+Event = dict[str, Any]
 TIMEOUT_ENV = "RNNLAB_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0  # longer than any step, evaluation or checkpoint write on rank 0
 
@@ -112,6 +113,16 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch:
     if not 0 < timeout < 1e7:
         raise ConfigError(TIMEOUT_ENV, "seconds, a number > 0", text, "environment")
     return Launch(world, rank, local, timeout)
+
+
+def main_reports(emit: Callable[[Event], None], launch: Launch) -> Callable[[Event], None]:
+    """``emit`` on rank 0 and a no-op on the other ranks: rank 0 reports for the run (progress,
+    notes, samples); errors are still raised on every rank."""
+    return emit if launch.rank == 0 else _ignore
+
+
+def _ignore(event: Event) -> None:
+    """The progress events of a rank other than 0."""
 
 
 def rank_device(name: str, launch: Launch) -> torch.device:
@@ -270,6 +281,17 @@ class DataParallel:
         rows = self.rows(batch.shape[0])
         return batch if rows is None else batch[rows]
 
+    def shard_examples(self, batch: list[int]) -> tuple[list[int], float]:
+        """This rank's block of a batch of example indices, and its weight in the loss: 1, or 0
+        for a rank whose block is empty (a batch with fewer examples than ranks), which then
+        trains on the batch's last example with weight 0: DDP needs every rank's backward, and
+        it adds nothing. Blocks may differ by one example; weigh each rank's summed loss by the
+        whole batch's count (see the seq2seq loop) and the step is the one-process step."""
+        rows = self.rows(len(batch))
+        if rows is None:
+            return batch, 1.0
+        return (batch[rows], 1.0) if batch[rows] else (batch[-1:], 0.0)
+
     def shard_state(self, state: State | None) -> State | None:
         """This rank's streams of a whole carried state, copied (see ``shard_state``): (L, B, H)
         -> (L, B / W, H); all of it for one process."""
@@ -344,6 +366,11 @@ class DataParallel:
         blobs = [bytes(p[: int(n)].cpu().numpy()) for p, n in zip(parts, sizes, strict=True)]
         return [_decode(b) for b in blobs]
 
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (anything ``gather_objects`` carries): decisions only
+        rank 0 computes, such as an evaluation's verdict, so every rank acts on the same."""
+        return self.gather_objects(value)[0] if self.active else value
+
     def check_same(self, what: str, value: int, fix: str) -> None:
         """Raise (on every rank) when the ranks hold different ``value``s of ``what``, e.g. the
         step a resume starts from when nodes see different copies of a run directory."""
@@ -381,6 +408,26 @@ class DataParallel:
         exits, before every rank has got here, e.g. rank 0 has finished writing a checkpoint."""
         if self.active:
             self.sum(0.0)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+def rank_rng_fields(states: list[Any]) -> dict[str, Any]:
+    """The trainer-state fields for every rank's RNG state (``gather_objects(capture_rng())``):
+    ``rng`` is rank 0's (a one-process checkpoint has only it, as before), ``rank_rng`` the
+    others' in rank order."""
+    return {"rng": states[0], **({"rank_rng": states[1:]} if len(states) > 1 else {})}
+
+
+def saved_rng(trainer: Mapping[str, Any], rank: int, source: str) -> tuple[Any, int]:
+    """(the RNG state ``rank`` saved, or None for a rank the checkpoint did not have; how many
+    processes saved it), from the fields ``rank_rng_fields`` wrote."""
+    extra = trainer.get("rank_rng", [])
+    if not isinstance(extra, list) or not all(isinstance(r, dict) for r in extra):
+        raise CheckpointError(f"{source}: rank_rng: expected a list of RNG states")
+    states = [trainer["rng"], *extra]
+    return (states[rank] if rank < len(states) else None), len(states)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -429,8 +476,11 @@ __all__ = [
     "RankLostError",
     "check_divisible",
     "launch_from_env",
+    "main_reports",
     "rank_device",
+    "rank_rng_fields",
     "rank_seed",
+    "saved_rng",
     "shard_rows",
     "shard_state",
 ]

@@ -17,6 +17,7 @@ resumed run continues exactly (model, optimizer, RNG, cursor, best, elapsed time
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -59,7 +60,16 @@ from rnnlab.models.seq2seq import (
     Seq2SeqConfig,
     translate,
 )
-from rnnlab.runtime import capture_rng, resolve_device, restore_rng, seed_everything, set_threads
+from rnnlab.runtime import capture_rng, restore_rng, seed_everything, set_threads
+from rnnlab.training.distributed import (
+    DataParallel,
+    launch_from_env,
+    main_reports,
+    rank_device,
+    rank_rng_fields,
+    rank_seed,
+    saved_rng,
+)
 from rnnlab.training.tools import (
     GracefulStop,
     MetricsLog,
@@ -342,6 +352,8 @@ class Seq2SeqResult:
     best_val_loss: float
     last_train_loss: float
     stopped: str  # max_steps | max_minutes | early_stop | interrupted
+    rank: int = 0  # under torchrun: this process's rank (rank 0 writes and reports for the run)
+    world_size: int = 1  # processes that trained together (data parallel)
 
 
 def train_seq2seq(
@@ -384,17 +396,23 @@ def train_seq2seq(
             config = dataclasses.replace(saved, **wanted)
             run_dir = path.parent
         set_threads(config.threads)
-        device = resolve_device(config.device)
+        launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
+        emit = main_reports(emit, launch)
+        device = rank_device(config.device, launch)
         data = load_task(config)
         if ckpt is not None:
             _check_same_data(ckpt, data)
         config.model_config(len(data.source), len(data.target))  # refuse a bad model up front
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(run_dir):
-            if ckpt is None and list_checkpoints(run_dir):
-                raise ValueError(f"out_dir: {run_dir} already holds a run; resume it with "
-                                 f"--resume {run_dir} or choose another --out-dir")  # fmt: skip
-            return _loop(config, run_dir.resolve(), ckpt, data, device, emit, stop)
+        with DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
+            with dp.together("opening the run directory"):
+                if dp.is_main:  # only rank 0 writes the run directory
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    own.enter_context(RunLock(run_dir))
+                    if ckpt is None and list_checkpoints(run_dir):
+                        raise ValueError(f"out_dir: {run_dir} already holds a run; resume it "
+                                         f"with --resume {run_dir} or choose another "
+                                         f"--out-dir")  # fmt: skip
+            return _loop(config, run_dir.resolve(), ckpt, data, dp, emit, stop)
 
 
 def _absolute(path: str) -> str:
@@ -415,11 +433,12 @@ def _loop(
     run_dir: Path,
     ckpt: Any,
     data: TaskData,
-    device: torch.device,
+    dp: DataParallel,
     emit: Callable[[Event], None],
     stop: GracefulStop,
 ) -> Seq2SeqResult:
-    seed_everything(config.seed)
+    device, W = dp.device, dp.world_size
+    seed_everything(config.seed)  # every rank builds the same model
     model = Seq2Seq(config.model_config(len(data.source), len(data.target))).to(device)
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     src, tgt = encode_pairs(data.train, data.source, data.target)
@@ -439,18 +458,31 @@ def _loop(
         except RuntimeError as e:
             raise CheckpointError(f"{ckpt.path}: model: does not fit the config ({e})") from None
         t = unpack_trainer_state(ckpt.trainer_tensors, ckpt.trainer, TRAINER_SCHEMA, source_name)
+        rng, saved_world = saved_rng(t, dp.rank, source_name)
         try:
             optimizer.load_state_dict(t["optimizer"])
-            restore_rng(t["rng"])
+            if rng is not None:
+                restore_rng(rng)
+            else:  # a rank the checkpoint did not have
+                seed_everything(rank_seed(config.seed, dp.rank))
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{source_name}: optimizer/rng: not this run's ({e})") from None
         step, cursor, epoch = t["step"], t["cursor"], t["epoch"]
         best_wer, best_loss = float(t["best_wer"]), float(t["best_val_loss"])
         evals_since_best, elapsed = t["evals_since_best"], float(t.get("elapsed", 0.0))
+        dp.check_same("the checkpoint step", step, "every node must read the same run directory")
+        if saved_world != W:
+            emit({"kind": "note", "text": f"resuming a {saved_world}-process run on {W}: it "
+                  "continues, but not bit-identically"})  # fmt: skip
+    elif dp.rank:
+        seed_everything(rank_seed(config.seed, dp.rank))  # each rank its own dropout, sampling
+    net = dp.wrap(model)  # DistributedDataParallel for several processes, the model for one
     batches = epoch_batches(epoch)
     if cursor > len(batches):
         raise CheckpointError(f"{ckpt.path}: cursor {cursor} beyond the epoch's {len(batches)}")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if ckpt else None)
+    metrics = MetricsLog(  # rank 0 writes metrics.jsonl; the other ranks keep no log
+        run_dir / "metrics.jsonl" if dp.is_main else None, resume_step=step if ckpt else None
+    )
     guard = StepGuard(len(data.target), config.warmup_steps, config.max_nonfinite)
     speed = Throughput(elapsed)
     saved_steps: list[int] = []
@@ -458,13 +490,18 @@ def _loop(
           "device": str(device), "parameters": model.num_parameters(),
           "train_pairs": len(data.train), "val_pairs": len(data.val),
           "source_vocab": len(data.source), "target_vocab": len(data.target),
-          "steps_per_epoch": len(batches), "resumed": ckpt is not None})  # fmt: skip
+          "steps_per_epoch": len(batches), "resumed": ckpt is not None,
+          "world_size": W})  # fmt: skip
 
     def checkpoint(is_best: bool) -> None:
+        rngs = dp.gather_objects(capture_rng())  # every rank's; rank 0 writes them
+        saved_steps.append(step)
+        if not dp.is_main:
+            return
         metrics.sync()
         trainer = {"optimizer": optimizer.state_dict(), "step": step, "cursor": cursor,
                    "epoch": epoch, "best_wer": best_wer, "best_val_loss": best_loss,
-                   "evals_since_best": evals_since_best, "rng": capture_rng(),
+                   "evals_since_best": evals_since_best, **rank_rng_fields(rngs),
                    "elapsed": speed.elapsed()}  # fmt: skip
         tensors, tree = pack_trainer_state(trainer)
         path = save_checkpoint(
@@ -474,27 +511,34 @@ def _loop(
             vocab={"source": data.source.to_json(), "target": data.target.to_json()},
             trainer_tensors=tensors, trainer=tree, keep_last=config.keep_last, is_best=is_best,
         )  # fmt: skip
-        saved_steps.append(step)
         emit({"kind": "checkpoint", "step": step, "path": str(path), "best": is_best})
 
     stopped, loss_value, verdict = "max_steps", math.nan, "ok"
+    clock = elapsed  # the run's wall time, as rank 0 measured it at the last step's agreement
     model.train()
     while step < config.max_steps:
         if cursor >= len(batches):
             epoch, cursor = epoch + 1, 0
             batches = epoch_batches(epoch)
         chosen = batches[cursor]
+        mine, weight = dp.shard_examples(chosen)  # this rank's block of the batch's pairs
         source, n, target_in, target_out = (t.to(device) for t in teacher_batch(
-            [src[i] for i in chosen], [tgt[i] for i in chosen]))  # fmt: skip
-        lr = lr_at(step, config, len(batches), speed.elapsed())  # type: ignore[arg-type]
+            [src[i] for i in mine], [tgt[i] for i in mine]))  # fmt: skip
+        lr = lr_at(step, config, len(batches), clock)  # type: ignore[arg-type]
         for group in optimizer.param_groups:
             group["lr"] = lr
-        logits = model(source, n, target_in, sampling=config.sampling)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), target_out.flatten(), ignore_index=PAD)
+        logits = net(source, n, target_in, sampling=config.sampling)  # (B, T, V)
+        target_tokens = sum(len(tgt[i]) + 1 for i in chosen)  # the whole batch's, </s> included
+        if dp.active:  # this rank's summed loss over the batch's tokens, times W (DDP averages)
+            loss = F.cross_entropy(logits.flatten(0, 1), target_out.flatten(), ignore_index=PAD,
+                                   reduction="sum") * (weight * W / target_tokens)  # fmt: skip
+        else:
+            loss = F.cross_entropy(logits.flatten(0, 1), target_out.flatten(), ignore_index=PAD)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients are averaged over the ranks here
         grad_norm = clip_gradients(model.parameters(), config.grad_clip, config.grad_clip_mode)
-        loss_value = loss.item()
+        # One collective a step: the batch's loss, any rank's signal, rank 0's clock.
+        loss_value, interrupted, clock = dp.agree(loss, stop.signal is not None, speed.elapsed())
         verdict = guard.check(step, loss_value, grad_norm)
         if verdict == "ok":
             optimizer.step()
@@ -510,7 +554,6 @@ def _loop(
                     f"checkpoint is in {run_dir}; lower --lr or --grad-clip"
                 )
         step, cursor = step + 1, cursor + 1
-        target_tokens = int((target_out != PAD).sum())
         speed.add(target_tokens)
         record: dict[str, Any] = {"step": step, "train_loss": loss_value, "lr": lr,
                                   "grad_norm": grad_norm, "epoch": epoch,
@@ -518,28 +561,31 @@ def _loop(
                                   "tokens_per_s": round(speed.rate, 1)}  # fmt: skip
         if step % config.log_every == 0 or step == config.max_steps:
             emit({"kind": "step", **record, "max_steps": config.max_steps})
-        out_of_time = bool(config.max_minutes) and speed.elapsed() > 60 * config.max_minutes
+        out_of_time = bool(config.max_minutes) and clock > 60 * config.max_minutes
         if out_of_time:
             stopped = "max_minutes"
-        if stop.signal is not None:
+        if interrupted:
             stopped = "interrupted"
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps or out_of_time
         save_now = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
         is_best = False
         if evaluate_now and stopped != "interrupted":
-            result = evaluate_pairs(model, val, data.source, data.target,
-                                    DecodeConfig(method="greedy"), device=device)  # fmt: skip
-            wer, per = result.rates.wer, result.rates.per
-            healthy = math.isfinite(result.loss)
-            is_best = healthy and (wer, result.loss) < (best_wer, best_loss)
-            if is_best:
-                best_wer, best_loss, evals_since_best = wer, result.loss, 0
-            else:
-                evals_since_best += 1
-            record.update(val_loss=result.loss, val_wer=wer, val_per=per)
-            emit({"kind": "eval", "step": step, "val_loss": result.loss, "val_wer": wer,
-                  "val_per": per, "best": is_best,
-                  "example": _example(result)})  # fmt: skip
+            healthy = True
+            if dp.is_main:  # decoding is not sharded: rank 0 evaluates, every rank acts on it
+                result = evaluate_pairs(model, val, data.source, data.target,
+                                        DecodeConfig(method="greedy"), device=device)  # fmt: skip
+                wer, per = result.rates.wer, result.rates.per
+                healthy = math.isfinite(result.loss)
+                is_best = healthy and (wer, result.loss) < (best_wer, best_loss)
+                if is_best:
+                    best_wer, best_loss, evals_since_best = wer, result.loss, 0
+                else:
+                    evals_since_best += 1
+                record.update(val_loss=result.loss, val_wer=wer, val_per=per)
+                emit({"kind": "eval", "step": step, "val_loss": result.loss, "val_wer": wer,
+                      "val_per": per, "best": is_best,
+                      "example": _example(result)})  # fmt: skip
+            healthy, evals_since_best = dp.from_main((healthy, evals_since_best))
             model.train()
             save_now = save_now or healthy
             if config.patience and evals_since_best >= config.patience:
@@ -552,10 +598,12 @@ def _loop(
     if (not saved_steps or saved_steps[-1] != step) and verdict == "ok":
         checkpoint(False)
     metrics.close()
-    plot_history(metrics.history, run_dir / "loss.png")
+    if dp.is_main:
+        plot_history(metrics.history, run_dir / "loss.png")
+    dp.wait_for_all()  # no rank exits (torchrun would stop the rest) before rank 0 is done
     emit({"kind": "end", "step": step, "stopped": stopped, "best_wer": best_wer,
           "best_val_loss": best_loss, "elapsed_s": speed.elapsed()})  # fmt: skip
-    return Seq2SeqResult(run_dir, step, best_wer, best_loss, loss_value, stopped)
+    return Seq2SeqResult(run_dir, step, best_wer, best_loss, loss_value, stopped, dp.rank, W)
 
 
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:
