@@ -315,3 +315,24 @@ def test_seq2seq_on_two_gloo_processes_matches_one(tmp_path, monkeypatch, capsys
     again = torchrun("seq2seq", "train", "--resume", cut, "--max-steps", "12")
     assert first.returncode == again.returncode == 0, first.stderr + again.stderr
     assert losses(cut) == losses(two)
+
+
+@pytest.mark.slow
+def test_classify_on_two_gloo_processes_matches_one(tmp_path, monkeypatch):
+    """The classification loop on the same helpers: batches of 5 rows split 3 + 2 by rank, 10
+    steps within 1e-5 of one process; rank 0 evaluates and writes."""
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(3)
+    rows = ["".join(rng.choice("()ab") for _ in range(rng.randint(2, 9))) for _ in range(120)]
+    data = tmp_path / "rows.tsv"
+    data.write_text("".join(f"{r}\t{'open' if r.find('(') >= 0 else 'none'}\n" for r in rows))
+    args = ["classify", "train", str(data), "--hidden-size", "16", "--batch-size", "5",
+            "--threads", "1", "--eval-every", "5", "--warmup-steps", "2",
+            "--max-steps", "10"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*args, "--out-dir", str(one)]) == 0
+    done = torchrun(*args, "--out-dir", two)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("run directory:") == 1
+    assert np.allclose(losses(two), losses(one), rtol=0, atol=1e-5)
+    assert np.allclose(losses(two, "val_loss"), losses(one, "val_loss"), rtol=0, atol=1e-5)

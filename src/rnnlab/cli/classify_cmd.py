@@ -63,8 +63,11 @@ def run_train(args: argparse.Namespace) -> int:
         result = train_classifier(resume=args.resume, changes=values, on_event=_report)
     else:
         result = train_classifier(ClassifyTrainConfig(**values), on_event=_report)
+    if result.rank != 0:  # torchrun: rank 0 reports for the run
+        return 130 if result.stopped == "interrupted" else 0
     if result.stopped == "interrupted":
-        print(f"interrupted at step {result.step}; continue with: rnnlab classify train "
+        again = "torchrun <the same options> -m rnnlab" if result.world_size > 1 else "rnnlab"
+        print(f"interrupted at step {result.step}; continue with: {again} classify train "
               f"--resume {result.run_dir}", file=sys.stderr)  # fmt: skip
         return 130
     print(f"run directory: {result.run_dir}", file=sys.stderr)

@@ -10,6 +10,7 @@ and line. The best checkpoint has the highest validation accuracy (then lowest l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -40,7 +41,16 @@ from rnnlab.data.pairs import (
 )
 from rnnlab.metrics.classification import ClassificationReport, classification_report
 from rnnlab.models.classifier import CellName, ClassifierConfig, SequenceClassifier
-from rnnlab.runtime import capture_rng, resolve_device, restore_rng, seed_everything, set_threads
+from rnnlab.runtime import capture_rng, restore_rng, seed_everything, set_threads
+from rnnlab.training.distributed import (
+    DataParallel,
+    launch_from_env,
+    main_reports,
+    rank_device,
+    rank_rng_fields,
+    rank_seed,
+    saved_rng,
+)
 from rnnlab.training.tools import (
     GracefulStop,
     MetricsLog,
@@ -199,6 +209,8 @@ class ClassifyResult:
     step: int
     best_accuracy: float
     stopped: str
+    rank: int = 0  # under torchrun: this process's rank (rank 0 writes and reports for the run)
+    world_size: int = 1  # processes that trained together (data parallel)
 
 
 def train_classifier(
@@ -237,24 +249,31 @@ def train_classifier(
                 wanted["decay_steps"] = saved.max_steps  # the cosine horizon the run started with
             config, run_dir = dataclasses.replace(saved, **wanted), path.parent
         set_threads(config.threads)
-        device = resolve_device(config.device)
+        launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
+        emit = main_reports(emit, launch)
+        device = rank_device(config.device, launch)
         data = load_labeled(config)
         config.model_config(len(data.vocab), len(data.labels))  # refuse a bad model up front
         if ckpt is not None and ckpt.config.get("data", {}).get("data_sha256") != data.record[
                 "data_sha256"]:  # fmt: skip
             raise DataError(f"{config.data}: not the file the run was trained on")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(run_dir):
-            if ckpt is None and list_checkpoints(run_dir):
-                raise ValueError(f"out_dir: {run_dir} already holds a run; resume it with "
-                                 f"--resume {run_dir} or choose another --out-dir")  # fmt: skip
-            return _loop(config, run_dir.resolve(), ckpt, data, device, emit, stop)
+        with DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
+            with dp.together("opening the run directory"):
+                if dp.is_main:  # only rank 0 writes the run directory
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    own.enter_context(RunLock(run_dir))
+                    if ckpt is None and list_checkpoints(run_dir):
+                        raise ValueError(f"out_dir: {run_dir} already holds a run; resume it "
+                                         f"with --resume {run_dir} or choose another "
+                                         f"--out-dir")  # fmt: skip
+            return _loop(config, run_dir.resolve(), ckpt, data, dp, emit, stop)
 
 
 def _loop(config: ClassifyTrainConfig, run_dir: Path, ckpt: Any, data: LabeledData,
-          device: torch.device, emit: Callable[[Event], None],
+          dp: DataParallel, emit: Callable[[Event], None],
           stop: GracefulStop) -> ClassifyResult:  # fmt: skip
-    seed_everything(config.seed)
+    device, W = dp.device, dp.world_size
+    seed_everything(config.seed)  # every rank builds the same model
     model = SequenceClassifier(config.model_config(len(data.vocab), len(data.labels))).to(device)
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     ids, ys = encode_rows(data.train, data.vocab, data.labels)
@@ -272,30 +291,48 @@ def _loop(config: ClassifyTrainConfig, run_dir: Path, ckpt: Any, data: LabeledDa
     if ckpt is not None:
         where = str(ckpt.path / "trainer.json")
         t = unpack_trainer_state(ckpt.trainer_tensors, ckpt.trainer, TRAINER_SCHEMA, where)
+        rng, saved_world = saved_rng(t, dp.rank, where)
         try:
             model.load_state_dict(ckpt.model)
             optimizer.load_state_dict(t["optimizer"])
-            restore_rng(t["rng"])
+            if rng is not None:
+                restore_rng(rng)
+            else:  # a rank the checkpoint did not have
+                seed_everything(rank_seed(config.seed, dp.rank))
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{where}: not this run's state ({e})") from None
         step, cursor, epoch = t["step"], t["cursor"], t["epoch"]
         best_acc, best_loss = float(t["best_accuracy"]), float(t["best_val_loss"])
         elapsed = float(t.get("elapsed", 0.0))
+        dp.check_same("the checkpoint step", step, "every node must read the same run directory")
+        if saved_world != W:
+            emit({"kind": "note", "text": f"resuming a {saved_world}-process run on {W}: it "
+                  "continues, but not bit-identically"})  # fmt: skip
+    elif dp.rank:
+        seed_everything(rank_seed(config.seed, dp.rank))  # each rank its own dropout masks
+    net = dp.wrap(model)  # DistributedDataParallel for several processes, the model for one
     batches = epoch_batches(epoch)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if ckpt else None)
+    metrics = MetricsLog(  # rank 0 writes metrics.jsonl; the other ranks keep no log
+        run_dir / "metrics.jsonl" if dp.is_main else None, resume_step=step if ckpt else None
+    )
     guard = StepGuard(max(len(data.labels), 2), config.warmup_steps, config.max_nonfinite)
     speed = Throughput(elapsed)
     saved: list[int] = []
     emit({"kind": "start", "run_dir": str(run_dir), "step": step, "resumed": ckpt is not None,
           "parameters": model.num_parameters(), "train_rows": len(data.train),
           "val_rows": len(data.val), "vocab": len(data.vocab), "labels": len(data.labels),
-          "steps_per_epoch": len(batches), "device": str(device)})  # fmt: skip
+          "steps_per_epoch": len(batches), "device": str(device),
+          "world_size": W})  # fmt: skip
 
     def checkpoint(is_best: bool) -> None:
+        rngs = dp.gather_objects(capture_rng())  # every rank's; rank 0 writes them
+        saved.append(step)
+        if not dp.is_main:
+            return
         metrics.sync()
         tensors, tree = pack_trainer_state({
             "optimizer": optimizer.state_dict(), "step": step, "cursor": cursor, "epoch": epoch,
-            "best_accuracy": best_acc, "best_val_loss": best_loss, "rng": capture_rng(),
+            "best_accuracy": best_acc, "best_val_loss": best_loss, **rank_rng_fields(rngs),
             "elapsed": speed.elapsed()})  # fmt: skip
         path = save_checkpoint(
             run_dir, step, model=model.state_dict(),
@@ -304,26 +341,33 @@ def _loop(config: ClassifyTrainConfig, run_dir: Path, ckpt: Any, data: LabeledDa
             vocab={"text": data.vocab.to_json(), "labels": data.labels.to_json()},
             trainer_tensors=tensors, trainer=tree, keep_last=config.keep_last, is_best=is_best,
         )  # fmt: skip
-        saved.append(step)
         emit({"kind": "checkpoint", "step": step, "path": str(path), "best": is_best})
 
     stopped, loss_value, verdict = "max_steps", math.nan, "ok"
+    clock = elapsed  # the run's wall time, as rank 0 measured it at the last step's agreement
     model.train()
     while step < config.max_steps:
         if cursor >= len(batches):
             epoch, cursor = epoch + 1, 0
             batches = epoch_batches(epoch)
         chosen = batches[cursor]
-        x, n = pad_batch([ids[i] for i in chosen])
-        y = torch.tensor([ys[i] for i in chosen], device=device)
-        lr = lr_at(step, config, len(batches), speed.elapsed())  # type: ignore[arg-type]
+        mine, weight = dp.shard_examples(chosen)  # this rank's block of the batch's rows
+        x, n = pad_batch([ids[i] for i in mine])
+        y = torch.tensor([ys[i] for i in mine], device=device)
+        lr = lr_at(step, config, len(batches), clock)  # type: ignore[arg-type]
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = F.cross_entropy(model(x.to(device), n), y)
+        if dp.active:  # this rank's summed loss over the batch's rows, times W (DDP averages)
+            loss = F.cross_entropy(net(x.to(device), n), y, reduction="sum") * (
+                weight * W / len(chosen)
+            )
+        else:
+            loss = F.cross_entropy(model(x.to(device), n), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients are averaged over the ranks here
         grad_norm = clip_gradients(model.parameters(), config.grad_clip, config.grad_clip_mode)
-        loss_value = loss.item()
+        # One collective a step: the batch's loss, any rank's signal, rank 0's clock.
+        loss_value, interrupted, clock = dp.agree(loss, stop.signal is not None, speed.elapsed())
         verdict = guard.check(step, loss_value, grad_norm)
         if verdict == "ok":
             optimizer.step()
@@ -336,19 +380,20 @@ def _loop(config: ClassifyTrainConfig, run_dir: Path, ckpt: Any, data: LabeledDa
                 raise TrainingError(f"{guard.in_a_row} {verdict} steps in a row at step {step}; "
                                     "lower --lr or --grad-clip")  # fmt: skip
         step, cursor = step + 1, cursor + 1
-        speed.add(int(n.sum()))
+        speed.add(sum(lengths[i] for i in chosen))  # the whole batch's characters
         record: dict[str, Any] = {"step": step, "train_loss": loss_value, "lr": lr,
                                   "grad_norm": grad_norm, "epoch": epoch,
                                   "elapsed_s": round(speed.elapsed(), 3)}  # fmt: skip
         if step % config.log_every == 0:
             emit({"kind": "step", **record, "max_steps": config.max_steps})
-        if config.max_minutes and speed.elapsed() > 60 * config.max_minutes:
+        if config.max_minutes and clock > 60 * config.max_minutes:
             stopped = "max_minutes"
-        if stop.signal is not None:
+        if interrupted:
             stopped = "interrupted"
         is_best = False
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps
-        if (evaluate_now or stopped == "max_minutes") and stopped != "interrupted":
+        if (evaluate_now or stopped == "max_minutes") and stopped != "interrupted" and dp.is_main:
+            # Rank 0 evaluates (it alone writes the best checkpoint); the others go on.
             result = evaluate_rows(model, data.val, data.vocab, data.labels, device=device)
             acc = result.report.accuracy
             is_best = math.isfinite(result.loss) and (acc, -result.loss) > (best_acc, -best_loss)
@@ -366,8 +411,9 @@ def _loop(config: ClassifyTrainConfig, run_dir: Path, ckpt: Any, data: LabeledDa
     if (not saved or saved[-1] != step) and verdict == "ok":
         checkpoint(False)
     metrics.close()
+    dp.wait_for_all()  # no rank exits (torchrun would stop the rest) before rank 0 is done
     emit({"kind": "end", "step": step, "stopped": stopped, "best_accuracy": best_acc})
-    return ClassifyResult(run_dir, step, best_acc, stopped)
+    return ClassifyResult(run_dir, step, best_acc, stopped, dp.rank, W)
 
 
 @dataclass
