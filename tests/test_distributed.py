@@ -336,3 +336,25 @@ def test_classify_on_two_gloo_processes_matches_one(tmp_path, monkeypatch):
     assert done.stderr.count("run directory:") == 1
     assert np.allclose(losses(two), losses(one), rtol=0, atol=1e-5)
     assert np.allclose(losses(two, "val_loss"), losses(one, "val_loss"), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_captioning_on_two_gloo_processes_matches_one(tmp_path, monkeypatch):
+    """The captioning loop on the same helpers: a batch's 4 images split 2 + 2 by rank (with all
+    their captions), each rank's summed loss weighed by the batch's words; 6 steps within 1e-5."""
+    from rnnlab.data.shapes import write_shapes_dataset
+
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+    data = write_shapes_dataset(tmp_path / "shapes", 24, num_val=4, num_test=4, image_size=16,
+                                seed=1)  # fmt: skip
+    args = ["caption", "train", "--data", str(data), "--image-size", "16", "--cnn-blocks", "2",
+            "--cnn-channels", "4", "--feature-size", "16", "--embedding-size", "8",
+            "--hidden-size", "16", "--batch-size", "4", "--warmup-steps", "0", "--threads", "1",
+            "--max-length", "12", "--eval-every", "3", "--max-steps", "6"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*args, "--out-dir", str(one)]) == 0
+    done = torchrun(*args, "--out-dir", two)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("run directory:") == 1
+    assert np.allclose(losses(two), losses(one), rtol=0, atol=1e-5)
+    assert np.allclose(losses(two, "val_loss"), losses(one, "val_loss"), rtol=0, atol=1e-5)

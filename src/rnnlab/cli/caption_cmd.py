@@ -126,9 +126,12 @@ def run_train(args: argparse.Namespace) -> int:
         if not values.get("data"):
             raise ValueError("--data: give a caption JSON file (or --resume RUN_DIR)")
         result = train_captioner(CaptionTrainConfig(**values), on_event=_report)
+    if result.rank != 0:  # torchrun: rank 0 reports for the run
+        return 130 if result.stopped == "interrupted" else 0
     if result.stopped == "interrupted":
+        again = "torchrun <the same options> -m rnnlab" if result.world_size > 1 else "rnnlab"
         print(
-            f"interrupted at step {result.step}; checkpoint saved; continue with: rnnlab "
+            f"interrupted at step {result.step}; checkpoint saved; continue with: {again} "
             f"caption train --resume {result.run_dir}",
             file=sys.stderr,
         )

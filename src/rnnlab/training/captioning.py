@@ -18,6 +18,7 @@ from the latest checkpoint: model, optimizer, step, epoch, cursor and RNG states
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rnnlab.checkpoint import (
     Checkpoint,
@@ -51,6 +53,15 @@ from rnnlab.data.errors import DataError
 from rnnlab.metrics.captioning import score_captions
 from rnnlab.models.captioner import Captioner, CaptionerConfig, caption_loss, generate_captions
 from rnnlab.runtime import capture_rng, resolve_device, restore_rng, seed_everything, set_threads
+from rnnlab.training.distributed import (
+    DataParallel,
+    launch_from_env,
+    main_reports,
+    rank_device,
+    rank_rng_fields,
+    rank_seed,
+    saved_rng,
+)
 from rnnlab.training.tools import (
     GracefulStop,
     MetricsLog,
@@ -183,6 +194,8 @@ class CaptionTrainResult:
     best_cider: float
     last_train_loss: float
     stopped: str  # max_steps | max_minutes | interrupted
+    rank: int = 0  # under torchrun: this process's rank (rank 0 writes and reports for the run)
+    world_size: int = 1  # processes that trained together (data parallel)
 
 
 def train_captioner(
@@ -211,15 +224,19 @@ def train_captioner(
     else:
         run_dir = Path(config.out_dir or f"runs/{Path(config.data).stem}-caption-{config.cell}")
     set_threads(config.threads)
-    device = resolve_device(config.device)
+    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
+    emit = main_reports(emit, launch)
+    device = rank_device(config.device, launch)
     data = load_caption_data(config)
-    with GracefulStop() as stop:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(run_dir):
-            if ckpt is None and list_checkpoints(run_dir):
-                raise ValueError(f"out_dir: {run_dir} already holds a run; resume it or choose "
-                                 "another --out-dir")  # fmt: skip
-            return _loop(config, run_dir.resolve(), data, ckpt, device, emit, stop)
+    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
+        with dp.together("opening the run directory"):
+            if dp.is_main:  # only rank 0 writes the run directory
+                run_dir.mkdir(parents=True, exist_ok=True)
+                own.enter_context(RunLock(run_dir))
+                if ckpt is None and list_checkpoints(run_dir):
+                    raise ValueError(f"out_dir: {run_dir} already holds a run; resume it or "
+                                     "choose another --out-dir")  # fmt: skip
+        return _loop(config, run_dir.resolve(), data, ckpt, dp, emit, stop)
 
 
 def _loop(
@@ -227,10 +244,11 @@ def _loop(
     run_dir: Path,
     data: CaptionData,
     ckpt: Checkpoint | None,
-    device: torch.device,
+    dp: DataParallel,
     emit: Callable[[Event], None],
     stop: GracefulStop,
 ) -> CaptionTrainResult:
+    device, W = dp.device, dp.world_size
     train_images, val_images = data.dataset.split("train"), data.dataset.split("val")
     if ckpt is None:
         vocab = CaptionVocab.build([c for im in train_images for c in im.captions],
@@ -246,7 +264,7 @@ def _loop(
     train_inputs = data.inputs(train_images)  # (N_train, ...) rows by position in the split
     val_inputs = data.inputs(val_images)
     feature_size = int(data.pixels.shape[-1]) if config.features else None
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # every rank builds the same model
     model = Captioner(config.model_config(len(vocab), feature_size)).to(device)
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.weight_decay)
     steps_per_epoch = max(1, len(train_images) // config.batch_size)
@@ -255,14 +273,27 @@ def _loop(
         _load_model(model, ckpt.model, str(ckpt.path / "model.safetensors"))
         source = str(ckpt.path / "trainer.json")
         t = unpack_trainer_state(ckpt.trainer_tensors, ckpt.trainer, TRAINER_SCHEMA, source)
+        rng, saved_world = saved_rng(t, dp.rank, source)
         try:
             optimizer.load_state_dict(t["optimizer"])
-            restore_rng(t["rng"])
+            if rng is not None:
+                restore_rng(rng)
+            else:  # a rank the checkpoint did not have
+                seed_everything(rank_seed(config.seed, dp.rank))
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{source}: does not fit this model ({e})") from None
         step, cursor, epoch = t["step"], t["cursor"], t["epoch"]
         best, elapsed = float(t["best_cider"]), float(t.get("elapsed", 0.0))
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step if ckpt else None)
+        dp.check_same("the checkpoint step", step, "every node must read the same run directory")
+        if saved_world != W:
+            emit({"kind": "note", "text": f"resuming a {saved_world}-process run on {W}: it "
+                  "continues, but not bit-identically"})  # fmt: skip
+    elif dp.rank:
+        seed_everything(rank_seed(config.seed, dp.rank))  # each rank its own dropout masks
+    net = dp.wrap(model)  # DistributedDataParallel for several processes, the model for one
+    metrics = MetricsLog(  # rank 0 writes metrics.jsonl; the other ranks keep no log
+        run_dir / "metrics.jsonl" if dp.is_main else None, resume_step=step if ckpt else None
+    )
     guard = StepGuard(len(vocab), config.warmup_steps, config.max_nonfinite)
     speed = Throughput(elapsed)
     # Absolute paths, so eval, predict and resume work from any directory.
@@ -283,13 +314,17 @@ def _loop(
           "parameters": model.num_parameters(), "vocab_size": len(vocab),
           "train_captions": len(train_caps.ids), "val_images": len(val_images),
           "steps_per_epoch": steps_per_epoch, "device": str(device),
-          "resumed": ckpt is not None})  # fmt: skip
+          "resumed": ckpt is not None, "world_size": W})  # fmt: skip
 
     def checkpoint(is_best: bool) -> None:
+        rngs = dp.gather_objects(capture_rng())  # every rank's; rank 0 writes them
+        saved.append(step)
+        if not dp.is_main:
+            return
         metrics.sync()
         tensors, tree = pack_trainer_state({
             "optimizer": optimizer.state_dict(), "step": step, "cursor": cursor, "epoch": epoch,
-            "best_cider": best if math.isfinite(best) else -1.0, "rng": capture_rng(),
+            "best_cider": best if math.isfinite(best) else -1.0, **rank_rng_fields(rngs),
             "elapsed": speed.elapsed()})  # fmt: skip
         path = save_checkpoint(
             run_dir, step, model=model.state_dict(),
@@ -297,10 +332,10 @@ def _loop(
             vocab=vocab.to_json(), trainer_tensors=tensors, trainer=tree,
             keep_last=config.keep_last, is_best=is_best)  # fmt: skip
         emit({"kind": "checkpoint", "step": step, "path": str(path), "best": is_best})
-        saved.append(step)
 
     saved: list[int] = []
     stopped, loss_value = "max_steps", math.nan
+    clock = elapsed  # the run's wall time, as rank 0 measured it at the last step's agreement
     order = _epoch_order(config.seed, epoch, len(train_images))
     model.train()
     while step < config.max_steps:
@@ -308,18 +343,29 @@ def _loop(
             cursor, epoch = 0, epoch + 1
             order = _epoch_order(config.seed, epoch, len(train_images))
         picked = order[cursor * config.batch_size : (cursor + 1) * config.batch_size]
-        ids, rows = _caption_batch(train_caps, picked)
+        ids, rows = _caption_batch(train_caps, picked)  # every caption of the batch's images
+        captions, words, weight = int(ids.shape[0]), 0, 1.0
+        if dp.active:  # this rank's images, and the batch's word count its loss is weighed by
+            words = int((ids[:, 1:] != PAD).sum())
+            mine, weight = dp.shard_examples(list(range(len(picked))))
+            picked = picked[mine]
+            ids, rows = _caption_batch(train_caps, picked)
         ids, rows = ids.to(device), rows.to(device)  # (B, T + 2), (B,)
         images = train_inputs[picked].to(device)  # (N, 3, S, S) or (N, F) / (N, K, F)
-        lr = lr_at(step, config, steps_per_epoch, speed.elapsed())
+        lr = lr_at(step, config, steps_per_epoch, clock)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        logits = model(images, ids[:, :-1], rows)  # (B, T + 1, V)
-        loss = caption_loss(logits, ids[:, 1:], PAD)
+        logits = net(images, ids[:, :-1], rows)  # (B, T + 1, V)
+        if dp.active:  # this rank's summed loss over the batch's words, times W (DDP averages)
+            loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), ignore_index=PAD,
+                                   reduction="sum") * (weight * W / words)  # fmt: skip
+        else:
+            loss = caption_loss(logits, ids[:, 1:], PAD)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients are averaged over the ranks here
         grad_norm = clip_gradients(model.parameters(), config.grad_clip, config.grad_clip_mode)
-        loss_value = loss.item()
+        # One collective a step: the batch's loss, any rank's signal, rank 0's clock.
+        loss_value, interrupted, clock = dp.agree(loss, stop.signal is not None, speed.elapsed())
         verdict = guard.check(step, loss_value, grad_norm)
         if verdict == "ok":
             optimizer.step()
@@ -332,25 +378,26 @@ def _loop(
                 raise TrainingError(f"{guard.in_a_row} bad steps in a row at step {step} "
                                     f"({verdict}); lower --lr or --grad-clip")  # fmt: skip
         step, cursor = step + 1, cursor + 1
-        speed.add(int(ids.shape[0]))
+        speed.add(captions)  # the whole batch's captions
         record = {"step": step, "train_loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                   "epoch": epoch, "elapsed_s": round(speed.elapsed(), 3)}  # fmt: skip
         if step % config.log_every == 0 or step == config.max_steps:
             emit({"kind": "step", **record, "max_steps": config.max_steps,
                   "captions_per_s": speed.rate})  # fmt: skip
-        if config.max_minutes and speed.elapsed() > 60 * config.max_minutes:
+        if config.max_minutes and clock > 60 * config.max_minutes:
             stopped = "max_minutes"
-        if stop.signal is not None:
+        if dp.stop_now(interrupted, stop.signal is not None):
             stopped = "interrupted"
         is_best = False
         due = step % config.eval_every == 0 or step == config.max_steps or stopped == "max_minutes"
         if due and stopped != "interrupted":  # an interrupted run checkpoints without evaluating
-            val = _validate(model, vocab, val_images, val_inputs, val_caps, config, device)
-            record.update(val)
-            is_best = val["val_cider"] > best
-            best = max(best, val["val_cider"])
-            emit({"kind": "eval", "step": step, **val, "best": is_best})
-            model.train()
+            if dp.is_main:  # rank 0 evaluates (it alone writes the best checkpoint)
+                val = _validate(model, vocab, val_images, val_inputs, val_caps, config, device)
+                record.update(val)
+                is_best = val["val_cider"] > best
+                best = max(best, val["val_cider"])
+                emit({"kind": "eval", "step": step, **val, "best": is_best})
+                model.train()
             metrics.write(record)
             checkpoint(is_best)
         else:
@@ -360,9 +407,10 @@ def _loop(
     if not saved or saved[-1] != step:
         checkpoint(False)
     metrics.close()
+    dp.wait_for_all()  # no rank exits (torchrun would stop the rest) before rank 0 is done
     emit({"kind": "end", "step": step, "stopped": stopped, "best_cider": best,
           "elapsed_s": speed.elapsed()})  # fmt: skip
-    return CaptionTrainResult(run_dir, step, best, loss_value, stopped)
+    return CaptionTrainResult(run_dir, step, best, loss_value, stopped, dp.rank, W)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:

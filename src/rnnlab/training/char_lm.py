@@ -333,7 +333,8 @@ def _loop(
         out_of_time = bool(config.max_minutes) and clock > 60 * config.max_minutes
         if out_of_time:
             stopped = "max_minutes"
-        if interrupted:  # checkpoint below, without a (possibly long) evaluation
+        # A signal: checkpoint below, without a (possibly long) evaluation.
+        if dp.stop_now(interrupted, stop.signal is not None):
             stopped = "interrupted"
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps or out_of_time
         save_now, is_best = (

@@ -388,7 +388,7 @@ def _loop(config: ClassifyTrainConfig, run_dir: Path, ckpt: Any, data: LabeledDa
             emit({"kind": "step", **record, "max_steps": config.max_steps})
         if config.max_minutes and clock > 60 * config.max_minutes:
             stopped = "max_minutes"
-        if interrupted:
+        if dp.stop_now(interrupted, stop.signal is not None):
             stopped = "interrupted"
         is_best = False
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps

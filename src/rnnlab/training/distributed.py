@@ -268,8 +268,12 @@ class DataParallel:
         if not self.active:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
+        # rnnlab's models hold no running statistics (GroupNorm, not BatchNorm; their buffers
+        # are constants), so DDP need not re-broadcast buffers before every forward.
         with self.collectives():
-            return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            return nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, broadcast_buffers=False
+            )
 
     def rows(self, total: int) -> slice | None:
         """This rank's block of a batch of ``total`` rows (see ``shard_rows``); None (all rows,
@@ -318,6 +322,12 @@ class DataParallel:
             dist.all_reduce(values)
         total, stops, main_clock = values.tolist()
         return total / self.world_size, stops > 0, main_clock
+
+    def stop_now(self, agreed: bool, signalled: bool) -> bool:
+        """Whether a signal stops the run at this step: the flag ``agree`` returned under DDP
+        (all ranks at one step); for one process, the signal flag as it is now, so a signal that
+        lands while a step is reported still stops that step, as it always did."""
+        return agreed if self.active else signalled
 
     def sum(self, *values: float) -> tuple[float, ...]:
         """Sums over ranks in float64, e.g. (nats, characters) of a sharded evaluation: the

@@ -564,7 +564,7 @@ def _loop(
         out_of_time = bool(config.max_minutes) and clock > 60 * config.max_minutes
         if out_of_time:
             stopped = "max_minutes"
-        if interrupted:
+        if dp.stop_now(interrupted, stop.signal is not None):
             stopped = "interrupted"
         evaluate_now = step % config.eval_every == 0 or step == config.max_steps or out_of_time
         save_now = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
