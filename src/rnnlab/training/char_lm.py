@@ -413,7 +413,7 @@ def _split(config: TrainConfig) -> tuple[float, float, float]:
 def _last_good(run_dir: Path) -> str:
     if (run_dir / "best").is_dir():
         return str(run_dir / "best")
-    found = list_checkpoints(run_dir)
+    found = list_checkpoints(run_dir) if run_dir.is_dir() else []  # (another node's rank)
     return str(found[-1]) if found else "none (no checkpoint was written yet)"
 
 

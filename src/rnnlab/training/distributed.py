@@ -272,7 +272,7 @@ class DataParallel:
         # are constants), so DDP need not re-broadcast buffers before every forward.
         with self.collectives():
             return nn.parallel.DistributedDataParallel(
-                model, device_ids=ids, broadcast_buffers=False
+                model, device_ids=ids, forward_sync_buffers=False
             )
 
     def rows(self, total: int) -> slice | None:
