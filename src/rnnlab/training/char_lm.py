@@ -96,7 +96,8 @@ def train(
     step, writes a checkpoint and returns with ``stopped="interrupted"``; a second Ctrl-C stops at
     once (checkpoints are atomic, so the last complete one is intact either way).
     """
-    emit = on_event or (lambda event: None)
+    # Under torchrun rank 0 reports for the run (resume notes included); errors come from all.
+    emit = main_reports(on_event or (lambda event: None), launch_from_env())
     if resume is None:
         if config is None:
             raise TypeError("train() needs a TrainConfig, or resume=RUN_DIR")
@@ -131,7 +132,6 @@ def _train(
     set_threads(config.threads)
     launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
     check_divisible(config.batch_size, launch.world_size)
-    emit = main_reports(emit, launch)
     device = rank_device(config.device, launch)
     if ckpt is None:
         corpus = prepare_corpus(
