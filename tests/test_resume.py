@@ -164,7 +164,7 @@ def test_typed_flags_are_applied_even_at_their_default(trained, capsys):
 
 @pytest.mark.parametrize(
     "flag,value",
-    [("--hidden-size", 32), ("--cell", "gru"), ("--batch-size", 8), ("--seq-len", 8),
+    [("--hidden-size", 32), ("--cell", "lstm"), ("--batch-size", 8), ("--seq-len", 8),
      ("--optimizer", "sgd"), ("--seed", 1), ("--bytes", None), ("--embedding-size", 8)],
 )  # fmt: skip
 def test_fixed_settings_are_refused_on_resume(trained, capsys, flag, value):

@@ -1,4 +1,4 @@
-"""``rnnlab demo``: fetch Shakespeare, train a small LSTM for a few minutes, sample."""
+"""``rnnlab demo``: fetch Shakespeare, train the default char-LM (1x384 GRU) ~3 minutes, sample."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="fetch Shakespeare, train a small LSTM for ~3 min, sample")
+    p = sub.add_parser("demo", help="fetch Shakespeare, train the default char-LM ~3 min, sample")
     p.add_argument("--minutes", type=float, default=3.0, help="training time, minutes (default 3)")
     p.add_argument("--out-dir", default="runs/demo", help="run directory (default runs/demo)")
     p.set_defaults(run=run)
