@@ -60,16 +60,14 @@ class Candidate:
 # default as shipped, the rest are the alternatives it beat.
 SEARCH = [
     Candidate("default", PRESETS["small"]),
-    Candidate("lstm 1x256", {"cell": "lstm", "hidden_size": 256, "num_layers": 1, "lr": 3e-3}),
-    Candidate("lstm 1x512", {"cell": "lstm", "hidden_size": 512, "num_layers": 1, "lr": 2e-3}),
-    Candidate("gru 1x384", {"cell": "gru", "hidden_size": 384, "num_layers": 1, "lr": 3e-3}),
-    Candidate("gru 1x512", {"cell": "gru", "hidden_size": 512, "num_layers": 1, "lr": 2e-3}),
+    Candidate("lstm 1x256 (the old default)", {"cell": "lstm", "hidden_size": 256, "lr": 3e-3}),
+    Candidate("lstm 1x384", {"cell": "lstm", "hidden_size": 384, "lr": 3e-3}),
+    Candidate("lstm 1x512", {"cell": "lstm", "hidden_size": 512, "lr": 2e-3}),
     Candidate("lstm 2x256", {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "lr": 3e-3}),
-    Candidate(
-        "lstm 1x512 B64",
-        {"cell": "lstm", "hidden_size": 512, "num_layers": 1, "batch_size": 64, "lr": 3e-3},
-    ),  # fmt: skip
-    Candidate("mut1 1x512", {"cell": "mut1", "hidden_size": 512, "num_layers": 1, "lr": 2e-3}),
+    Candidate("gru 1x256", {"cell": "gru", "hidden_size": 256, "lr": 3e-3}),
+    Candidate("gru 1x512", {"cell": "gru", "hidden_size": 512, "lr": 2e-3}),
+    Candidate("gru 1x384, lr 5e-3", {"cell": "gru", "hidden_size": 384, "lr": 5e-3}),
+    Candidate("gru 1x384, lr 2e-3", {"cell": "gru", "hidden_size": 384, "lr": 2e-3}),
 ]
 
 
