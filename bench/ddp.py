@@ -6,8 +6,9 @@ the same global batch, characters per second and scaling efficiency, printed as 
     .venv/bin/python bench/ddp.py --quick          # smoke run: a tiny model, 3 s each
 
 Each measurement is the real command a user types (``python -m rnnlab train`` or ``torchrun
---nproc_per_node 2 -m rnnlab train``), an LSTM char-LM on tinyshakespeare for ``--seconds`` of
-training (``--max-minutes``), its rate read from ``metrics.jsonl`` (rank 0's clock; the ranks
+--nproc_per_node 2 -m rnnlab train``): a char-LM (the default 1x384 GRU, and a 2x512 LSTM; the
+cell is given, so a new default does not change the bench) on tinyshakespeare for ``--seconds``
+of training (``--max-minutes``), its rate read from ``metrics.jsonl`` (rank 0's clock; the ranks
 move in lockstep) after the first quarter of the run, so start-up, the engine load and the final
 evaluation are left out. Three layouts, the global batch B the same in each:
 
@@ -33,17 +34,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "tinyshakespeare.txt"
-SIZES = [(256, 1, 32, 64), (512, 2, 64, 100)]  # (H, L, B, T)
-QUICK = [(32, 1, 8, 32)]
+# (cell, H, L, B, T): the default model (a 1x384 GRU, batch 32 x 64) and a 2x512 LSTM
+SIZES = [("gru", 384, 1, 32, 64), ("lstm", 512, 2, 64, 100)]
+QUICK = [("lstm", 32, 1, 8, 32)]
 LAYOUTS = [(1, 1), (1, 2), (2, 1)]  # (processes, threads per process)
 
 
-def measure(data: Path, size: tuple[int, int, int, int], processes: int, threads: int,
+def measure(data: Path, size: tuple[str, int, int, int, int], processes: int, threads: int,
             seconds: float, scratch: Path) -> float:  # fmt: skip
     """Sustained characters per second of one ``rnnlab train`` run."""
-    hidden, layers, batch, seq = size
-    run = scratch / f"run-{hidden}-{layers}-{processes}x{threads}-{len(list(scratch.iterdir()))}"
-    args = ["train", str(data), "--out-dir", str(run), "--hidden-size", str(hidden),
+    cell, hidden, layers, batch, seq = size
+    run = scratch / f"run-{len(list(scratch.iterdir()))}"  # a fresh run directory each time
+    args = ["train", str(data), "--out-dir", str(run), "--cell", cell, "--hidden-size", str(hidden),
             "--num-layers", str(layers), "--batch-size", str(batch), "--seq-len", str(seq),
             "--max-minutes", str(seconds / 60), "--max-steps", str(10**12),
             "--eval-every", str(10**12), "--eval-batches", "1", "--sample-length", "0",
@@ -64,7 +66,7 @@ def measure(data: Path, size: tuple[int, int, int, int], processes: int, threads
 
 def table(data: Path, sizes: list, seconds: float, repeats: int) -> list[str]:
     rows = [
-        "| size (LSTM, global batch B) | 1 process x 1 thread | 1 process x 2 threads "
+        "| model, global batch B x T | 1 process x 1 thread | 1 process x 2 threads "
         "| 2 processes x 1 thread | speed-up vs 1x1 | scaling efficiency "
         "| vs 1 process x 2 threads |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -76,9 +78,9 @@ def table(data: Path, sizes: list, seconds: float, repeats: int) -> list[str]:
                 for layout in LAYOUTS:  # interleaved: a slow minute hurts every layout alike
                     rates[layout].append(measure(data, size, *layout, seconds, Path(tmp)))
             one, both, ddp = (statistics.median(rates[layout]) for layout in LAYOUTS)
-            h, n, b, t = size
+            cell, h, n, b, t = size
             rows.append(
-                f"| H{h} L{n} B{b} T{t} | {one:,.0f} chars/s | {both:,.0f} chars/s "
+                f"| {n}x{h} {cell.upper()}, {b} x {t} | {one:,.0f} chars/s | {both:,.0f} chars/s "
                 f"| {ddp:,.0f} chars/s | {ddp / one:.2f}x | {ddp / (2 * one):.0%} "
                 f"| {ddp / both:.2f}x |"
             )

@@ -286,7 +286,7 @@ def test_the_benchmark_measures_two_processes(text, tmp_path, monkeypatch):
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    assert measure(text, (16, 1, 4, 16), 2, 1, 2.0, scratch) > 0
+    assert measure(text, ("lstm", 16, 1, 4, 16), 2, 1, 2.0, scratch) > 0
 
 
 @pytest.mark.slow
