@@ -31,9 +31,9 @@ from rnnlab.training.distributed import (
 )
 from rnnlab.validation import ConfigError
 
-TINY = ["--hidden-size", "16", "--batch-size", "4", "--seq-len", "16", "--sample-length", "0",
-        "--threads", "1", "--log-every", "1", "--warmup-steps", "2", "--eval-batches", "2",
-        "--decay-steps", "60"]  # fmt: skip
+TINY = ["--cell", "lstm", "--hidden-size", "16", "--batch-size", "4", "--seq-len", "16",
+        "--sample-length", "0", "--threads", "1", "--log-every", "1", "--warmup-steps", "2",
+        "--eval-batches", "2", "--decay-steps", "60"]  # fmt: skip
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
