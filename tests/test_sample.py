@@ -478,14 +478,15 @@ def _rounded(model: CharLM, skip: tuple[str, ...] = ("weight_ih_l0",)) -> CharLM
     return copy_
 
 
+@pytest.mark.parametrize("streams", [3, 12])  # bf16 reads up to 8, widened copies above
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mut1", "mut2", "mut3"])
-def test_bfloat16_weights_equal_float32_with_rounded_weights(cell):
+def test_bfloat16_weights_equal_float32_with_rounded_weights(cell, streams):
     """weight_dtype=bfloat16 is exactly float32 arithmetic on weights rounded to bfloat16 (the
     engine widens them exactly and accumulates in float32), state carried over steps."""
     torch.manual_seed(0)
     model = CharLM(CharLMConfig(vocab_size=11, cell=cell, hidden_size=24, num_layers=2)).eval()
     reference = _rounded(model)
-    idx, state, want_state = torch.tensor([3, 7, 0]), None, None
+    idx, state, want_state = torch.randint(0, 11, (streams,)), None, None
     with torch.no_grad():
         for _ in range(5):
             got, state = model.step(idx, state, weight_dtype=torch.bfloat16)
@@ -495,7 +496,7 @@ def test_bfloat16_weights_equal_float32_with_rounded_weights(cell):
             assert not torch.equal(plain, got)  # the rounding did happen
             idx = got.argmax(-1)
     with torch.no_grad():  # vector input (no embedding): layer 0's W_ih is rounded as well
-        x, rnn = torch.randn(3, 24), model.rnn
+        x, rnn = torch.randn(streams, 24), model.rnn
         got, _ = rnn.step(x, None, weight_dtype=torch.bfloat16)
         want, _ = _rounded(model, skip=()).rnn.step(x, None)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -314,10 +314,15 @@ class Recurrent(nn.Module):
             weights = [kernels.layer_weights(self.cell, self.layer_params(k))
                        for k in range(self.num_layers)]  # fmt: skip
             if weight_dtype is not None:
+                # Few streams: the engine reads the bfloat16 copies (half the bytes). More: the
+                # products are compute-bound, so they run on float32 copies of the same rounded
+                # weights (the same numbers, at float32 GEMM speed).
                 sources = [t for layer in weights for t in layer if t is not None]
-                full = weights
+                full, widen = weights, x.shape[0] > LOW_PRECISION_MAX_ROWS
                 weights = self._step_cache(
-                    "weights", sources, lambda: _cast_matrices(full, weight_dtype)
+                    "weights-widened" if widen else "weights",
+                    sources,
+                    lambda: _cast_matrices(full, weight_dtype, widen),
                 )
             projected = embedding is not None or condition is not None
             if embedding is not None and condition is None and self.fold_lookup:
@@ -793,12 +798,21 @@ def _pack_like(output: Tensor, lengths: Tensor, packed: PackedSequence) -> Packe
     return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
 
 
+# Recurrent.step with reduced-precision weights reads them as such up to this many rows (streams).
+LOW_PRECISION_MAX_ROWS = 8
+
+
 def _cast_matrices(
-    weights: list[list[Tensor | None]], dtype: torch.dtype
+    weights: list[list[Tensor | None]], dtype: torch.dtype, widen: bool = False
 ) -> list[list[Tensor | None]]:
-    """Each layer's weight slots with the matrices (2-D) cast to ``dtype``; biases as they are."""
-    return [[w.to(dtype) if w is not None and w.dim() == 2 else w for w in layer]
-            for layer in weights]  # fmt: skip
+    """Each layer's weight slots with the matrices (2-D) rounded to ``dtype`` (and, with
+    ``widen``, back to their own dtype: the rounded values in full precision); biases as they
+    are."""
+
+    def cast(w: Tensor) -> Tensor:
+        return w.to(dtype).to(w.dtype) if widen else w.to(dtype)
+
+    return [[cast(w) if w is not None and w.dim() == 2 else w for w in layer] for layer in weights]
 
 
 def _parts(state: State) -> tuple[Tensor, ...]:
