@@ -37,7 +37,8 @@ def tiny_run(tmp_path_factory):
         mp.setenv("RNNLAB_CACHE", str(root / "cache"))
         code = main([
         "train", str(root / "train.txt"), "--out-dir", str(root / "run"), "--hidden-size", "16",
-            "--num-layers", "1", "--batch-size", "4", "--seq-len", "16", "--max-steps", "20",
+            "--cell", "lstm", "--num-layers", "1", "--batch-size", "4", "--seq-len", "16",
+            "--max-steps", "20",
             "--eval-every", "10", "--backend", "reference", "--sample-length", "0",
         ])  # fmt: skip
     assert code == 0

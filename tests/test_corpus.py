@@ -266,6 +266,9 @@ def test_corpus_info(tmp_path: Path) -> None:
 RSS_SCRIPT = """
 import json, sys
 import rnnlab.data as data
+import rnnlab.data.tbptt as tbptt
+
+tbptt.IN_MEMORY_BYTES = 0  # the memmap path (splits under 64 MiB are read into memory by design)
 
 def status(field):
     for line in open("/proc/self/status"):

@@ -149,7 +149,7 @@ def test_resumed_config_applies_free_fields_and_refuses_fixed_ones():
     config, notes = resumed_config(saved, {"max_steps": 2000, "lr": 2e-3, "hidden_size": 16})
     assert (config.max_steps, config.lr, config.hidden_size) == (2000, 2e-3, 16)
     assert any("no longer bit-exact" in n for n in notes if n.startswith("lr"))
-    for name, value in [("hidden_size", 32), ("cell", "gru"), ("batch_size", 8),
+    for name, value in [("hidden_size", 32), ("cell", "lstm"), ("batch_size", 8),
                         ("seed", 1), ("byte_level", True), ("optimizer", "sgd")]:  # fmt: skip
         with pytest.raises(ConfigError, match=f"^{name}: expected .* cannot change on resume"):
             resumed_config(saved, {name: value})

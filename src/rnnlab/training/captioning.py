@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from rnnlab.checkpoint import (
     Checkpoint,
     CheckpointError,
-    list_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
@@ -65,7 +64,6 @@ from rnnlab.training.distributed import (
 from rnnlab.training.tools import (
     GracefulStop,
     MetricsLog,
-    RunLock,
     StepGuard,
     Throughput,
     TrainingError,
@@ -229,13 +227,7 @@ def train_captioner(
     device = rank_device(config.device, launch)
     data = load_caption_data(config)
     with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
-        with dp.together("opening the run directory"):
-            if dp.is_main:  # only rank 0 writes the run directory
-                run_dir.mkdir(parents=True, exist_ok=True)
-                own.enter_context(RunLock(run_dir))
-                if ckpt is None and list_checkpoints(run_dir):
-                    raise ValueError(f"out_dir: {run_dir} already holds a run; resume it or "
-                                     "choose another --out-dir")  # fmt: skip
+        dp.open_run_directory(run_dir, ckpt is None, own)  # rank 0 creates and locks it
         return _loop(config, run_dir.resolve(), data, ckpt, dp, emit, stop)
 
 

@@ -49,7 +49,6 @@ from rnnlab.training.distributed import (
 from rnnlab.training.tools import (
     GracefulStop,
     MetricsLog,
-    RunLock,
     StepGuard,
     Throughput,
     TrainingError,
@@ -156,15 +155,7 @@ def _train(
     # Signals stay deferred until the process group is closed: when one rank exits, torchrun
     # stops the others, and rank 0 must not die between its last checkpoint and the end.
     with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
-        with dp.together("opening the run directory"):
-            if dp.is_main:  # only rank 0 writes the run directory
-                run_dir.mkdir(parents=True, exist_ok=True)
-                own.enter_context(RunLock(run_dir))
-                if ckpt is None and list_checkpoints(run_dir):
-                    raise ValueError(
-                        f"out_dir: {run_dir} already holds a run; resume it with --resume "
-                        f"{run_dir} or choose another --out-dir"
-                    )
+        dp.open_run_directory(run_dir, ckpt is None, own)  # rank 0 creates and locks it
         return _loop(config, run_dir.resolve(), ckpt, corpus, train_data, val_data, dp, emit,
                      stop)  # fmt: skip
 

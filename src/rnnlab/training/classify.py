@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from rnnlab.checkpoint import (
     CheckpointError,
-    list_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
@@ -54,7 +53,6 @@ from rnnlab.training.distributed import (
 from rnnlab.training.tools import (
     GracefulStop,
     MetricsLog,
-    RunLock,
     StepGuard,
     Throughput,
     TrainingError,
@@ -258,14 +256,7 @@ def train_classifier(
                 "data_sha256"]:  # fmt: skip
             raise DataError(f"{config.data}: not the file the run was trained on")
         with DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
-            with dp.together("opening the run directory"):
-                if dp.is_main:  # only rank 0 writes the run directory
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                    own.enter_context(RunLock(run_dir))
-                    if ckpt is None and list_checkpoints(run_dir):
-                        raise ValueError(f"out_dir: {run_dir} already holds a run; resume it "
-                                         f"with --resume {run_dir} or choose another "
-                                         f"--out-dir")  # fmt: skip
+            dp.open_run_directory(run_dir, ckpt is None, own)  # rank 0 creates and locks it
             return _loop(config, run_dir.resolve(), ckpt, data, dp, emit, stop)
 
 

@@ -43,6 +43,7 @@ import struct
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,9 +53,9 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
 from rnnlab.cells import State
-from rnnlab.checkpoint import CheckpointError, flatten_state, unflatten_state
+from rnnlab.checkpoint import CheckpointError, flatten_state, list_checkpoints, unflatten_state
 from rnnlab.runtime import resolve_device
-from rnnlab.training.tools import TrainingError
+from rnnlab.training.tools import RunLock, TrainingError
 from rnnlab.validation import ConfigError
 
 Event = dict[str, Any]
@@ -412,6 +413,20 @@ class DataParallel:
                 )
         if failed is not None:
             raise failed
+
+    def open_run_directory(self, run_dir: Path, fresh: bool, stack: contextlib.ExitStack) -> None:
+        """Rank 0 creates ``run_dir`` and takes its RunLock for as long as ``stack`` is open; a
+        ``fresh`` run refuses a directory that already holds checkpoints (ValueError). Every
+        rank learns the outcome (``together``); the other ranks never touch the directory."""
+        with self.together("opening the run directory"):
+            if self.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(RunLock(run_dir))
+                if fresh and list_checkpoints(run_dir):
+                    raise ValueError(
+                        f"out_dir: {run_dir} already holds a run; resume it with --resume "
+                        f"{run_dir} or choose another --out-dir"
+                    )
 
     def wait_for_all(self) -> None:
         """A barrier (one tiny all-reduce, which gloo and NCCL both run): no rank goes on, or
