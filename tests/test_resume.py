@@ -316,3 +316,12 @@ def test_a_new_max_steps_on_resume_keeps_the_cosine_horizon():
             assert lr_at(step, resumed, 1) == lr_at(step, saved, 1)
     explicit, _ = resumed_config(saved, {"max_steps": 60, "decay_steps": 60})
     assert explicit.decay_steps == 60
+
+
+def test_resume_with_max_steps_already_reached_says_so(trained, capsys):
+    """A resume whose --max-steps is at or below the checkpoint's step trains nothing: the user
+    is told, instead of a silent no-op."""
+    run, _ = trained
+    code, _, err = run_cli(["train", "--resume", run, "--max-steps", 3], capsys)
+    assert code == 0, err
+    assert "the checkpoint is at step 4 and max_steps is 3: nothing to train" in err

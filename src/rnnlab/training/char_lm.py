@@ -145,6 +145,10 @@ def _train(
                 f"vocabulary mismatch on resume: {ckpt.vocab.diff(corpus.vocab)}; resume "
                 f"with the file the run was trained on"
             )
+        if config.max_steps <= ckpt.step:
+            text = (f"the checkpoint is at step {ckpt.step} and max_steps is {config.max_steps}: "
+                    "nothing to train; give a larger --max-steps")  # fmt: skip
+            emit({"kind": "note", "text": text})
     train_data = StreamBatcher(corpus.split("train"), config.batch_size, config.seq_len)
     val_data = _val_batcher(corpus, config)
 
