@@ -109,11 +109,11 @@ def run_baseline(corpus, minutes: float, val: StreamBatcher, hidden: int) -> tup
     return evaluate_tokens(model, val).loss, steps  # type: ignore[arg-type]
 
 
-LAST_MODEL: list = []  # the last rnnlab model trained, for the bfloat16 check
-
-
-def run_rnnlab(path: Path, minutes: float, val: StreamBatcher, settings: dict) -> tuple[float, int]:
-    """(validation loss, steps) of ``rnnlab train --max-minutes`` with ``settings``."""
+def run_rnnlab(
+    path: Path, minutes: float, val: StreamBatcher, settings: dict
+) -> tuple[float, int, nn.Module]:
+    """(validation loss, steps, trained model) of ``rnnlab train --max-minutes`` with
+    ``settings``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         config = TrainConfig(**{"input": str(path), "out_dir": str(out), "val_frac": 0.1,
@@ -121,8 +121,7 @@ def run_rnnlab(path: Path, minutes: float, val: StreamBatcher, settings: dict) -
                                 "max_minutes": minutes, **settings})  # fmt: skip
         result = train(config)
         model = load_run(out, which="latest").model
-        LAST_MODEL[:] = [model]
-        return evaluate_tokens(model, val).loss, result.step
+        return evaluate_tokens(model, val).loss, result.step, model
 
 
 @torch.no_grad()
@@ -156,16 +155,19 @@ def main() -> int:
         name = f"plain PyTorch LSTM 2x{hidden} (B50 T50, Adam 2e-3)"
         rows.append((name, "baseline", [run_baseline(corpus, m, val, hidden) for m in marks]))
         print(f"  {name}: {rows[-1][2]}", file=sys.stderr, flush=True)
+    default_model = None  # the default preset trained for the longest budget
     for candidate in SEARCH if args.search else SEARCH[:1]:
-        results = [run_rnnlab(args.data, m, val, candidate.settings) for m in marks]
+        runs = [run_rnnlab(args.data, m, val, candidate.settings) for m in marks]
+        results = [(loss, steps) for loss, steps, _ in runs]
+        default_model = runs[-1][2] if default_model is None else default_model
         rows.append((f"rnnlab {candidate.name}: {candidate.describe()}", "rnnlab", results))
         print(f"  {rows[-1][0]}: {results}", file=sys.stderr, flush=True)
 
-    if LAST_MODEL:  # what --weights bfloat16 costs in loss, on the same model
+    if default_model is not None:  # what --weights bfloat16 costs in loss, on the same model
         tokens = torch.as_tensor(corpus.split("val")[:20_000].astype("int64"))
-        fp32 = step_loss(LAST_MODEL[0], tokens, None)
-        bf16 = step_loss(LAST_MODEL[0], tokens, torch.bfloat16)
-        print(f"\n`--weights bfloat16` on the last rnnlab model, first 20,000 validation chars "
+        fp32 = step_loss(default_model, tokens, None)
+        bf16 = step_loss(default_model, tokens, torch.bfloat16)
+        print(f"\n`--weights bfloat16` on the default model, first 20,000 validation chars "
               f"fed one by one: float32 {fp32:.4f}, bfloat16 {bf16:.4f} nats/char "
               f"({bf16 - fp32:+.4f})")  # fmt: skip
     head = " | ".join(f"{m:g} min: val (steps)" for m in marks)

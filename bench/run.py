@@ -19,9 +19,7 @@ measurement runs in its own process and times the best of several steps: the mac
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,13 +32,12 @@ STANDARD = ("rnn", "lstm", "gru")
 
 
 def measure(kind: str, **options: object) -> dict:
+    from workloads import run_json
+
     args = [sys.executable, str(HERE / "workloads.py"), kind]
     for key, value in options.items():
         args += [f"--{key}", str(value)]
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json(args)
 
 
 def machine() -> str:

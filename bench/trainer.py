@@ -178,13 +178,13 @@ WORKERS = {
 
 
 def child(kind: str, **options: object) -> dict:
+    sys.path.insert(0, str(HERE))
+    from workloads import run_json
+
     args = [sys.executable, str(Path(__file__).resolve()), "--worker", kind]
     for key, value in options.items():
         args += [f"--{key}", str(value)]
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json(args)
 
 
 def median_of(kind: str, repeats: int, **options: object) -> dict:

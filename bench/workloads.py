@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import time
 
 import torch
@@ -55,6 +56,14 @@ def build(cell: str, backend: str, vocab_size: int, hidden_size: int, num_layers
     if nofold:
         model.rnn.fold_lookup = False  # the engine projects every token itself
     return model
+
+
+def run_json(args: list[str]) -> dict:
+    """Run a measurement process; its last stdout line is the JSON result (stderr on failure)."""
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def flops_per_char(model: nn.Module) -> int:

@@ -57,6 +57,18 @@ def losses(run: Path, key: str = "train_loss") -> list[float]:
     return [r[key] for r in records if key in r]
 
 
+def two_processes_match_one(args: list[str], tmp_path: Path) -> None:
+    """The command ``args`` in one process and under torchrun with 2: rank 0 reports once, and
+    the training and validation losses agree within 1e-5 step by step."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*args, "--out-dir", str(one)]) == 0
+    done = torchrun(*args, "--out-dir", two)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("run directory:") == 1
+    assert np.allclose(losses(two), losses(one), rtol=0, atol=1e-5)
+    assert np.allclose(losses(two, "val_loss"), losses(one, "val_loss"), rtol=0, atol=1e-5)
+
+
 def trainer_state(run: Path) -> dict:
     ckpt = load_checkpoint(latest_checkpoint(run))
     return unflatten_state(ckpt.trainer_tensors, ckpt.trainer["state"])
@@ -329,13 +341,7 @@ def test_classify_on_two_gloo_processes_matches_one(tmp_path, monkeypatch):
     args = ["classify", "train", str(data), "--hidden-size", "16", "--batch-size", "5",
             "--threads", "1", "--eval-every", "5", "--warmup-steps", "2",
             "--max-steps", "10"]  # fmt: skip
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main([*args, "--out-dir", str(one)]) == 0
-    done = torchrun(*args, "--out-dir", two)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.count("run directory:") == 1
-    assert np.allclose(losses(two), losses(one), rtol=0, atol=1e-5)
-    assert np.allclose(losses(two, "val_loss"), losses(one, "val_loss"), rtol=0, atol=1e-5)
+    two_processes_match_one(args, tmp_path)
 
 
 @pytest.mark.slow
@@ -351,10 +357,4 @@ def test_captioning_on_two_gloo_processes_matches_one(tmp_path, monkeypatch):
             "--cnn-channels", "4", "--feature-size", "16", "--embedding-size", "8",
             "--hidden-size", "16", "--batch-size", "4", "--warmup-steps", "0", "--threads", "1",
             "--max-length", "12", "--eval-every", "3", "--max-steps", "6"]  # fmt: skip
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main([*args, "--out-dir", str(one)]) == 0
-    done = torchrun(*args, "--out-dir", two)
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.count("run directory:") == 1
-    assert np.allclose(losses(two), losses(one), rtol=0, atol=1e-5)
-    assert np.allclose(losses(two, "val_loss"), losses(one, "val_loss"), rtol=0, atol=1e-5)
+    two_processes_match_one(args, tmp_path)

@@ -96,9 +96,8 @@ def lr_at(step: int, config: ScheduleSettings, steps_per_epoch: int, elapsed: fl
     if config.lr_schedule == "cosine":
         span = max(1, (config.decay_steps or config.max_steps) - config.warmup_steps)
         progress = (step - config.warmup_steps) / span
-        budget = getattr(config, "max_minutes", 0.0)
-        if budget and not config.decay_steps:
-            progress = max(progress, elapsed / (60.0 * budget))
+        if config.max_minutes and not config.decay_steps:
+            progress = max(progress, elapsed / (60.0 * config.max_minutes))
         progress = min(1.0, progress)
         floor = config.lr * config.min_lr_frac
         return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
