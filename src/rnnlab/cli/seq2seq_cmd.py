@@ -197,20 +197,14 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def read_lines(path: str) -> list[tuple[str, str]]:
-    from rnnlab.data.errors import DataError
+    """The non-blank lines of a ``predict --input`` file ('-': stdin), stripped, each with
+    ``file:line``; read by ``rnnlab.data.text`` (BOM dropped, cut at \\n and \\r\\n only)."""
+    from rnnlab.data import text as text_file
 
     name = "<stdin>" if path == "-" else path
-    try:
-        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{name}:{line}: invalid UTF-8 (byte offset {e.start})") from None
-    return [(line.strip(), f"{name}:{i}") for i, line in enumerate(text.splitlines(), start=1)
-            if line.strip()]  # fmt: skip
+    lines = text_file.read_lines(sys.stdin.buffer if path == "-" else path, name=name)
+    return [(text_file.check_length(line.text.strip(), f"{name}:{line.number}", "line"),
+             f"{name}:{line.number}") for line in lines if line.text.strip()]  # fmt: skip
 
 
 def _duration(seconds: float) -> str:

@@ -8,14 +8,14 @@ tokens: ARPAbet phonemes, words)::
     cat<TAB>K AE1 T   ->  Pair(source=["c","a","t"], target=["K","AE1","T"], line=1)
 
 Every problem with a file is a DataError naming the file and the line: a missing or extra
-field, an empty field, invalid UTF-8, an empty file, and (when encoding with a vocabulary made at
-training time) a symbol or label that vocabulary has never seen.
+field, an empty field, a field over ``MAX_FIELD_CHARS`` (10,000) characters, invalid UTF-8, an
+empty file, and (when encoding with a vocabulary made at training time) a symbol or label that
+vocabulary has never seen. Files are read by ``rnnlab.data.text`` (the one line reader).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,11 +26,16 @@ import torch
 from torch import Tensor
 
 from rnnlab.data.errors import DataError
+from rnnlab.data.text import (
+    MAX_FILE_BYTES,
+    check_length,
+    read_text,
+    split_lines,
+)
 
 Tokenizer = Literal["char", "space"]
 SOURCE_SPECIALS = ("<pad>", "<unk>", "</s>")
 TARGET_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
-MAX_FILE_BYTES = 2**31
 
 
 def split_symbols(text: str, how: Tokenizer) -> list[str]:
@@ -131,26 +136,13 @@ def read_rows(path: str | os.PathLike[str], *, header: bool = False) -> list[tup
 
     CSV when the name ends in ``.csv`` (fields may be quoted and hold commas, tabs, newlines);
     otherwise TSV: exactly one tab per line, text taken as is. ``header`` skips the first row.
+    Read by ``rnnlab.data.text``: UTF-8, a byte-order mark dropped, lines cut at ``\\n`` and
+    ``\\r\\n`` only; a field over ``MAX_FIELD_CHARS`` characters is a DataError.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if path.is_dir():
-            raise DataError(f"{path}: is a directory, expected a TSV or CSV file")
-        if size > MAX_FILE_BYTES:
-            raise DataError(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} this reads")
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(
-            f"{path}:{line}: invalid UTF-8 (byte offset {e.start}); save the file as UTF-8"
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]  # a byte-order mark is not data
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a TSV or CSV file")
+    text = read_text(path, max_bytes=MAX_FILE_BYTES)
     rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _tsv_rows(path, text)
     if header and rows:
         rows = rows[1:]
@@ -161,7 +153,7 @@ def read_rows(path: str | os.PathLike[str], *, header: bool = False) -> list[tup
 
 def _tsv_rows(path: Path, text: str) -> list[tuple[str, str, int]]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -169,13 +161,14 @@ def _tsv_rows(path: Path, text: str) -> list[tuple[str, str, int]]:
             raise DataError(
                 f"{path}:{number}: expected 2 tab-separated fields, found {len(fields)}"
             )
-        rows.append((fields[0], fields[1], number))
+        rows.append(_row(path, number, fields))
     return rows
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, str, int]]:
     rows = []
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    # Lines keep their terminators so a quoted field may span them; line_num counts them.
+    reader = csv.reader(split_lines(text, keepends=True), strict=True)
     start = 1
     try:
         for fields in reader:
@@ -186,10 +179,19 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, str, int]]:
                 raise DataError(
                     f"{path}:{number}: expected 2 comma-separated fields, found {len(fields)}"
                 )
-            rows.append((fields[0], fields[1], number))
+            rows.append(_row(path, number, fields))
     except csv.Error as e:
         raise DataError(f"{path}:{start}: malformed CSV ({e})") from None
     return rows
+
+
+def _row(path: Path, number: int, fields: list[str]) -> tuple[str, str, int]:
+    where = f"{path}:{number}"
+    return (
+        check_length(fields[0], where, "field 1"),
+        check_length(fields[1], where, "field 2"),
+        number,
+    )
 
 
 def read_pairs(
