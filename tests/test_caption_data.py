@@ -186,3 +186,49 @@ def test_feature_files(tmp_path):
         read_features(tmp_path / "f.txt")
     with pytest.raises(DataError, match="no such feature file"):
         read_features(tmp_path / "none.npy")
+
+
+@pytest.mark.parametrize(
+    ("shape", "empty"),
+    [((4, 0), "F=0"), ((0, 6), "N=0"), ((4, 0, 6), "K=0"), ((4, 3, 0), "F=0")],
+)
+def test_empty_feature_dimensions_are_refused_naming_file_and_shape(tmp_path, shape, empty):
+    from safetensors.numpy import save_file
+
+    np.save(tmp_path / "f.npy", np.zeros(shape, dtype=np.float32))
+    save_file({"features": np.zeros(shape, dtype=np.float32)}, str(tmp_path / "f.safetensors"))
+    for name in ("f.npy", "f.safetensors"):
+        with pytest.raises(DataError) as info:
+            read_features(tmp_path / name, shape[0])
+        message = str(info.value)
+        assert str(tmp_path / name) in message and str(shape) in message and empty in message
+
+
+def test_features_are_checked_in_full(tmp_path):
+    np.save(tmp_path / "wide.npy", np.full((2, 3), 1e39, dtype=np.float64))
+    with pytest.raises(DataError, match=r"wide\.npy: a feature value is beyond float32"):
+        read_features(tmp_path / "wide.npy")
+    np.save(tmp_path / "int.npy", np.ones((2, 3), dtype=np.int64))
+    with pytest.raises(DataError, match=r"int\.npy: expected float features .* int64 \(2, 3\)"):
+        read_features(tmp_path / "int.npy")
+    np.save(tmp_path / "ok.npy", np.ones((2, 3), dtype=np.float16))
+    assert read_features(tmp_path / "ok.npy", 2, width=3).dtype == np.float32
+    with pytest.raises(DataError, match=r"ok\.npy: expected features of width F=5, found 3"):
+        read_features(tmp_path / "ok.npy", 2, width=5)
+    np.save(tmp_path / "inf.npy", np.array([[1.0, np.inf]], dtype=np.float32))
+    with pytest.raises(DataError, match=r"inf\.npy: the features hold NaN or inf"):
+        read_features(tmp_path / "inf.npy")
+
+
+def test_a_zero_width_feature_file_stops_training_before_the_run_directory(tmp_path, capsys):
+    from rnnlab.cli import main
+
+    entries = [entry(f"{i}.png", split) for i, split in enumerate(["train", "val"])]
+    data = write_json(tmp_path, {"images": entries})
+    np.save(tmp_path / "f.npy", np.zeros((2, 0), dtype=np.float32))
+    run = tmp_path / "run"
+    argv = ["caption", "train", "--data", str(data), "--features", str(tmp_path / "f.npy")]
+    assert main(argv + ["--out-dir", str(run), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "f.npy" in err and "(2, 0)" in err and "F=0" in err and err.count("\n") == 1
+    assert not run.exists()

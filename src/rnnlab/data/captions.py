@@ -11,9 +11,12 @@ The JSON format is the one of Karpathy & Fei-Fei (2015)'s splits (``dataset_coco
 An image's file is ``image_dir / filepath / filename``. A sentence needs ``tokens`` (a list of
 strings) or ``raw`` (text, tokenised by :func:`tokenize`). ``restval`` counts as ``train``, as in
 Karpathy's code. Every problem is a DataError naming the file and the JSON path of the bad value;
-no image or sentence is ever dropped silently. Images are read with Pillow (PNG, JPEG, ...) into
-uint8 (3, S, S); precomputed features are ``.npy`` or ``.safetensors`` files with one row per
-entry of ``images[]``, in order: (N, F) vectors or (N, K, F) grids of K locations.
+no image or sentence is ever dropped silently. An image's path may not contain ``..`` or be
+absolute, and with every symlink followed it must stay inside the image folder (a link to a file
+or a linked sub-folder elsewhere is refused). Images are read by ``rnnlab.data.images`` (pixel
+limit, colour modes) into uint8 (3, S, S); precomputed features are ``.npy`` or
+``.safetensors`` files with one row per entry of ``images[]``, in order: (N, F) vectors or
+(N, K, F) grids of K locations.
 
 Token ids: ``<pad>`` 0, ``<start>`` 1, ``<end>`` 2, ``<unk>`` 3, then the words kept by the count
 threshold, most frequent first. A batch of captions is laid out for teacher forcing as::
@@ -36,6 +39,21 @@ from typing import Any
 import numpy as np
 
 from rnnlab.data.errors import DataError
+from rnnlab.data.images import inside_folder, load_image
+
+__all__ = [
+    "CaptionDataset",
+    "CaptionImage",
+    "CaptionVocab",
+    "EncodedCaptions",
+    "encode_captions",
+    "load_image",
+    "load_images",
+    "most_frequent_caption",
+    "read_caption_json",
+    "read_features",
+    "tokenize",
+]
 
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
 PAD, START, END, UNK = 0, 1, 2, 3
@@ -50,13 +68,16 @@ def tokenize(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class CaptionImage:
-    """One entry of ``images[]``: its file, split, reference captions and row ``index``."""
+    """One entry of ``images[]``: its file, split, reference captions and row ``index``;
+    ``where`` is the JSON path that names the file (``captions.json: images[3].filename``)."""
 
     index: int
     filename: str
     path: Path
     split: str
     captions: tuple[tuple[str, ...], ...]
+    where: str = ""
+    folder: Path | None = None  # the image folder the file must stay inside
 
 
 @dataclass(frozen=True)
@@ -111,10 +132,11 @@ def read_caption_json(path: str | Path, image_dir: str | Path | None = None) -> 
             raise DataError(f"{where}.sentences: expected a non-empty list, found {sentences!r}")
         captions = tuple(_caption(s, f"{where}.sentences[{j}]") for j, s in enumerate(sentences))
         file = root / folder / filename if folder else root / filename
+        _check_inside(file, root, f"{where}.filename")
         if file in seen:
             raise DataError(f"{where}.filename: {file} is also images[{seen[file]}]")
         seen[file] = i
-        images.append(CaptionImage(i, filename, file, split, captions))
+        images.append(CaptionImage(i, filename, file, split, captions, f"{where}.filename", root))
     if not images:
         raise DataError(f"{path}: the images list is empty")
     return CaptionDataset(path, root, tuple(images))
@@ -142,6 +164,14 @@ def _relative(name: Any, where: str) -> str:
     if name.startswith(("/", "\\")) or ".." in parts or "\x00" in name:
         raise DataError(f"{where}: {name!r} must be a path inside the image folder")
     return name
+
+
+def _check_inside(file: Path, root: Path, where: str) -> None:
+    if not inside_folder(file, root):
+        raise DataError(
+            f"{where}: {file} is a symlink (or in a linked folder) that leads outside the image "
+            f"folder {root} (to {file.resolve()}); copy the file into the folder instead"
+        )
 
 
 def _kind(x: Any) -> str:
@@ -246,26 +276,6 @@ def encode_captions(
 # -- images and features ------------------------------------------------------------------------
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """An image file as uint8 (3, size, size), RGB, resized with bilinear filtering if needed."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(im, dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not an image file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: cannot read the image ({_reason(e)})") from None
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
 def load_images(images: Sequence[CaptionImage | str | Path], size: int) -> np.ndarray:
     """Images as uint8 (N, 3, size, size); the first missing or unreadable file is a DataError
     that also says how many others are missing."""
@@ -275,14 +285,26 @@ def load_images(images: Sequence[CaptionImage | str | Path], size: int) -> np.nd
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
         raise DataError(f"{missing[0]}: no such image file{more}")
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-    for i, p in enumerate(paths):
-        out[i] = load_image(p, size)
+    for i, (p, im) in enumerate(zip(paths, images, strict=True)):
+        where = ""
+        if isinstance(im, CaptionImage):
+            where = im.where
+            if im.folder is not None:  # again, just before reading: a link may have changed
+                _check_inside(p, im.folder, where)
+                p = p.resolve()
+        out[i] = load_image(p, size, where)
     return out
 
 
-def read_features(path: str | Path, rows: int | None = None) -> np.ndarray:
+def read_features(
+    path: str | Path, rows: int | None = None, width: int | None = None
+) -> np.ndarray:
     """Precomputed image features as float32 (N, F) or (N, K, F): a ``.npy`` array (read without
-    pickle) or a ``.safetensors`` file holding one tensor (or one named ``features``)."""
+    pickle) or a ``.safetensors`` file holding one tensor (or one named ``features``).
+
+    Checked in full before anything uses them: a float dtype, 2 or 3 dimensions, every size > 0,
+    ``rows`` rows and width F = ``width`` when given, every value finite and within float32.
+    Raises DataError naming the file and what it holds."""
     path = Path(path)
     try:
         if path.suffix == ".npy":
@@ -305,17 +327,27 @@ def read_features(path: str | Path, rows: int | None = None) -> np.ndarray:
         raise
     except Exception as e:  # numpy's and safetensors' parsers: a damaged or pickled file
         raise DataError(f"{path}: cannot read the features ({_reason(e)})") from None
+    shape = tuple(array.shape)
     if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.floating):
         raise DataError(
-            f"{path}: expected float features (N, F) or (N, K, F), found {array.dtype} "
-            f"{tuple(array.shape)}"
+            f"{path}: expected float features (N, F) or (N, K, F), found {array.dtype} {shape}"
         )
-    if rows is not None and array.shape[0] != rows:
-        raise DataError(f"{path}: expected {rows} rows (one per image), found {array.shape[0]}")
-    array = array.astype(np.float32)
+    if 0 in shape:
+        names = ("N", "F") if array.ndim == 2 else ("N", "K", "F")
+        empty = ", ".join(f"{n}={d}" for n, d in zip(names, shape, strict=True) if d == 0)
+        raise DataError(
+            f"{path}: expected features (N, F) or (N, K, F) with every size > 0, found "
+            f"{array.dtype} {shape} ({empty})"
+        )
+    if rows is not None and shape[0] != rows:
+        raise DataError(f"{path}: expected {rows} rows (one per image), found {shape[0]}")
+    if width is not None and shape[-1] != width:
+        raise DataError(f"{path}: expected features of width F={width}, found {shape[-1]}")
     if not np.isfinite(array).all():
         raise DataError(f"{path}: the features hold NaN or inf")
-    return array
+    if np.abs(array).max() > np.finfo(np.float32).max:  # float64 values a float32 cannot hold
+        raise DataError(f"{path}: a feature value is beyond float32's range (3.4e38)")
+    return array.astype(np.float32)
 
 
 def most_frequent_caption(images: Sequence[CaptionImage]) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from rnnlab.data.captions import (
     read_caption_json,
     read_features,
 )
+from rnnlab.data.images import open_rgb
 from rnnlab.metrics.captioning import CaptionScores, bleu, score_captions
 from rnnlab.models.captioner import attention_maps, generate_captions
 from rnnlab.training.captioning import LoadedCaptioner
@@ -172,13 +173,10 @@ table.scores td:first-child, table.scores th:first-child { text-align: left; }
 
 
 def _png_data_uri(path: Path, side: int = 96) -> str:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((side, side))
-        buffer = io.BytesIO()
-        im.save(buffer, format="PNG")
+    im = open_rgb(path)  # the training reader's size limit and colour rules
+    im.thumbnail((side, side))
+    buffer = io.BytesIO()
+    im.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -189,8 +187,7 @@ def _attention_uri(path: Path, alpha: np.ndarray, side: int = 48) -> str:
     grid = int(round(math.sqrt(alpha.size)))
     weights = alpha.reshape(grid, grid) / max(float(alpha.max()), 1e-12)
     mask = Image.fromarray(np.uint8(255 * weights)).resize((side, side), Image.Resampling.BILINEAR)
-    with Image.open(path) as im:
-        pixels = np.asarray(im.convert("RGB").resize((side, side)), dtype=np.float32)
+    pixels = np.asarray(open_rgb(path).resize((side, side)), dtype=np.float32)
     shade = 0.25 + 0.75 * np.asarray(mask, dtype=np.float32)[..., None] / 255.0
     buffer = io.BytesIO()
     Image.fromarray(np.uint8(pixels * shade)).save(buffer, format="PNG")
