@@ -31,6 +31,7 @@ from rnnlab.checkpoint.store import (
     _read_json_bytes,
     _read_manifest,
 )
+from rnnlab.data.text import sha256_file
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -144,15 +145,6 @@ def read_safetensors(
     return {k: v.to(map_location) for k, v in _parse_safetensors(data, path).items()}
 
 
-def _sha256_file(file: Path) -> str:
-    """Streamed: memory stays at one buffer whatever the file's size."""
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_file(file: Path, entry: dict[str, Any], limit: int | None = None) -> None:
     """Regular file, size as the manifest says (and within ``limit``)."""
     if not file.is_file() or file.is_symlink() and not file.resolve().is_file():
@@ -168,7 +160,7 @@ def _check_file(file: Path, entry: dict[str, Any], limit: int | None = None) -> 
 
 
 def _verify_sha(file: Path, entry: dict[str, Any], data: bytes | None = None) -> None:
-    digest = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(file)
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(file)
     if digest != entry["sha256"]:
         raise CheckpointError(
             f"checkpoint {file}: checksum mismatch; the file is corrupted, "

@@ -18,7 +18,6 @@ removed from vowels (39 phonemes); ``stress=True`` keeps ARPAbet with stress (69
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Literal
 
 from rnnlab.data.errors import DataError
 from rnnlab.data.pairs import Pair
+from rnnlab.data.split import hash_u32
 
 Split = Literal["train", "val", "test"]
 _VARIANT = re.compile(r"\(\d+\)$")
@@ -46,7 +46,7 @@ def cmudict_path() -> Path:
 
 def split_of(word: str) -> Split:
     """The split a word belongs to (see the module docstring)."""
-    bucket = int(hashlib.sha256(word.encode("utf-8")).hexdigest()[:8], 16) % 100
+    bucket = hash_u32(word) % 100
     return "test" if bucket < 10 else "val" if bucket < 15 else "train"
 
 

