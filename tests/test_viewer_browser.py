@@ -1,5 +1,6 @@
 """The viewer in real headless Chromium (Debian's, driven by Playwright): rendering, unit choice,
-hover, live sampling, XSS, no outside requests; the self-contained HTML export too.
+hover, live sampling, XSS, no outside requests, readable glyphs (WCAG contrast from computed
+colours), a cross-site page refused; the self-contained HTML export too.
 
 Slow (a browser start). Skipped when no Chromium is installed, unless RNNLAB_REQUIRE_BROWSER=1
 (CI sets it, so a missing browser fails there instead of passing silently).
@@ -148,3 +149,118 @@ def test_html_export_works_offline(browser, tmp_path):
     first = page.eval_on_selector_all("#text > span", "s => s.map(x => x.style.backgroundColor)")
     assert len(set(first)) > 3  # the first embedded unit is drawn
     assert all(u.startswith("file:") for u in watch.requests), watch.requests
+
+
+def contrast(fg, bg):
+    """WCAG 2 contrast ratio of two sRGB colours (0-255 triples)."""
+
+    def luminance(c):
+        s = [u / 255 for u in c]
+        lin = [x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4 for x in s]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def rgb(css):
+    """'rgb(1, 2, 3)' (as getComputedStyle writes an opaque colour) -> (1, 2, 3)."""
+    assert css.startswith("rgb(") and css.count(",") == 2, css  # opaque, no alpha
+    return tuple(int(x) for x in css[4:-1].split(","))
+
+
+COMPUTED = "s => s.map(x => [getComputedStyle(x).color, getComputedStyle(x).backgroundColor])"
+
+
+def assert_readable(pairs, at_least=4.5):
+    worst = min(contrast(rgb(fg), rgb(bg)) for fg, bg in pairs)
+    assert worst >= at_least, worst
+
+
+def sweep_viewer():
+    """The tiny viewer with unit L0.h.0 swept over every activation from -1 to +1 (both ends
+    exact) and c unit L0.c.0 from -6 to +6 (shown as tanh), embedded and served alike."""
+    import numpy as np
+
+    data, _ = tiny_viewer()
+    n = len(data.payload["text"])
+    sweep = np.linspace(-1.0, 1.0, n)
+    wide = np.linspace(-6.0, 6.0, n)
+    data.activations[:, data.index["L0.h.0"]] = sweep
+    data.activations[:, data.index["L0.c.0"]] = wide
+    data.payload["activations"] = {"L0.h.0": sweep.tolist(), "L0.c.0": wide.tolist()}
+    return data
+
+
+def test_every_character_is_readable_at_every_activation(browser, tmp_path):
+    """WCAG AA (4.5:1) between each glyph's computed colour and its computed background, over an
+    activation sweep that includes -1 and +1 (full red and full blue), in the exported page and
+    the served one, and in the live sample."""
+    data = sweep_viewer()
+    page, watch = open_page(browser, write_html(data.payload, tmp_path / "c.html").as_uri())
+    for unit in ("L0.h.0", "L0.c.0"):
+        page.select_option("#unit", unit)
+        page.wait_for_selector(f"body[data-unit='{unit}']")
+        pairs = page.eval_on_selector_all("#text > span", COMPUTED)
+        backgrounds = {bg for _, bg in pairs}
+        assert {"rgb(255, 0, 0)", "rgb(0, 0, 255)", "rgb(255, 255, 255)"} <= backgrounds
+        assert_readable(pairs)
+    legend = page.eval_on_selector_all("#legend span", "s => s.map(x => getComputedStyle(x).color)")
+    header = page.eval_on_selector("header", "e => getComputedStyle(e).backgroundColor")
+    assert_readable([(c, header) for c in legend])
+    assert watch.errors == []
+
+    srv = ViewerServer(data)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        page, watch = open_page(browser, srv.url)
+        page.select_option("#unit", "L0.h.0")
+        page.wait_for_selector("body[data-unit='L0.h.0']")
+        assert_readable(page.eval_on_selector_all("#text > span", COMPUTED))
+        page.fill("#prime", "the ")
+        page.fill("#length", "60")
+        page.click("#sample-go")
+        page.wait_for_selector("#sample-text[data-done='1']", timeout=30000)
+        assert_readable(page.eval_on_selector_all("#sample-text > span", COMPUTED))
+        assert watch.errors == []
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_cross_site_page_cannot_make_the_viewer_sample(browser, served, tmp_path):
+    """A real cross-site attempt: a page from another origin (a file:// page here) posts a form
+    and a no-cors fetch to the viewer; Chromium sends Origin/Sec-Fetch-Site, and nothing is
+    sampled (the server answers 403 before any work)."""
+    srv, _ = served
+    seen = []
+    original = srv.data.lock
+
+    class Counting:
+        def __enter__(self):
+            seen.append(1)
+            return original.__enter__()
+
+        def __exit__(self, *a):
+            return original.__exit__(*a)
+
+    srv.data.lock = Counting()
+    try:
+        attack = tmp_path / "attack.html"
+        target = srv.url + "api/sample"
+        attack.write_text(
+            f'<form id="f" method="POST" action="{target}" enctype="text/plain">'
+            '<input name=\'{"prime":"the ","length":5,"x":"\' value=\'"}\'></form>'
+            f'<script>fetch("{target}", {{method: "POST", mode: "no-cors", body: "{{}}"}});'
+            "document.getElementById('f').submit();</script>"
+        )
+        page = browser.new_page()
+        responses = []
+        page.on("response", lambda r: responses.append((r.url, r.status)))
+        page.goto(attack.as_uri(), wait_until="commit")
+        page.wait_for_timeout(1500)
+        assert seen == []  # the sampler never ran
+        statuses = [s for u, s in responses if u.startswith(target)]
+        assert statuses and all(s in (403, 415) for s in statuses), responses
+    finally:
+        srv.data.lock = original

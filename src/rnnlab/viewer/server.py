@@ -8,6 +8,7 @@ Routes (everything else is 404; paths are matched exactly, so ``..`` never reach
     GET  /api/activations?cells=L0.h.1,L0.c.7   any units' values over the text (<= MAX_CELLS)
     POST /api/sample            {"prime", "length", "temperature", "seed", "cells"} -> NDJSON,
                                 one line per generated character, streamed as it is sampled
+                                (a failure mid-stream ends it with one {"error": ...} line)
 
 Defences, each for a known attack on local dev servers: binding 127.0.0.1 (nothing on the network
 can connect); the Host header must name this server (DNS rebinding: a page on evil.example whose
@@ -15,13 +16,22 @@ name later resolves to 127.0.0.1 sends ``Host: evil.example``); request line, bo
 (a body over ``MAX_BODY`` is refused from its Content-Length before any of it is read); a
 Content-Security-Policy that allows only this origin's own files (no inline script, no CDN);
 ``nosniff``; JSON is ``application/json``. The page renders corpus text with ``textContent``.
+
+Cross-site requests (CSRF: any page the user visits can POST to 127.0.0.1, e.g. a form with a
+``text/plain`` body): an ``/api/`` request whose ``Sec-Fetch-Site`` is not ``same-origin`` (or
+``none``, typed by the user) is refused, and so is a POST whose ``Origin`` is not this server's
+own or whose body is not ``application/json`` (which a cross-site page can only send after a
+CORS preflight, and this server answers none). Every request body is checked field by field by
+``rnnlab.validation`` (``SampleConfig``'s own fields and ranges, as ``rnnlab sample``'s flags),
+unknown and duplicate keys refused, JSON nesting bounded; every error is a JSON
+``{"error": ...}`` with a 4xx status, and an unexpected one a 500, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,18 +40,20 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-import torch
 
 from rnnlab.analysis.analyze import Analysis
 from rnnlab.analysis.export import unit_values, viewer_payload
-from rnnlab.analysis.trace import iter_trace
 from rnnlab.models import CharLM
+from rnnlab.viewer.api import (
+    RequestError,
+    parse_body,
+    sample_records,
+    sample_request,
+)
 
 MAX_URL = 2048  # bytes of the request target
 MAX_BODY = 8192  # bytes of a POST body
 MAX_CELLS = 32  # units per /api/activations or /api/sample request
-MAX_SAMPLE = 2000  # characters per live sample
-MAX_PRIME = 1000  # characters of a live sample's prime
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -104,14 +116,6 @@ def viewer_data(
     return ViewerData(payload, list(w.units), w.activations, model, list(tokens))
 
 
-class RequestError(Exception):
-    """An HTTP error with a one-line message for the JSON body."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -121,6 +125,13 @@ class ViewerServer(ThreadingHTTPServer):
         bound_port = self.server_address[1]
         names = set(LOOPBACK) | {host}
         self.allowed_hosts = {f"{n}:{bound_port}" for n in names}
+        self.allowed_origins = {f"http://{h}" for h in self.allowed_hosts}
+        self.failures: list[str] = []  # unexpected errors, kept for tests instead of printed
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver prints a traceback here; the library never prints: keep one line."""
+        error = sys.exc_info()[1]
+        self.failures.append(f"{type(error).__name__}: {error}")
 
     @property
     def url(self) -> str:
@@ -148,10 +159,18 @@ class ViewerHandler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._handle("HEAD")
 
+    def _other(self) -> None:
+        """PUT, DELETE, OPTIONS, ...: 405 as JSON (http.server's own answer is an HTML 501)."""
+        self._handle(self.command)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _other  # noqa: N815
+
     def _handle(self, method: str) -> None:
+        self._streaming = False
         try:
             self._check_request()
             url = urlsplit(self.path)
+            self._check_site(method, url.path)
             if method in ("GET", "HEAD") and url.path in STATIC:
                 name, kind = STATIC[url.path]
                 self._send(HTTPStatus.OK, static_file(name), kind, body=method == "GET")
@@ -166,9 +185,38 @@ class ViewerHandler(BaseHTTPRequestHandler):
             else:
                 raise RequestError(HTTPStatus.NOT_FOUND, "not found")
         except RequestError as e:
+            self._error(e.status, str(e), method)
+        except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-            body = json.dumps({"error": str(e)}).encode()
-            self._send(e.status, body, "application/json", body=method != "HEAD")
+        except Exception as e:  # a bug: a one-line 500, never a traceback on the console
+            self.server.failures.append(f"{type(e).__name__}: {e}")
+            if self._streaming:
+                self.close_connection = True
+            else:
+                self._error(
+                    HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(e).__name__})", method
+                )
+
+    def _error(self, status: HTTPStatus, message: str, method: str) -> None:
+        self.close_connection = True
+        body = json.dumps({"error": message}).encode()
+        self._send(status, body, "application/json", body=method != "HEAD")
+
+    def _check_site(self, method: str, path: str) -> None:
+        """Refuse what another site's page makes the browser send (see the module's notes)."""
+        site = self.headers.get("Sec-Fetch-Site")
+        if path.startswith("/api/") and site is not None and site not in ("same-origin", "none"):
+            raise RequestError(HTTPStatus.FORBIDDEN, f"cross-site request refused ({site})")
+        if method in ("GET", "HEAD"):
+            return
+        origin = self.headers.get("Origin")
+        if origin is not None and origin not in self.server.allowed_origins:
+            raise RequestError(HTTPStatus.FORBIDDEN, "Origin is not this server: refused")
+        kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if method == "POST" and kind != "application/json":
+            raise RequestError(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json"
+            )
 
     def _check_request(self) -> None:
         if self.headers.get("Host", "") not in self.server.allowed_hosts:
@@ -224,81 +272,30 @@ class ViewerHandler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required") from None
         if length < 0 or length > MAX_BODY:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
-        try:
-            obj = json.loads(self.rfile.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "body: expected JSON") from None
-        if not isinstance(obj, dict):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "body: expected a JSON object")
-        return obj
+        return parse_body(self.rfile.read(length))
 
     def _sample(self, req: dict[str, Any]) -> None:
         data = self.server.data
         if data.model is None:
             raise RequestError(HTTPStatus.NOT_FOUND, "live sampling needs a model")
-        prime = req.get("prime", "")
-        length = req.get("length", 200)
-        temperature = req.get("temperature", 1.0)
-        seed = req.get("seed", 0)
-        if not isinstance(prime, str) or len(prime) > MAX_PRIME:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"prime: a string of <= {MAX_PRIME} chars")
-        if not isinstance(length, int) or not 0 < length <= MAX_SAMPLE:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"length: an integer in 1..{MAX_SAMPLE}")
-        if not isinstance(temperature, (int, float)) or not 0 < temperature <= 10:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "temperature: a number in (0, 10]")
-        if not isinstance(seed, int):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "seed: an integer")
-        cells = req.get("cells", [])
-        if not isinstance(cells, list) or not all(isinstance(c, str) for c in cells):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "cells: a list of unit names")
-        if cells:
-            self._cells(cells)  # validates
-        stoi = {t: i for i, t in enumerate(data.tokens)}
-        unseen = sorted({ch for ch in prime if ch not in stoi})
-        if unseen:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"prime: unseen characters {unseen[:10]}")
-        ids = [stoi[ch] for ch in prime] or [0]
+        request = sample_request(req, data.tokens)
+        if request.cells:
+            self._cells(request.cells)  # validates
         self.send_response(HTTPStatus.OK)
         self._security_headers("application/x-ndjson")
         self.end_headers()  # no Content-Length: the body streams until the connection closes
         self.close_connection = True
+        self._streaming = True
         with data.lock:
-            for record in _sample_records(data, ids, length, float(temperature), seed, cells):
-                try:
-                    self.wfile.write((json.dumps(record) + "\n").encode())
-                    self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    return
+            try:
+                for record in sample_records(data.model, data.tokens, request):
+                    self._line(record)
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            except Exception as e:  # after the 200: the stream ends with the error, in one line
+                self.server.failures.append(f"{type(e).__name__}: {e}")
+                self._line({"error": f"sampling failed ({type(e).__name__}: {e})"[:300]})
 
-
-def _sample_records(
-    data: ViewerData,
-    ids: list[int],
-    length: int,
-    temperature: float,
-    seed: int,
-    cells: list[str],
-) -> Iterator[dict[str, Any]]:
-    """Sample ``length`` characters after ``ids``; yield, per character, the character, the
-    chosen units' activations after reading it, and the top-5 next-character predictions."""
-    model = data.model
-    if model is None:
-        raise ValueError("live sampling needs a model")
-    gen = torch.Generator().manual_seed(seed)
-    *_, last = iter_trace(model, ids, chunk_len=256, top_k=1)
-    state, logp = last.state, last.next_logp
-    for _ in range(length):
-        probs = torch.softmax(torch.as_tensor(logp) / temperature, -1)
-        nxt = int(torch.multinomial(probs, 1, generator=gen))
-        (chunk,) = iter_trace(model, [nxt], chunk_len=1, top_k=5, state=state)
-        state, logp = chunk.state, chunk.next_logp
-        names, a = chunk.units()
-        values = {c: round(float(a[0, names.index(c)]), 3) for c in cells}
-        yield {
-            "char": data.tokens[nxt],
-            "act": values,
-            "top": [
-                [data.tokens[int(i)], round(float(p), 4)]
-                for i, p in zip(chunk.top_ids[0], chunk.top_probs[0], strict=True)
-            ],
-        }
+    def _line(self, record: dict[str, Any]) -> None:
+        self.wfile.write((json.dumps(record, allow_nan=False) + "\n").encode())
+        self.wfile.flush()

@@ -13,11 +13,35 @@
   function status(msg) { $("status").textContent = msg || ""; }
 
   // -1 red ... 0 white ... +1 blue, as in the paper's figures; c units are shown as tanh(c).
-  function colour(v) {
-    if (v === null || v === undefined || Number.isNaN(v)) return "transparent";
+  function rgb(v) {
+    if (v === null || v === undefined || Number.isNaN(v)) return null;
     const x = Math.max(-1, Math.min(1, v));
     const a = Math.round(255 * (1 - Math.abs(x)));
-    return x < 0 ? `rgb(255,${a},${a})` : `rgb(${a},${a},255)`;
+    return x < 0 ? [255, a, a] : [a, a, 255];
+  }
+
+  // WCAG 2 relative luminance of an sRGB colour.
+  function luminance(c) {
+    const lin = c.map((u) => {
+      const s = u / 255;
+      return s <= 0.04045 ? s / 12.92 : Math.pow((s + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2];
+  }
+
+  // The glyph follows the background: black or white, whichever contrasts more. On this scale
+  // the worse of the two is never under 4.58:1 (mid blue, where both meet), so every character
+  // keeps WCAG AA's 4.5:1; the page's #222 fell to 3.9:1 on full red and 2.2:1 on full blue.
+  function paint(span, v) {
+    const c = rgb(v);
+    if (c === null) {
+      span.style.backgroundColor = "transparent";
+      span.style.color = "";
+      return;
+    }
+    const l = luminance(c);
+    span.style.backgroundColor = `rgb(${c[0]},${c[1]},${c[2]})`;
+    span.style.color = (l + 0.05) / 0.05 >= 1.05 / (l + 0.05) ? "rgb(0,0,0)" : "rgb(255,255,255)";
   }
 
   function shown(unit, v) {
@@ -51,7 +75,7 @@
     const spans = $("text").children;
     const vals = state.values;
     for (let t = 0; t < spans.length; t++) {
-      spans[t].style.backgroundColor = vals ? colour(shown(state.unit, vals[t])) : "transparent";
+      paint(spans[t], vals ? shown(state.unit, vals[t]) : null);
     }
     document.querySelectorAll("button.unit").forEach((b) => {
       b.classList.toggle("chosen", b.dataset.unit === state.unit);
@@ -215,11 +239,12 @@
       for (const line of lines) {
         if (!line) continue;
         const rec = JSON.parse(line);
+        if (rec.error) { status(rec.error); break; }
         const span = document.createElement("span");
         span.textContent = rec.char;
         const v = unit ? rec.act[unit] : null;
         span.rnnlab = { top: rec.top, value: v };
-        span.style.backgroundColor = v === null ? "transparent" : colour(shown(unit, v));
+        paint(span, v === null ? null : shown(unit, v));
         out.appendChild(span);
       }
     }
