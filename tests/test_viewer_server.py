@@ -119,6 +119,7 @@ def test_query_and_url_limits(server):
     assert request(server, "GET", f"/api/activations?cells={many}")[0].status == 400
     assert request(server, "GET", "/api/activations?cells=L9.h.999")[0].status == 400
     assert request(server, "GET", "/api/activations")[0].status == 400
+    assert request(server, "GET", f"/api/activations?cells={units[0]}&top=3")[0].status == 400
     assert request(server, "GET", "/api/analysis?x=" + "a" * 5000)[0].status == 414
 
 

@@ -258,6 +258,10 @@ class ViewerHandler(BaseHTTPRequestHandler):
         return [index[c] for c in cells]
 
     def _activations(self, query: dict[str, list[str]]) -> dict[str, list[float]]:
+        extra = sorted(k for k in query if k != "cells")
+        if extra:
+            message = f"GET /api/activations: {extra[0][:40]!r}: expected only cells=..."
+            raise RequestError(HTTPStatus.BAD_REQUEST, message)
         cells = [c for v in query.get("cells", []) for c in v.split(",") if c]
         cols = self._cells(cells)
         acts = self.server.data.activations
