@@ -14,12 +14,7 @@ from rnnlab.models.captioner import Captioner, CaptionerConfig, caption_loss, ge
 CELLS = ["lstm", "gru", "rnn", "mut1", "mut2", "mut3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(**kw) -> Captioner:

@@ -16,9 +16,7 @@ FAST = ["--hidden-size", "16", "--batch-size", "4", "--seq-len", "16", "--eval-e
         "--sample-length", "10", "--threads", "1"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("cache_env")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

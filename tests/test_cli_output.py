@@ -256,8 +256,7 @@ def test_progress_line_shows_throughput_and_eta(capsys):
     assert "step     50/200" in err and "12,346 chars/s" in err and "ETA 2m05s" in err
 
 
-def test_the_bytes_flag_named_in_errors_exists(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+def test_the_bytes_flag_named_in_errors_exists(tmp_path, capsys, cache_env):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"abc\xff" + b"some more text here " * 100)
     code = main(["train", str(bad), "--out-dir", str(tmp_path / "r"), *TINY])

@@ -18,11 +18,7 @@ from rnnlab.data.corpus import iter_text
 MIXED = "Hello, wörld!\r\nemoji 😀🎉👩‍👩‍👧\rCJK 中文字符 日本語\x00end\n" * 7
 
 
-@pytest.fixture(autouse=True)
-def cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "rnnlab-cache"
-    monkeypatch.setenv("RNNLAB_CACHE", str(cache))
-    return cache
+pytestmark = pytest.mark.usefixtures("cache_env")  # tests/conftest.py
 
 
 def write(tmp_path: Path, data: bytes | str, name: str = "input.txt") -> Path:

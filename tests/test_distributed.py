@@ -38,8 +38,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 @pytest.fixture
-def text(tmp_path, monkeypatch):
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+def text(tmp_path, cache_env):
     rng = random.Random(14)
     words = "the quick brown fox jumps over a lazy dog while seven owls sing".split()
     path = tmp_path / "in.txt"
@@ -302,11 +301,10 @@ def test_the_benchmark_measures_two_processes(text, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_seq2seq_on_two_gloo_processes_matches_one(tmp_path, monkeypatch, capsys):
+def test_seq2seq_on_two_gloo_processes_matches_one(tmp_path, cache_env, capsys):
     """The same helpers in the seq2seq loop: batches of pairs split by rank (7 pairs: blocks of 4
     and 3, each rank's summed loss weighed by the batch's token count), 12 steps within 1e-5 of
     one process, rank 0's evaluation; then a resume on 2 processes continues bit-exactly."""
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
     words = [f"{a}{b}{c}" for a in "abcd" for b in "abcd" for c in "abcdx"][:70]
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("".join(f"{w}\t{w[::-1]}\n" for w in words))
@@ -330,10 +328,9 @@ def test_seq2seq_on_two_gloo_processes_matches_one(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.slow
-def test_classify_on_two_gloo_processes_matches_one(tmp_path, monkeypatch):
+def test_classify_on_two_gloo_processes_matches_one(tmp_path, cache_env):
     """The classification loop on the same helpers: batches of 5 rows split 3 + 2 by rank, 10
     steps within 1e-5 of one process; rank 0 evaluates and writes."""
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
     rng = random.Random(3)
     rows = ["".join(rng.choice("()ab") for _ in range(rng.randint(2, 9))) for _ in range(120)]
     data = tmp_path / "rows.tsv"
@@ -345,12 +342,11 @@ def test_classify_on_two_gloo_processes_matches_one(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_captioning_on_two_gloo_processes_matches_one(tmp_path, monkeypatch):
+def test_captioning_on_two_gloo_processes_matches_one(tmp_path, cache_env):
     """The captioning loop on the same helpers: a batch's 4 images split 2 + 2 by rank (with all
     their captions), each rank's summed loss weighed by the batch's words; 6 steps within 1e-5."""
     from rnnlab.data.shapes import write_shapes_dataset
 
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
     data = write_shapes_dataset(tmp_path / "shapes", 24, num_val=4, num_test=4, image_size=16,
                                 seed=1)  # fmt: skip
     args = ["caption", "train", "--data", str(data), "--image-size", "16", "--cnn-blocks", "2",

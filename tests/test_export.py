@@ -88,8 +88,7 @@ def test_bad_format_and_bidirectional():
 
 
 @pytest.mark.slow
-def test_cli_export_and_the_numpy_only_example(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+def test_cli_export_and_the_numpy_only_example(tmp_path, cache_env, capsys):
     text = tmp_path / "in.txt"
     text.write_text("It was the best of times, it was the worst of times.\n" * 40)
     run = tmp_path / "run"

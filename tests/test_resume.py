@@ -25,9 +25,7 @@ TINY = ["--hidden-size", "16", "--batch-size", "4", "--seq-len", "16", "--sample
         "--threads", "1", "--log-every", "1", "--warmup-steps", "2"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("cache_env")  # tests/conftest.py
 
 
 def run_cli(args, capsys):

@@ -19,15 +19,7 @@ from rnnlab.sample import (
     run_prime,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two intra-op threads on a busy 2-core machine made one 4096-step native LSTM call take
-    # seconds instead of milliseconds (spinning workers); these tiny models need one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def char_lm(cell: str = "lstm", vocab: int = 7, seed: int = 0, **kw) -> CharLM:

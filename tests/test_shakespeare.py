@@ -54,11 +54,7 @@ def make_sdist(path: Path, files: dict[str, str], links: dict[str, str] | None =
     return path
 
 
-@pytest.fixture(autouse=True)
-def cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "rnnlab-cache"
-    monkeypatch.setenv("RNNLAB_CACHE", str(cache))
-    return cache
+pytestmark = pytest.mark.usefixtures("cache_env")  # tests/conftest.py
 
 
 @pytest.fixture

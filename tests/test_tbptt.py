@@ -135,8 +135,7 @@ def test_memmap_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.equal(small.get(3)[0], StreamBatcher(np.array(in_memory), 7, 33).get(3)[0])
 
 
-def test_with_prepared_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+def test_with_prepared_corpus(tmp_path: Path, cache_env: Path) -> None:
     text = "".join(f"line {i}: ünïcödé 中文 😀\r\n" for i in range(300))
     (tmp_path / "in.txt").write_bytes(text.encode("utf-8"))
     corpus = prepare_corpus(tmp_path / "in.txt", split=(0.9, 0.1, 0.0))

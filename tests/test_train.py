@@ -18,9 +18,7 @@ from rnnlab.train import TrainConfig, TrainingError, lr_at, train
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 120
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("cache_env")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -105,9 +105,8 @@ def test_the_flag_table_covers_every_config_field():
 
 @pytest.mark.parametrize("command,flag,kind", [x for x in FLAGS if x[0] in COMMANDS_WITH_CONFIGS])
 def test_every_numeric_flag_of_every_command_refuses_bad_values(
-    command, flag, kind, capsys, tmp_path, monkeypatch
+    command, flag, kind, capsys, tmp_path, cache_env
 ):
-    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
     text = tmp_path / "in.txt"
     text.write_text("abc" * 400, encoding="utf-8")
     head = {"train": ["train", str(text), "--out-dir", str(tmp_path / "run")],
