@@ -26,7 +26,12 @@ def report(build: bool = True) -> dict[str, Any]:
         "engine cache": str(extension.cache_directory()),
     }
     if not build:
-        info["C++ engine"] = "built" if extension.is_built() else "not built yet (first use builds)"
+        info["C++ engine"] = (
+            "built"
+            if extension.is_built()
+            else "not built yet: the first command that runs it builds it (30-60 s); "
+            "build now with rnnlab doctor --build"
+        )
         return info
     from rnnlab.kernels import describe_backend, extension_status
     from rnnlab.models import CharLM, CharLMConfig
@@ -40,3 +45,16 @@ def report(build: bool = True) -> dict[str, Any]:
             f"{model.resolved_backend('cpu')}; recurrence alone: {alone}"
         )
     return info
+
+
+def build_engine() -> tuple[bool, list[str]]:
+    """Build the C++ engine now if it is not cached (``rnnlab doctor --build``): whether it
+    loaded, and the lines to show (its state and build directory, or why it failed)."""
+    from rnnlab.kernels import extension
+
+    was_built = extension.is_built()
+    status = extension.extension_status()
+    if not status.available:
+        return False, [f"C++ engine: NOT built: {status.reason}", f"  {status.build_directory}"]
+    state = "already built" if was_built else "built"
+    return True, [f"C++ engine: {state} and loaded", f"  {status.build_directory}"]

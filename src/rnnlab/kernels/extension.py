@@ -19,7 +19,13 @@ reference loop. A killed build's leftovers (torch's ``lock`` file, half-written 
 removed by the next build, which holds our lock. The cache key covers everything that changes
 the build command: the source, the flags, torch, the Python interpreter, the compiler and ninja.
 ``make setup`` builds the engine (``rnnlab.kernels.extension.build()``), so a user's first
-command does not.
+command does not; ``pip install`` cannot (the build depends on the machine's compiler and the
+torch found at run time), so there ``rnnlab doctor --build`` builds ahead.
+
+Every message to the user is a ``BuildNotice`` warning, never a print: the CLI shows warnings
+as one ``rnnlab: note:`` line, a library user sees or filters them as any warning. A real
+compile (no finished build in the cache) is announced before it starts: what, why, about how
+long, and how to build ahead.
 """
 
 from __future__ import annotations
@@ -109,6 +115,24 @@ def build_wait_seconds() -> float:
         return 600.0
 
 
+class BuildNotice(UserWarning):
+    """What the engine's build is doing and why a command waits (the CLI shows it as a note)."""
+
+
+def _notice(message: str) -> None:
+    warnings.warn(message, BuildNotice, stacklevel=4)
+
+
+def build_notice(build_directory: Path) -> str:
+    """The note shown before a real compile: what, why, how long, how to build ahead."""
+    return (
+        "building rnnlab's C++ engine (the fused recurrence kernels): no build for this source, "
+        "torch and compiler is cached yet (first use after installing or upgrading); about "
+        f"30-60 s, once, into {build_directory}. To build ahead: rnnlab doctor --build "
+        "(RNNLAB_NO_EXTENSION=1 skips the engine)"
+    )
+
+
 class BuildLockTimeout(RuntimeError):
     """Another process held the build lock for longer than ``RNNLAB_BUILD_WAIT``."""
 
@@ -128,11 +152,9 @@ def _locked_build(name: str, build_directory: Path, flags: list[str]) -> ModuleT
                 # A finished build is only being loaded (checked by ninja) by the other process,
                 # e.g. another torchrun rank: wait without a message about a first-use build.
                 if not told and not any(build_directory.glob("*.so")):
-                    print(
-                        "rnnlab: waiting for another process building the C++ engine (first "
-                        f"use, about a minute; lock {lock_path})",
-                        file=sys.stderr,
-                        flush=True,
+                    _notice(
+                        "waiting for another process building the C++ engine (first use, about "
+                        f"a minute; lock {lock_path})"
                     )
                     told = True
                 if time.monotonic() > deadline:
@@ -143,6 +165,8 @@ def _locked_build(name: str, build_directory: Path, flags: list[str]) -> ModuleT
                 time.sleep(0.2)
         # We hold the lock: no build is running, so torch's lock file is a killed build's.
         (build_directory / "lock").unlink(missing_ok=True)
+        if not any(build_directory.glob("*.so")):  # a real compile, not ninja's up-to-date check
+            _notice(build_notice(build_directory))
         return _compile(name, build_directory, flags)
     finally:
         os.close(fd)  # releases the flock
