@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from rnnlab.data import StreamBatcher, prepare_corpus
 from rnnlab.evaluate import evaluate_tokens
 from rnnlab.runs import load_run
-from rnnlab.training import PRESETS, TrainConfig, train
+from rnnlab.train import PRESETS, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"

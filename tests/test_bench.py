@@ -52,7 +52,7 @@ def test_trainer_benchmark_measurements_run(tmp_path):
     ours = worker("rnnlab", "--cell", "mut1")  # differenced tiny runs: only the shape of it
     assert math.isfinite(ours["gflops"]) and ours["steps"] >= 5
     assert worker("sample-baseline", "--streams", "2")["chars_per_s"] > 0
-    from rnnlab.training import TrainConfig, train
+    from rnnlab.train import TrainConfig, train
 
     run = tmp_path / "run"
     train(TrainConfig(input=str(text), out_dir=str(run), hidden_size=8, batch_size=4, seq_len=8,

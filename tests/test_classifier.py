@@ -198,7 +198,7 @@ def test_nonfinite_steps_abort_with_the_step_in_the_log(tmp_path, monkeypatch):
     import json
     import math
 
-    from rnnlab.training import TrainingError
+    from rnnlab.training.tools import TrainingError
 
     data = write_rows(tmp_path / "rows.tsv", bracket_rows(60, 3))
     original = SequenceClassifier.forward

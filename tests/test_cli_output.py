@@ -247,9 +247,9 @@ def test_doctor_reports_the_engine_and_the_auto_backend(capsys, monkeypatch):
 
 
 def test_progress_line_shows_throughput_and_eta(capsys):
-    from rnnlab.cli.train_cmd import TrainReporter
+    from rnnlab.cli.training import Reporter
 
-    reporter = TrainReporter(progress=True)
+    reporter = Reporter(progress=True)
     reporter({"kind": "step", "step": 50, "max_steps": 200, "train_loss": 1.5, "lr": 1e-3,
               "chars_per_s": 12345.6, "eta_s": 125.0})  # fmt: skip
     err = capsys.readouterr().err

@@ -303,7 +303,8 @@ def test_kill_9_trials_every_latest_checkpoint_resumes_and_metrics_have_each_ste
 def test_a_new_max_steps_on_resume_keeps_the_cosine_horizon():
     """--max-steps may change on resume and stay bit-exact: the cosine (whose horizon defaults to
     max_steps) keeps the horizon the run started with; --decay-steps changes it explicitly."""
-    from rnnlab.training.config import TrainConfig, resumed_config
+    from rnnlab.tasks.char_lm import TrainConfig
+    from rnnlab.training.config import resumed_config
     from rnnlab.training.tools import lr_at
 
     saved = TrainConfig(input="in.txt", max_steps=300)

@@ -289,7 +289,7 @@ def test_step_events_carry_throughput_and_an_eta_bounded_by_the_time_limit(text_
 
 
 def test_a_failing_training_sample_never_kills_the_run(text_file, tmp_path, monkeypatch):
-    import rnnlab.training.char_lm as loop
+    import rnnlab.tasks.char_lm as loop
     from rnnlab.sample import DecodingError
 
     def broken(*args, **kwargs):

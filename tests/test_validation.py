@@ -14,14 +14,8 @@ import pytest
 from rnnlab.cli import build_parser, main
 from rnnlab.cli.common import RunOptions
 from rnnlab.sample import SampleConfig
-from rnnlab.training.config import (
-    RESUME_ENDS_EXACTNESS,
-    RESUME_FIXED,
-    RESUME_FREE,
-    RESUME_LOCATIONS,
-    TrainConfig,
-    resumed_config,
-)
+from rnnlab.tasks.char_lm import TrainConfig
+from rnnlab.training.config import resume_table, resumed_config
 from rnnlab.validation import ConfigError, from_mapping
 
 CONFIGS = (TrainConfig, SampleConfig, RunOptions)
@@ -137,7 +131,7 @@ def test_a_typed_value_equal_to_the_default_still_counts():
 
 
 def test_the_resume_table_classifies_every_field_once():
-    groups = [RESUME_FREE, RESUME_ENDS_EXACTNESS, RESUME_FIXED, RESUME_LOCATIONS]
+    groups = list(resume_table(TrainConfig).values())
     names = [n for g in groups for n in g]
     assert sorted(names) == sorted(f.name for f in dataclasses.fields(TrainConfig))
     assert len(names) == len(set(names))

@@ -33,7 +33,7 @@ from rnnlab.checkpoint import (
 )
 from rnnlab.data import Corpus, DataError, Vocab, cached_corpus, prepare_corpus
 from rnnlab.models import CharLM, CharLMConfig
-from rnnlab.training.config import MAX_WIDTH, Cell, TrainConfig
+from rnnlab.training.config import MAX_WIDTH, Cell
 from rnnlab.validation import ConfigError, from_mapping, setting
 
 MAX_VOCAB = 0x110000 + 256  # every Unicode code point, or bytes
@@ -73,7 +73,7 @@ class RunCheckpoint:
     step: int
     model: CharLM
     vocab: Vocab
-    train_config: TrainConfig | None  # None for a model-only checkpoint
+    train_config: Any  # the run's TrainConfig; None for a model-only checkpoint
     corpus: dict[str, Any]  # {"source": absolute path, "sha256": ...} when recorded
     trainer_tensors: dict[str, Tensor]
     trainer: dict[str, Any]
@@ -106,13 +106,15 @@ def load_run_checkpoint(
     device: torch.device | str = "cpu",
     *,
     need_trainer: bool = False,
+    train_config_type: type | None = None,
 ) -> RunCheckpoint:
-    """Load, check and build the char-LM of a run or checkpoint directory on ``device``."""
+    """Load, check and build the char-LM of a run or checkpoint directory on ``device``; its
+    training config is read as ``train_config_type`` (the char-LM's TrainConfig) when given."""
     directory = find_checkpoint(path, which)
     parsed: dict[str, Any] = {}
 
     def validate(parts: dict[str, Any], headers: dict[str, dict[str, Any]]) -> None:
-        parsed.update(_check_parts(directory, parts, headers, need_trainer))
+        parsed.update(_check_parts(directory, parts, headers, need_trainer, train_config_type))
 
     ckpt = load_checkpoint(directory, validate=validate)
     for name, t in ckpt.model.items():
@@ -138,7 +140,11 @@ def load_run_checkpoint(
 
 
 def _check_parts(
-    directory: Path, parts: dict[str, Any], headers: dict[str, dict[str, Any]], need_trainer: bool
+    directory: Path,
+    parts: dict[str, Any],
+    headers: dict[str, dict[str, Any]],
+    need_trainer: bool,
+    train_config_type: type | None,
 ) -> dict[str, Any]:
     source = str(directory / "config.json")
     config = parts["config.json"]
@@ -146,12 +152,12 @@ def _check_parts(
         raise ConfigError("model", "an object (the model's config)", config.get("model"), source)
     model_config = _model_config(config["model"], f"{source} (model)")
     train_config = None
-    if "train" in config or need_trainer:
+    if train_config_type is not None and ("train" in config or need_trainer):
         if not isinstance(config.get("train"), dict):
             found = config.get("train", "nothing")
             raise ConfigError("train", "an object (the training config)", found, source)
         train_config = from_mapping(
-            TrainConfig, config["train"], f"{source} (train)", unknown="ignore"
+            train_config_type, config["train"], f"{source} (train)", unknown="ignore"
         )
     corpus = config.get("corpus", {})
     if not isinstance(corpus, dict) or not all(
@@ -233,7 +239,7 @@ def _check_tensors_against_config(
 
 
 def training_corpus(
-    config: TrainConfig,
+    config: Any,  # the run's TrainConfig (input, byte_level, errors, val_frac, test_frac)
     record: dict[str, Any],
     given: str | os.PathLike[str] | None = None,
     vocab: Vocab | None = None,

@@ -21,7 +21,7 @@ from rnnlab.loading import load_run_checkpoint, training_corpus
 from rnnlab.models import CharLM
 from rnnlab.runtime import resolve_device
 from rnnlab.sample import SampleConfig, generate, prime_ids
-from rnnlab.training.config import TrainConfig
+from rnnlab.tasks.char_lm import TrainConfig
 
 MAX_EVAL_BYTES = 1 << 30  # an evaluation file is read whole: refuse anything absurd
 
@@ -42,7 +42,7 @@ def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
     (``rnnlab.loading``). Tensors are mapped to ``device``, so a GPU run loads on a CPU."""
     if which not in ("best", "latest"):
         raise ValueError(f"checkpoint: expected best or latest, got {which!r}")
-    ckpt = load_run_checkpoint(path, which, resolve_device(device))
+    ckpt = load_run_checkpoint(path, which, resolve_device(device), train_config_type=TrainConfig)
     return Run(ckpt.model, ckpt.vocab, ckpt.train_config, ckpt.path, ckpt.step, ckpt.corpus)
 
 

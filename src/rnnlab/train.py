@@ -1,20 +1,24 @@
 """``from rnnlab.train import TrainConfig, train``: the README's entry point to char-LM training.
 
-The code lives in ``rnnlab.training``: ``config`` (TrainConfig, presets, the resume table),
-``tools`` (shared by every task's loop) and ``char_lm`` (the loop).
+The char-LM task lives in ``rnnlab.tasks.char_lm`` (its config, presets and ``train``); the loop
+every task shares is ``rnnlab.training.loop.fit``.
 """
 
-from rnnlab.training.char_lm import TrainResult, plot_losses, train
-from rnnlab.training.config import PRESETS, TrainConfig
+from rnnlab.tasks.char_lm import PRESETS, TrainConfig, train
+from rnnlab.training.loop import FitResult
+from rnnlab.training.plots import plot_history
 from rnnlab.training.tools import TrainingError, lr_at, make_optimizer
+
+TrainResult = FitResult  # the name this module has always exported
 
 __all__ = [
     "PRESETS",
+    "FitResult",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
     "lr_at",
     "make_optimizer",
-    "plot_losses",
+    "plot_history",
     "train",
 ]

@@ -42,11 +42,24 @@ def setting(
     high: float | None = None,
     unit: str = "",
     aliases: tuple[str, ...] = (),
+    resume: Literal["free", "inexact", "fixed", "location"] = "fixed",
 ) -> Any:
-    """A dataclass field with its help text, unit, inclusive range ``[low, high]`` and extra CLI
-    spellings (``aliases``, e.g. ``("--bytes",)``)."""
-    meta = {"help": help, "low": low, "high": high, "unit": unit, "aliases": aliases}
+    """A dataclass field with its help text, unit, inclusive range ``[low, high]``, extra CLI
+    spellings (``aliases``, e.g. ``("--bytes",)``) and its resume rule: ``free`` (may change on
+    resume, results stay bit-exact), ``inexact`` (may change, the run is then no longer
+    bit-identical), ``fixed`` (defines the model, data or optimizer state: may not change) or
+    ``location`` (where files are; never compared)."""
+    meta = {"help": help, "low": low, "high": high, "unit": unit, "aliases": aliases,
+            "resume": resume}  # fmt: skip
     return dataclasses.field(default=default, metadata=meta)
+
+
+def retuned(base: type, name: str, default: Any) -> Any:
+    """Field ``name`` of the config dataclass ``base`` with another default: a task tunes a shared
+    setting's default (its learning rate, say) while its help, range and resume rule stay the
+    shared ones."""
+    f = next(f for f in dataclasses.fields(base) if f.name == name)
+    return dataclasses.field(default=default, metadata=f.metadata)
 
 
 def choices(cls: type, name: str) -> tuple[Any, ...] | None:

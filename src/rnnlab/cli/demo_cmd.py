@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rnnlab.cli.train_cmd import TrainReporter
+    from rnnlab.cli.training import Reporter
     from rnnlab.data import build_shakespeare
     from rnnlab.runs import sample
     from rnnlab.sample import SampleConfig
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         f"{args.minutes:g} minutes on {path.name}; samples improve as it learns:",
         file=sys.stderr,
     )
-    train(config, on_event=TrainReporter(progress=sys.stderr.isatty()))
+    train(config, on_event=Reporter(progress=sys.stderr.isatty()))
     print("\n== final sample (temperature 0.8) ==", file=sys.stderr)
     text = sample(out_dir, "ROMEO:", SampleConfig(length=400, temperature=0.8, seed=1))[0]
     print("ROMEO:" + text)

@@ -1,30 +1,7 @@
-"""rnnlab.training: the shared training tools (``tools``), the char-LM config (``config``) and the
-char-LM loop (``char_lm``). Each later task keeps its own short loop and reuses ``tools``.
+"""rnnlab.training: the one training loop every task runs on, and what it is built from.
 
-Names are exported lazily so that ``rnnlab.training.config`` imports without the loop.
+``loop`` (``fit`` and the ``Task`` contract), ``config`` (``RunConfig``: the settings every task
+shares, with their resume rules), ``tools`` (optimizer, schedule, clipping, the guard, signals,
+the lock, the metrics log, trainer state), ``distributed`` (torchrun data parallel) and ``plots``
+(the loss plot). The tasks themselves are in ``rnnlab.tasks``.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-_EXPORTS = {
-    "TrainConfig": "rnnlab.training.config",
-    "PRESETS": "rnnlab.training.config",
-    "TrainResult": "rnnlab.training.char_lm",
-    "train": "rnnlab.training.char_lm",
-    "plot_losses": "rnnlab.training.char_lm",
-    "TrainingError": "rnnlab.training.tools",
-    "lr_at": "rnnlab.training.tools",
-    "make_optimizer": "rnnlab.training.tools",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rnnlab.training' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -281,27 +281,54 @@ class MetricsLog:
             self._file.close()
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Records of a metrics log; lines that do not parse (a line torn by a kill) are dropped
-    with a warning, so a damaged log never blocks a resume."""
+def read_metrics(path: Path, *, damaged: str = "drop") -> list[dict[str, Any]]:
+    """Records of a metrics log, each line read by the strict JSON reader
+    (``rnnlab.checkpoint.store.parse_json``) and required to be an object with an integer
+    ``step``. A torn last line (what a kill leaves: no newline, not JSON) is always dropped with a
+    warning. Any other bad line is dropped with a warning naming the file and its line numbers
+    (``damaged="drop"``: resume, where a damaged log never blocks the run) or raised as a
+    CheckpointError "file: line N: expected ..., found ..." (``damaged="error"``: the readers
+    that report on the log, such as ``rnnlab gradients``)."""
+    from rnnlab.checkpoint.store import parse_json
+
+    if damaged not in ("drop", "error"):
+        raise ValueError(f"damaged: expected drop or error, found {damaged!r}")
+    path = Path(path)
     if not path.exists():
         return []
-    records, torn = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    records: list[dict[str, Any]] = []
+    dropped: list[int] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = parse_json(line, f"{path}: line {number}")
+            if not isinstance(record, dict) or type(record.get("step")) is not int:
+                found = (
+                    "an object without an integer step"
+                    if isinstance(record, dict)
+                    else (f"a JSON {type(record).__name__}")
+                )
+                raise CheckpointError(
+                    f"{path}: line {number}: expected a JSON object with an integer step, "
+                    f"found {found}"
+                )
+        except CheckpointError:
+            if number == len(lines):  # no newline after it: torn by a kill
+                warnings.warn(f"{path}: dropped a torn last line ({number})", stacklevel=2)
                 continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                torn += 1
-                continue
-            if isinstance(record, dict) and type(record.get("step")) is int:
-                records.append(record)
-            else:
-                torn += 1
-    if torn:
-        warnings.warn(f"{path}: dropped {torn} damaged line(s)", stacklevel=2)
+            if damaged == "error":
+                raise
+            dropped.append(number)
+            continue
+        records.append(record)
+    if dropped:
+        shown = ", ".join(map(str, dropped[:10])) + (", ..." if len(dropped) > 10 else "")
+        warnings.warn(f"{path}: dropped {len(dropped)} damaged line(s): {shown}", stacklevel=2)
     return records
 
 

@@ -1,0 +1,342 @@
+"""The char-LM task: TrainConfig, presets, truncated-BPTT batches with carried state, and ``train``.
+
+Truncated BPTT (Williams & Peng 1990; the lecture's "carry the hidden state forever, backprop only
+k steps"): the corpus is cut into B streams (``rnnlab.data.tbptt``); each step trains on the next
+``seq_len`` characters of every stream, starting from the state the previous chunk ended in,
+detached so gradients stop at the chunk boundary. An epoch boundary restarts the streams from a
+zero state. The carried state is trainer state: on CPU a run resumed at step N produces
+bit-identical losses to the uninterrupted run. Validation loss is in nats/char (and bits/char);
+the best checkpoint has the lowest. Everything else (the step, guard, stop rules, checkpoints) is
+``rnnlab.training.loop.fit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.checkpoint import CheckpointError
+from rnnlab.data import Corpus, DataError, StreamBatcher, prepare_corpus
+from rnnlab.evaluate import evaluate_tokens
+from rnnlab.kernels import extension_status
+from rnnlab.loading import RunCheckpoint, load_run_checkpoint, training_corpus
+from rnnlab.models import CharLM, CharLMConfig
+from rnnlab.runtime import set_threads
+from rnnlab.sample import DecodingError, SampleConfig, generate
+from rnnlab.training.config import BIG, MAX_WIDTH, Backend, Cell, RunConfig, resumed_config
+from rnnlab.training.distributed import (
+    DataParallel,
+    check_divisible,
+    launch_from_env,
+    main_reports,
+    rank_device,
+)
+from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
+from rnnlab.training.tools import GracefulStop, TrainingError
+from rnnlab.validation import ConfigError, setting
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Everything that defines a char-LM run. CLI flags are these names in kebab-case."""
+
+    input: str = setting("", "training text file; on resume: where to find it if it moved",
+                         resume="location")  # fmt: skip
+    # data
+    byte_level: bool = setting(
+        False, "model bytes (vocabulary of 256), not Unicode code points", aliases=("--bytes",)
+    )
+    errors: Literal["strict", "replace"] = setting(
+        "strict", "invalid UTF-8: strict (error naming the byte offset) or replace (U+FFFD)"
+    )
+    val_frac: float = setting(0.05, "fraction of the text held out for validation", low=0, high=0.9)
+    test_frac: float = setting(0.05, "fraction of the text held out for testing", low=0, high=0.9)
+    # model
+    cell: Cell = setting("gru", "recurrent cell")
+    hidden_size: int = setting(384, "units per layer", low=1, high=MAX_WIDTH)
+    num_layers: int = setting(1, "stacked recurrent layers", low=1, high=64)
+    embedding_size: int = setting(0, "embedding width (0: hidden_size)", low=0, high=MAX_WIDTH)
+    dropout: float = setting(
+        0.0, "dropout probability between layers and before the output", low=0, high=1
+    )
+    tie_weights: bool = setting(False, "share the embedding and output matrices")
+    backend: Backend = setting(
+        "auto", "recurrence engine (all compute the same function)", resume="inexact"
+    )
+    batch_size: int = setting(32, "parallel streams per step", low=1, high=65536)
+    seq_len: int = setting(64, "characters per stream per step (truncated BPTT)", low=1, high=10**6)
+    # monitoring
+    eval_batches: int = setting(0, "validation batches per evaluation (0: all)", low=0, high=BIG,
+                                resume="free")  # fmt: skip
+    sample_length: int = setting(200, "characters sampled at each evaluation (0: off)", low=0,
+                                 high=10**6, resume="free")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.val_frac + self.test_frac >= 0.95:
+            raise ConfigError(
+                "val_frac + test_frac", "< 0.95, leaving text to train on",
+                self.val_frac + self.test_frac,
+            )  # fmt: skip
+        if self.tie_weights and (self.embedding_size or self.hidden_size) != self.hidden_size:
+            raise ConfigError(
+                "tie_weights", "embedding_size 0 or == hidden_size", self.embedding_size
+            )
+
+    def model_kwargs(self, vocab_size: int) -> dict[str, Any]:
+        """The CharLMConfig keywords of this run."""
+        return {
+            "vocab_size": vocab_size,
+            "cell": self.cell,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "embedding_size": self.embedding_size,
+            "dropout": self.dropout,
+            "tie_weights": self.tie_weights,
+            "backend": self.backend,
+        }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The default (TrainConfig's own values): a 1x384 GRU, batch 32 x 64, Adam 3e-3 with a cosine
+    # to 0.1x; chosen by bench/quality.py --search for the best validation loss after 1 and 3
+    # minutes on a 2-core CPU (README "Quality per minute").
+    "small": {},
+    "tiny": {"hidden_size": 64, "num_layers": 1, "batch_size": 16, "seq_len": 32},
+    "medium": {"hidden_size": 512, "num_layers": 2, "dropout": 0.2, "lr": 2e-3},
+    # char-rnn's classic setting (Karpathy 2015): 2x128 LSTM, RMSprop, per-epoch decay.
+    "char-rnn": {
+        "hidden_size": 128,
+        "num_layers": 2,
+        "batch_size": 50,
+        "seq_len": 50,
+        "optimizer": "rmsprop",
+        "lr": 2e-3,
+        "lr_schedule": "step",
+        "warmup_steps": 0,
+    },
+}
+
+
+class CharLMTask(Task):
+    """TBPTT over B streams of one corpus; the carried state (L, B/W, H) is trainer state."""
+
+    unit = "chars"
+    scores = (Score("val_loss", "best_val_loss"),)
+    check_val_divergence = True  # a char-LM worse than guessing is a diverged model
+
+    def __init__(self, config: TrainConfig, corpus: Corpus, dp: DataParallel) -> None:
+        self.config, self.corpus, self.dp = config, corpus, dp
+        self.num_classes = len(corpus.vocab)
+        self.train_data = StreamBatcher(corpus.split("train"), config.batch_size, config.seq_len)
+        self.val_data = _val_batcher(corpus, config)
+        self.carried: Any = None  # (L, B/W, H) or a tuple of them: this rank's streams
+        self.pending: Any = None
+
+    def build_model(self) -> nn.Module:
+        self.model = CharLM(CharLMConfig(**self.config.model_kwargs(self.num_classes)))
+        return self.model
+
+    def steps_per_epoch(self) -> int:
+        return self.train_data.num_batches
+
+    def start_epoch(self, epoch: int, boundary: bool) -> None:
+        if boundary:
+            self.carried = None  # the streams restart from the top: a zero state
+
+    def train_loss(self, net: nn.Module, cursor: int, dp: DataParallel) -> tuple[Tensor, int]:
+        x, y = (dp.shard(t).to(dp.device) for t in self.train_data.get(cursor))  # (B/W, T)
+        logits, self.pending = net(x, self.carried)  # (B/W, T, V)
+        # Every rank holds B/W streams of T characters: the plain mean, averaged by DDP, is the
+        # whole batch's mean.
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten()), x.numel() * dp.world_size
+
+    def accept_step(self) -> None:
+        self.carried = _detach(self.pending)  # truncated BPTT: stop gradients at the boundary
+
+    def evaluate(self, model: nn.Module, dp: DataParallel) -> Evaluation | None:
+        # Sharded: each rank scores its block of the streams and the ranks add up their nats and
+        # characters, so the loss is the one a single process computes.
+        part = evaluate_tokens(model, self.val_data, self.config.eval_batches or None,  # type: ignore[arg-type]
+                               dp.rows(self.val_data.batch_size))  # fmt: skip
+        nats, count = dp.sum(part.nats, part.tokens)
+        val = nats / max(count, 1)
+        return Evaluation({"val_loss": val, "val_bpc": val / math.log(2)})
+
+    def healthy_events(self, model: nn.Module, step: int, dp: DataParallel) -> list[Event]:
+        if not (self.config.sample_length and dp.is_main):
+            return []
+        return [{"kind": "sample", "step": step, "text": _sample_text(model, self)}]
+
+    def trainer_state(self, dp: DataParallel) -> dict[str, Any]:
+        whole = dp.gather_state(self.carried)  # every rank sends its streams' state
+        return {"carried": _to_device(whole, torch.device("cpu"))}  # (L, B, H): every stream
+
+    def check_resume(self, state: Mapping[str, Any], source: str) -> None:
+        if state["cursor"] > self.train_data.num_batches:
+            batches = self.train_data.num_batches
+            raise CheckpointError(f"{source}: cursor: expected <= {batches}, found "
+                                  f"{state['cursor']}")  # fmt: skip
+
+    def load_trainer_state(self, state: Mapping[str, Any], dp: DataParallel, source: str) -> None:
+        carried = _checked_state(state.get("carried"), self.model, self.config.batch_size, source)
+        self.carried = _to_device(dp.shard_state(carried), dp.device)
+
+    def checkpoint_files(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        meta = self.corpus.meta
+        stored = {**self.config.to_dict(), "input": meta["source"]}
+        corpus = {"source": meta["source"], "sha256": meta["source_sha256"]}
+        return ({"model": self.model.config.to_dict(), "train": stored, "corpus": corpus},
+                self.corpus.vocab.to_json())  # fmt: skip
+
+    def start_fields(self) -> dict[str, Any]:
+        chars = len(self.corpus.split("train"))
+        return {"data": f"vocab {self.num_classes}, {chars:,} training chars",
+                "vocab_size": self.num_classes, "train_tokens": chars,
+                "backend": self.model.resolved_backend(self.dp.device)}  # fmt: skip
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    changes: Mapping[str, Any] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> FitResult:
+    """Train a CharLM on ``config.input``, or resume the run directory ``resume``.
+
+    On resume the saved config is the run's; ``changes`` (field -> value) are applied following
+    the resume rules of ``rnnlab.training.config`` (run length, cadence, device, learning rate...
+    may change; model, data, batch, optimizer, seed may not, a ConfigError says which). A
+    ``config`` given with ``resume`` counts as the changes: its fields that differ from the saved
+    ones. Checkpoints go to the run directory of ``resume`` and nowhere else.
+
+    ``on_event`` receives progress dicts (``kind``: start, note, step, eval, sample, checkpoint,
+    nonfinite, end); the library never prints. SIGTERM or Ctrl-C finishes the current step,
+    writes a checkpoint and returns with ``stopped="interrupted"``.
+    """
+    # Under torchrun rank 0 reports for the run (resume notes included); errors come from all.
+    emit = main_reports(on_event or (lambda event: None), launch_from_env())
+    if resume is None:
+        if config is None:
+            raise TypeError("train() needs a TrainConfig, or resume=RUN_DIR")
+        if changes:
+            raise TypeError("changes= only applies with resume=RUN_DIR")
+        run_dir = Path(config.out_dir or Path("runs") / f"{Path(config.input).stem}-{config.cell}")
+        return _train(config, run_dir, None, emit)
+    ckpt = load_run_checkpoint(resume, "latest", need_trainer=True, train_config_type=TrainConfig)
+    wanted = dict(changes or {})
+    if config is not None:
+        saved = ckpt.train_config.to_dict()
+        for name, value in config.to_dict().items():
+            if value != saved[name] and not (name == "input" and not value):
+                wanted.setdefault(name, value)
+    run_dir = ckpt.run_dir
+    out_dir = wanted.pop("out_dir", "")
+    if out_dir and Path(out_dir).resolve() != run_dir.resolve():
+        raise TrainingError(
+            f"out_dir: a resume writes into its own run directory {run_dir}, not {out_dir}; "
+            f"copy the run first (cp -a {run_dir} {out_dir}) and resume the copy"
+        )
+    resumed, notes = resumed_config(ckpt.train_config, wanted)
+    for note in notes:
+        emit({"kind": "note", "text": f"resume changes {note}"})
+    return _train(resumed, run_dir, ckpt, emit)
+
+
+def _train(
+    config: TrainConfig, run_dir: Path, ckpt: RunCheckpoint | None, emit: Callable[[Event], None]
+) -> FitResult:
+    set_threads(config.threads)
+    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
+    check_divisible(config.batch_size, launch.world_size)
+    device = rank_device(config.device, launch)
+    if ckpt is None:
+        corpus = prepare_corpus(config.input, byte_level=config.byte_level, errors=config.errors,
+                                split=_split(config))  # fmt: skip
+    else:
+        saved_input = ckpt.train_config.input if ckpt.train_config else ""
+        given = config.input if config.input != saved_input else None  # --input on resume
+        corpus = training_corpus(config, ckpt.corpus, given, ckpt.vocab)
+        if ckpt.vocab.tokens != corpus.vocab.tokens:
+            raise DataError(f"vocabulary mismatch on resume: {ckpt.vocab.diff(corpus.vocab)}; "
+                            "resume with the file the run was trained on")  # fmt: skip
+        if config.max_steps <= ckpt.step:
+            text = (f"the checkpoint is at step {ckpt.step} and max_steps is {config.max_steps}: "
+                    "nothing to train; give a larger --max-steps")  # fmt: skip
+            emit({"kind": "note", "text": text})
+    if config.backend in ("auto", "fused"):
+        # Build (or wait for another process's build of) the C++ engine before SIGTERM/Ctrl-C
+        # are deferred to step boundaries, so a signal during a first-use build acts at once.
+        extension_status()
+    # Signals stay deferred until the process group is closed: when one rank exits, torchrun
+    # stops the others, and rank 0 must not die between its last checkpoint and the end.
+    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
+        task = CharLMTask(config, corpus, dp)
+        dp.open_run_directory(run_dir, ckpt is None, own)  # rank 0 creates and locks it
+        resume = None
+        if ckpt is not None:
+            resume = Resume(ckpt.path, ckpt.model.state_dict(), ckpt.trainer_tensors, ckpt.trainer)
+        return fit(task, run_dir.resolve(), dp, stop, emit, resume)
+
+
+# -- pieces ---------------------------------------------------------------------------------------
+
+
+def _sample_text(model: nn.Module, task: CharLMTask) -> str:
+    vocab, config = task.corpus.vocab, task.config
+    prime = vocab.encode(vocab.default_prime()).tolist()
+    options = SampleConfig(length=config.sample_length, temperature=0.8, seed=config.seed)
+    try:
+        return vocab.decode(generate(model, prime, options)[0])  # type: ignore[arg-type]
+    except DecodingError as e:
+        return f"(no sample: {e})"
+
+
+def _val_batcher(corpus: Corpus, config: TrainConfig) -> StreamBatcher:
+    """Validation streams: as many of the training batch size as the split allows."""
+    tokens = corpus.split("val")
+    if len(tokens) < 2:
+        raise DataError("validation split is empty; raise --val-frac or use a longer file")
+    batch = max(1, min(config.batch_size, (len(tokens) - 1) // (config.seq_len + 1)))
+    return StreamBatcher(tokens, batch, min(config.seq_len, len(tokens) - 1))
+
+
+def _split(config: TrainConfig) -> tuple[float, float, float]:
+    return (1 - config.val_frac - config.test_frac, config.val_frac, config.test_frac)
+
+
+def _checked_state(state: Any, model: CharLM, batch: int, source: str) -> Any:
+    """The carried hidden state of a checkpoint, shapes checked against this run's model."""
+    if state is None:
+        return None
+    expected = model.initial_state(batch)
+    parts = state if isinstance(state, (tuple, list)) else (state,)
+    want = expected if isinstance(expected, tuple) else (expected,)
+    if len(parts) != len(want) or any(
+        not isinstance(p, Tensor) or p.shape != w.shape or p.dtype != w.dtype
+        for p, w in zip(parts, want, strict=False)
+    ):
+        shapes = [tuple(w.shape) for w in want]
+        raise CheckpointError(f"{source}: carried: expected hidden state(s) of shape {shapes}")
+    return tuple(parts) if isinstance(expected, tuple) else parts[0]
+
+
+def _detach(state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return tuple(s.to(device) for s in state)
+    return state.to(device)
