@@ -184,3 +184,56 @@ def test_diff() -> None:
     assert "1 character(s) removed: 'c' (U+0063)" in msg
     assert "\n" not in msg
     assert "kind" in old.diff(Vocab.byte_level())
+
+
+# -- vocab.json as written by today's runs --------------------------------------------------------
+# Literal documents in each format rnnlab writes (char-LM text and bytes, seq2seq, classify,
+# captioning), so that a change of vocabulary class keeps old run directories loading.
+
+CHAR_LM_TEXT = '{"format_version": 1, "kind": "text", "tokens": ["\\n", " ", "a", "b", "\\u00e9"], "counts": [2, 3, 7, 1, 1]}'  # noqa: E501
+SEQ2SEQ = """{"source": {"tokens": ["<pad>", "<unk>", "</s>", "c", "a", "t"], "num_specials": 3},
+ "target": {"tokens": ["<pad>", "<unk>", "<s>", "</s>", "K", "AE1", "T"], "num_specials": 4}}"""
+CLASSIFY = """{"text": {"tokens": ["<pad>", "<unk>", "(", ")", "a"], "num_specials": 2},
+ "labels": {"tokens": ["open", "closed"], "num_specials": 0}}"""
+CAPTION = '{"kind": "words", "words": ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "square"]}'
+
+
+def test_a_char_lm_vocab_json_of_today_loads_and_round_trips() -> None:
+    data = json.loads(CHAR_LM_TEXT)
+    vocab = Vocab.from_json(data)
+    assert vocab.kind == "text" and len(vocab) == 5
+    assert vocab.encode("ab é\n").tolist() == [2, 3, 1, 4, 0]
+    assert vocab.decode([4, 2]) == "éa" and vocab.default_prime() == "a"
+    assert vocab.to_json() == data
+    bytes_doc = {"format_version": 1, "kind": "bytes", "tokens": [chr(i) for i in range(256)]}
+    byte = Vocab.from_json(json.loads(json.dumps(bytes_doc)))
+    assert byte.kind == "bytes" and byte.encode("é").tolist() == [0xC3, 0xA9]
+    assert byte.to_json() == bytes_doc
+
+
+def test_seq2seq_and_classify_vocab_json_of_today_load_and_round_trip() -> None:
+    from rnnlab.data.pairs import Symbols
+
+    for text in (SEQ2SEQ, CLASSIFY):
+        data = json.loads(text)
+        for part in data.values():
+            symbols = Symbols.from_json(part)
+            assert symbols.to_json() == part
+    seq2seq = json.loads(SEQ2SEQ)
+    source = Symbols.from_json(seq2seq["source"])
+    target = Symbols.from_json(seq2seq["target"])
+    assert source.encode(["c", "a", "t"]) == [3, 4, 5] and source.num_specials == 3
+    assert source.encode(["c", "z"], unknown="replace") == [3, 1]
+    assert target.decode([2, 4, 5, 6, 3]) == ["K", "AE1", "T"]  # specials dropped
+    labels = Symbols.from_json(json.loads(CLASSIFY)["labels"])
+    assert labels.id("closed") == 1 and len(labels) == 2
+
+
+def test_a_caption_vocab_json_of_today_loads_and_round_trips() -> None:
+    from rnnlab.data.captions import CaptionVocab
+
+    data = json.loads(CAPTION)
+    vocab = CaptionVocab.from_json(data)
+    assert vocab.encode(["a", "blue", "square"]) == [4, 3, 6]  # unseen word -> <unk>
+    assert vocab.decode([1, 4, 3, 6, 2, 5]) == ["a", "<unk>", "square"]  # stops at <end>
+    assert vocab.to_json() == data
