@@ -352,3 +352,25 @@ def test_fuzz_every_endpoint(server):
             records = [json.loads(line) for line in data.decode().splitlines()]
             assert records and all("error" not in r for r in records), body
     assert server.failures == []
+
+
+def test_a_model_that_fails_mid_stream_ends_it_with_an_error_line(capfd):
+    """A diverged model (NaN weights) after the 200 has gone: the stream's last line says why;
+    the server prints nothing (it used to print a traceback) and keeps serving."""
+    import torch
+
+    data, _ = tiny_viewer()
+    with torch.no_grad():
+        data.model.head.weight.fill_(float("nan"))
+    srv = ViewerServer(data)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        resp, body = request(srv, "POST", "/api/sample", body=sample_body())
+        lines = [json.loads(line) for line in body.decode().splitlines()]
+        assert resp.status == 200 and list(lines[-1]) == ["error"]
+        assert "non-finite" in lines[-1]["error"] and len(srv.failures) == 1
+        assert request(srv, "GET", "/api/analysis")[0].status == 200
+        assert capfd.readouterr().err == ""
+    finally:
+        srv.shutdown()
+        srv.server_close()

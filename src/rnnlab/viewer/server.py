@@ -126,12 +126,14 @@ class ViewerServer(ThreadingHTTPServer):
         names = set(LOOPBACK) | {host}
         self.allowed_hosts = {f"{n}:{bound_port}" for n in names}
         self.allowed_origins = {f"http://{h}" for h in self.allowed_hosts}
-        self.failures: list[str] = []  # unexpected errors, kept for tests instead of printed
+        self.failures: list[str] = []  # the last 100 unexpected errors, kept, never printed
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """socketserver prints a traceback here; the library never prints: keep one line."""
-        error = sys.exc_info()[1]
-        self.failures.append(f"{type(error).__name__}: {error}")
+        self.record_failure(sys.exc_info()[1])
+
+    def record_failure(self, error: BaseException | None) -> None:
+        self.failures = [*self.failures[-99:], f"{type(error).__name__}: {error}"]
 
     @property
     def url(self) -> str:
@@ -189,7 +191,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as e:  # a bug: a one-line 500, never a traceback on the console
-            self.server.failures.append(f"{type(e).__name__}: {e}")
+            self.server.record_failure(e)
             if self._streaming:
                 self.close_connection = True
             else:
@@ -297,7 +299,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 return
             except Exception as e:  # after the 200: the stream ends with the error, in one line
-                self.server.failures.append(f"{type(e).__name__}: {e}")
+                self.server.record_failure(e)
                 self._line({"error": f"sampling failed ({type(e).__name__}: {e})"[:300]})
 
     def _line(self, record: dict[str, Any]) -> None:
