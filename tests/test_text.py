@@ -105,6 +105,14 @@ def test_bom_is_dropped_once_from_pairs_and_rows(tmp_path, suffix, sep):
 
 
 @pytest.mark.parametrize("suffix,sep", [(".tsv", "\t"), (".csv", ",")])
+def test_a_file_with_lone_carriage_returns_says_so(tmp_path, suffix, sep):
+    path = tmp_path / f"rows{suffix}"
+    path.write_bytes(f"ab{sep}x\ncd{sep}y\ref{sep}z\r".encode())
+    with pytest.raises(DataError, match=rf"rows\{suffix}:2: .*carriage return without a newline"):
+        read_rows(path)
+
+
+@pytest.mark.parametrize("suffix,sep", [(".tsv", "\t"), (".csv", ",")])
 def test_a_field_over_the_limit_is_refused_with_file_and_line(tmp_path, suffix, sep):
     path = tmp_path / f"rows{suffix}"
     at_limit = "a" * MAX_FIELD_CHARS

@@ -36,6 +36,10 @@ from rnnlab.data.text import (
 Tokenizer = Literal["char", "space"]
 SOURCE_SPECIALS = ("<pad>", "<unk>", "</s>")
 TARGET_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+_CR_HINT = (  # old Mac files end lines with a lone \r, which is data here
+    " (a carriage return without a newline: lines end only at \\n or \\r\\n;"
+    " save the file with those)"
+)
 
 
 def split_symbols(text: str, how: Tokenizer) -> list[str]:
@@ -160,6 +164,7 @@ def _tsv_rows(path: Path, text: str) -> list[tuple[str, str, int]]:
         if len(fields) != 2:
             raise DataError(
                 f"{path}:{number}: expected 2 tab-separated fields, found {len(fields)}"
+                + (_CR_HINT if "\r" in line else "")
             )
         rows.append(_row(path, number, fields))
     return rows
@@ -181,6 +186,8 @@ def _csv_rows(path: Path, text: str) -> list[tuple[str, str, int]]:
                 )
             rows.append(_row(path, number, fields))
     except csv.Error as e:
+        if "new-line character" in str(e):  # a lone \r: not a line end here
+            raise DataError(f"{path}:{start}: malformed CSV{_CR_HINT}") from None
         raise DataError(f"{path}:{start}: malformed CSV ({e})") from None
     return rows
 
