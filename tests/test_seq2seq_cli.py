@@ -11,7 +11,7 @@ from rnnlab.cli import main
 from rnnlab.data.cmudict import load_cmudict, split_of
 from rnnlab.data.errors import DataError
 from rnnlab.data.pairs import read_labeled, read_pairs
-from rnnlab.training.seq2seq import Seq2SeqTrainConfig, train_seq2seq
+from rnnlab.tasks.seq2seq import Seq2SeqTrainConfig, train_seq2seq
 
 TINY = ["--hidden-size", "16", "--embedding-size", "8", "--num-layers", "1", "--batch-size", "8",
         "--eval-size", "0", "--threads", "1", "--no-progress"]  # fmt: skip

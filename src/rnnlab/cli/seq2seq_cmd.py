@@ -9,20 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.cli.common import add_config_flags, given
+from rnnlab.cli.training import add_train_arguments, run_training
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from rnnlab.models.seq2seq import DecodeConfig
-    from rnnlab.training.seq2seq import Seq2SeqTrainConfig
+    from rnnlab.tasks.seq2seq import Seq2SeqTrainConfig
 
     p = sub.add_parser("seq2seq", help="sequence to sequence: train, evaluate (PER/WER), predict")
     p.set_defaults(run=lambda args: _usage(p))
     actions = p.add_subparsers(dest="action", metavar="ACTION", help="train, eval or predict")
 
     t = actions.add_parser("train", help="train an encoder-decoder (--task g2p: CMUdict)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
-    t.add_argument("--no-progress", action="store_true", help="no progress line even on a TTY")
-    add_config_flags(t, Seq2SeqTrainConfig)
+    add_train_arguments(t, Seq2SeqTrainConfig)
     t.set_defaults(run=run_train)
 
     e = actions.add_parser("eval", help="PER and WER of a trained run on a split or a pairs file")
@@ -73,31 +72,17 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rnnlab.training.seq2seq import Seq2SeqTrainConfig, train_seq2seq
+    from rnnlab.tasks.seq2seq import Seq2SeqTrainConfig, train_seq2seq
 
-    values = given(args, Seq2SeqTrainConfig)
-    reporter = Reporter(progress=not args.no_progress and sys.stderr.isatty())
-    if args.resume:
-        result = train_seq2seq(resume=args.resume, changes=values, on_event=reporter)
-    else:
-        result = train_seq2seq(Seq2SeqTrainConfig(**values), on_event=reporter)
-    if result.rank != 0:  # torchrun: rank 0 reports for the run
-        return 130 if result.stopped == "interrupted" else 0
-    if result.stopped == "interrupted":
-        again = "torchrun <the same options> -m rnnlab" if result.world_size > 1 else "rnnlab"
-        print(f"interrupted at step {result.step}; checkpoint saved; continue with: {again} "
-              f"seq2seq train --resume {result.run_dir}", file=sys.stderr)  # fmt: skip
-        return 130
-    print(f"run directory: {result.run_dir}  (rnnlab seq2seq eval {result.run_dir})",
-          file=sys.stderr)  # fmt: skip
-    return 0
+    return run_training(args, Seq2SeqTrainConfig, train_seq2seq, "seq2seq train",
+                        then="rnnlab seq2seq eval {run_dir}")  # fmt: skip
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from rnnlab.data.pairs import check_known, read_pairs
     from rnnlab.models.seq2seq import DecodeConfig
     from rnnlab.runtime import resolve_device
-    from rnnlab.training.seq2seq import evaluate_pairs, load_seq2seq, load_task
+    from rnnlab.tasks.seq2seq import evaluate_pairs, load_seq2seq, load_task
 
     decode = DecodeConfig(**given(args, DecodeConfig))
     device = resolve_device(args.device)
@@ -150,7 +135,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from rnnlab.data.pairs import join_symbols, split_symbols
     from rnnlab.models.seq2seq import DecodeConfig
     from rnnlab.runtime import resolve_device
-    from rnnlab.training.seq2seq import decode_sources, load_seq2seq
+    from rnnlab.tasks.seq2seq import decode_sources, load_seq2seq
 
     decode = DecodeConfig(**given(args, DecodeConfig))
     device = resolve_device(args.device)
@@ -205,43 +190,3 @@ def read_lines(path: str) -> list[tuple[str, str]]:
     lines = text_file.read_lines(sys.stdin.buffer if path == "-" else path, name=name)
     return [(text_file.check_length(line.text.strip(), f"{name}:{line.number}", "line"),
              f"{name}:{line.number}") for line in lines if line.text.strip()]  # fmt: skip
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class Reporter:
-    """Training events as lines on stderr; the step line only on a TTY."""
-
-    def __init__(self, progress: bool) -> None:
-        self.progress = progress
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind, err = event["kind"], sys.stderr
-        if kind == "start":
-            verb = "resuming" if event["resumed"] else "training"
-            print(f"{verb} {event['run_dir']}: {event['parameters']:,} parameters, "
-                  f"{event['train_pairs']:,} training / {event['val_pairs']:,} validation pairs, "
-                  f"vocab {event['source_vocab']} -> {event['target_vocab']}, "
-                  f"{event['steps_per_epoch']} steps/epoch, device {event['device']}",
-                  file=err)  # fmt: skip
-        elif kind == "step" and self.progress:
-            print(f"\rstep {event['step']:>6}/{event['max_steps']}  loss "
-                  f"{event['train_loss']:.4f}  lr {event['lr']:.2e}  "
-                  f"{_duration(event['elapsed_s'])}", end="", file=err, flush=True)  # fmt: skip
-        elif kind == "eval":
-            prefix = "\r" if self.progress else ""
-            mark = " *" if event["best"] else ""
-            print(f"{prefix}step {event['step']:>6}  val loss {event['val_loss']:.4f}  WER "
-                  f"{100 * event['val_wer']:.2f}%  PER {100 * event['val_per']:.2f}%{mark}  "
-                  f"| {event['example']}", file=err)  # fmt: skip
-        elif kind == "nonfinite":
-            print(f"\nstep {event['step']}: {event['reason']} loss ({event['loss']:.4g}), step "
-                  "skipped", file=err)  # fmt: skip
-        elif kind == "end":
-            if self.progress:
-                print(file=err)
-            print(f"stopped at step {event['step']} ({event['stopped']}); best val WER "
-                  f"{100 * event['best_wer']:.2f}%", file=err)  # fmt: skip

