@@ -11,7 +11,7 @@ import torch
 from rnnlab.cli import main
 from rnnlab.metrics.classification import classification_report
 from rnnlab.models.classifier import ClassifierConfig, SequenceClassifier
-from rnnlab.training.classify import ClassifyTrainConfig, load_classifier, train_classifier
+from rnnlab.tasks.classify import ClassifyTrainConfig, load_classifier, train_classifier
 
 
 def make(pooling, bi, cell="lstm", layers=2):
@@ -119,12 +119,12 @@ def test_learns_an_order_dependent_rule_counts_cannot(tmp_path):
                                  embedding_size=8, max_steps=500, eval_every=250, lr=1e-2,
                                  threads=1)  # fmt: skip
     result = train_classifier(config)
-    assert result.best_accuracy > 0.97
+    assert result.best["val_accuracy"] > 0.97
     test = write_rows(tmp_path / "test.tsv", test_rows)
     code = main(["classify", "eval", str(tmp_path / "run"), str(test)])
     assert code == 0
     from rnnlab.data.pairs import read_labeled
-    from rnnlab.training.classify import evaluate_rows
+    from rnnlab.tasks.classify import evaluate_rows
 
     run = load_classifier(tmp_path / "run")
     held = evaluate_rows(run.model, read_labeled(test), run.vocab, run.labels)
@@ -210,7 +210,7 @@ def test_nonfinite_steps_abort_with_the_step_in_the_log(tmp_path, monkeypatch):
     config = ClassifyTrainConfig(data=str(data), out_dir=str(tmp_path / "run"), hidden_size=8,
                                  embedding_size=4, batch_size=8, max_steps=20, eval_every=100,
                                  threads=1, max_nonfinite=3)  # fmt: skip
-    with pytest.raises(TrainingError, match="3 nonfinite steps in a row"):
+    with pytest.raises(TrainingError, match="3 non-finite steps in a row"):
         train_classifier(config)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     last = json.loads(lines[-1])

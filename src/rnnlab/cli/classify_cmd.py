@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from rnnlab.cli.common import add_config_flags, given
+from rnnlab.cli.common import given
+from rnnlab.cli.training import add_train_arguments, run_training
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from rnnlab.training.classify import ClassifyTrainConfig
+    from rnnlab.tasks.classify import ClassifyTrainConfig
 
     p = sub.add_parser("classify", help="sequence classification: train, evaluate, predict")
     p.set_defaults(run=lambda args: _usage(p))
@@ -18,8 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = actions.add_parser("train", help="train a classifier on a TSV/CSV of text, label")
     t.add_argument("file", nargs="?", default=None, help="training rows (same as --data)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
-    add_config_flags(t, ClassifyTrainConfig)
+    add_train_arguments(t, ClassifyTrainConfig)
     t.set_defaults(run=run_train)
 
     e = actions.add_parser("eval", help="accuracy, macro-F1 and confusion matrix on a file")
@@ -52,33 +51,22 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rnnlab.training.classify import ClassifyTrainConfig, train_classifier
+    from rnnlab.tasks.classify import ClassifyTrainConfig, train_classifier
 
     values = given(args, ClassifyTrainConfig)
     if args.file is not None:
         if values.get("data", args.file) != args.file:
             raise ValueError("data: given twice (FILE and --data); give one")
         values["data"] = args.file
-    if args.resume:
-        result = train_classifier(resume=args.resume, changes=values, on_event=_report)
-    else:
-        result = train_classifier(ClassifyTrainConfig(**values), on_event=_report)
-    if result.rank != 0:  # torchrun: rank 0 reports for the run
-        return 130 if result.stopped == "interrupted" else 0
-    if result.stopped == "interrupted":
-        again = "torchrun <the same options> -m rnnlab" if result.world_size > 1 else "rnnlab"
-        print(f"interrupted at step {result.step}; continue with: {again} classify train "
-              f"--resume {result.run_dir}", file=sys.stderr)  # fmt: skip
-        return 130
-    print(f"run directory: {result.run_dir}", file=sys.stderr)
-    return 0
+    return run_training(args, ClassifyTrainConfig, train_classifier, "classify train", values,
+                        then="rnnlab classify eval {run_dir} FILE")  # fmt: skip
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from rnnlab.data.pairs import check_known, read_labeled
     from rnnlab.metrics.classification import format_confusion
     from rnnlab.runtime import resolve_device
-    from rnnlab.training.classify import evaluate_rows, load_classifier
+    from rnnlab.tasks.classify import evaluate_rows, load_classifier
 
     device = resolve_device(args.device)
     run = load_classifier(args.run_dir, args.checkpoint, str(device))
@@ -99,7 +87,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from rnnlab.data.errors import DataError
     from rnnlab.data.pairs import pad_batch, split_symbols
     from rnnlab.runtime import resolve_device
-    from rnnlab.training.classify import load_classifier
+    from rnnlab.tasks.classify import load_classifier
 
     device = resolve_device(args.device)
     run = load_classifier(args.run_dir, args.checkpoint, str(device))
@@ -132,22 +120,3 @@ def run_predict(args: argparse.Namespace) -> int:
                 k = int(p.argmax())
                 print(f"{run.labels.tokens[k]}\t{float(p[k]):.3f}\t{text}")
     return 0
-
-
-def _report(event: dict[str, Any]) -> None:
-    kind, err = event["kind"], sys.stderr
-    if kind == "start":
-        verb = "resuming" if event["resumed"] else "training"
-        print(f"{verb} {event['run_dir']}: {event['parameters']:,} parameters, "
-              f"{event['train_rows']:,} training / {event['val_rows']:,} validation rows, "
-              f"{event['labels']} labels, vocab {event['vocab']}", file=err)  # fmt: skip
-    elif kind == "eval":
-        mark = " *" if event["best"] else ""
-        print(f"step {event['step']:>6}  val loss {event['val_loss']:.4f}  accuracy "
-              f"{100 * event['val_accuracy']:.2f}%  macro-F1 "
-              f"{100 * event['val_macro_f1']:.2f}%{mark}", file=err)  # fmt: skip
-    elif kind == "nonfinite":
-        print(f"step {event['step']}: {event['reason']} loss, step skipped", file=err)
-    elif kind == "end":
-        print(f"stopped at step {event['step']} ({event['stopped']}); best val accuracy "
-              f"{100 * event['best_accuracy']:.2f}%", file=err)  # fmt: skip

@@ -1,0 +1,285 @@
+"""The classification task (many-to-one): ``text, label`` rows -> SequenceClassifier, with
+accuracy, macro-F1 and a confusion matrix.
+
+Rows come from a TSV/CSV file (``rnnlab.data.pairs.read_labeled``), read as characters or
+whitespace tokens. Validation rows come from ``val_data`` or a hash split of the training file by
+text (``val_frac``). The vocabulary and the label set are built from the training rows; a symbol
+or label a validation/evaluation file has and training does not is a DataError naming the file
+and line. The best checkpoint has the highest validation accuracy (then lowest loss). The step,
+guard, stop rules and checkpoints are ``rnnlab.training.loop.fit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from rnnlab.data.errors import DataError
+from rnnlab.data.pairs import (
+    Pair,
+    Symbols,
+    Tokenizer,
+    check_known,
+    length_batches,
+    pad_batch,
+    read_labeled,
+)
+from rnnlab.data.split import hash_split
+from rnnlab.data.text import sha256_file
+from rnnlab.metrics.classification import ClassificationReport, classification_report
+from rnnlab.models.classifier import CellName, ClassifierConfig, SequenceClassifier
+from rnnlab.runtime import set_threads
+from rnnlab.training.config import Backend, RunConfig, resumed_config
+from rnnlab.training.distributed import DataParallel, launch_from_env, main_reports, rank_device
+from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
+from rnnlab.training.tools import GracefulStop
+from rnnlab.validation import ConfigError, from_mapping, retuned, setting
+
+TEXT_SPECIALS = ("<pad>", "<unk>")
+
+
+@dataclass
+class ClassifyTrainConfig(RunConfig):
+    """Everything that defines a classification run; CLI flags are these names in kebab-case."""
+
+    data: str = setting("", "training rows: TSV or CSV of text, label")
+    val_data: str = setting("", "validation rows (default: a hash split of --data)")
+    tokens: Tokenizer = setting("char", "text symbols: characters or space-separated tokens")
+    header: bool = setting(False, "the files start with a header row")
+    val_frac: float = setting(0.1, "hash split of --data held out for validation", low=0.0,
+                              high=0.5)  # fmt: skip
+    embedding_size: int = setting(32, "embedding width", low=1, high=16384)
+    hidden_size: int = setting(64, "units per layer and direction", low=1, high=16384)
+    num_layers: int = setting(1, "stacked layers", low=1, high=64)
+    cell: CellName = setting("lstm", "recurrent cell")
+    bidirectional: bool = setting(False, "bidirectional")
+    dropout: float = setting(0.0, "dropout", low=0.0, high=0.9)
+    pooling: Literal["last", "mean", "max"] = setting("last", "last state, or mean/max over time")
+    backend: Backend = setting("auto", "recurrence engine (all compute the same function)",
+                               resume="inexact")  # fmt: skip
+    batch_size: int = setting(32, "rows per step", low=1, high=65536)
+    # shared settings this task tunes
+    max_steps: int = retuned(RunConfig, "max_steps", 1000)
+    warmup_steps: int = retuned(RunConfig, "warmup_steps", 20)
+    min_lr_frac: float = retuned(RunConfig, "min_lr_frac", 0.05)
+    seed: int = retuned(RunConfig, "seed", 1234)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data:
+            raise ConfigError("data", "a TSV/CSV file of text, label rows", self.data)
+
+    def model_config(self, vocab_size: int, num_classes: int) -> ClassifierConfig:
+        names = {f.name for f in dataclasses.fields(ClassifierConfig)}
+        kept = {k: v for k, v in self.to_dict().items() if k in names}
+        return ClassifierConfig(vocab_size=vocab_size, num_classes=num_classes, **kept)
+
+
+@dataclass
+class LabeledData:
+    train: list[Pair]
+    val: list[Pair]
+    vocab: Symbols
+    labels: Symbols
+    record: dict[str, Any]
+
+
+def load_labeled(config: ClassifyTrainConfig) -> LabeledData:
+    """The rows, vocabulary and label set of a run (see the module docstring)."""
+    rows = read_labeled(config.data, tokens=config.tokens, header=config.header)
+    try:
+        digest = sha256_file(config.data)
+    except OSError as e:
+        raise DataError(f"{config.data}: cannot read ({e.strerror})") from None
+    if config.val_data:
+        train = rows
+        val = read_labeled(config.val_data, tokens=config.tokens, header=config.header)
+    else:
+        train, val = hash_split(rows, lambda r: " ".join(r.source), config.val_frac)
+        if not val or not train:
+            raise DataError(f"{config.data}: the validation split is empty or takes every row; "
+                            "change --val-frac or give --val-data")  # fmt: skip
+    vocab = Symbols.build((r.source for r in rows), TEXT_SPECIALS)  # all training-file text
+    labels = Symbols.build((r.target for r in train), ())
+    if config.val_data:
+        check_known(val, vocab, labels, config.val_data, "label")
+    else:  # one file: a label only in the held-out rows is still the user's label set
+        labels = Symbols.build((r.target for r in rows), ())
+    return LabeledData(train, val, vocab, labels, {"data": str(Path(config.data).resolve()),
+                                                   "data_sha256": digest})  # fmt: skip
+
+
+def encode_rows(rows: Sequence[Pair], vocab: Symbols, labels: Symbols | None,
+                unknown: str = "error") -> tuple[list[list[int]], list[int]]:  # fmt: skip
+    ids = [vocab.encode(r.source, unknown) for r in rows]  # type: ignore[arg-type]
+    ys = [labels.id(r.target[0]) for r in rows] if labels is not None else []
+    return ids, ys
+
+
+@dataclass
+class ClassifyEval:
+    loss: float
+    report: ClassificationReport
+    predicted: list[int]
+
+
+@torch.no_grad()
+def evaluate_rows(model: SequenceClassifier, rows: Sequence[Pair], vocab: Symbols,
+                  labels: Symbols, *, batch_size: int = 256,
+                  device: torch.device | str = "cpu") -> ClassifyEval:  # fmt: skip
+    """Loss (nats per row), accuracy, macro-F1 and the confusion matrix over ``rows``."""
+    was_training = model.training
+    model.eval()
+    try:
+        ids, ys = encode_rows(rows, vocab, labels)
+        total, predicted = 0.0, []
+        for start in range(0, len(ids), batch_size):
+            x, n = pad_batch(ids[start : start + batch_size])
+            y = torch.tensor(ys[start : start + batch_size], device=device)
+            logits = model(x.to(device), n)
+            total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            predicted += logits.argmax(-1).tolist()
+        report = classification_report(predicted, ys, len(labels))
+        return ClassifyEval(total / max(len(ys), 1), report, predicted)
+    finally:
+        model.train(was_training)
+
+
+class ClassifyTask(Task):
+    """Length-bucketed row batches; each rank trains on its block of a batch's rows."""
+
+    unit = "rows"
+    scores = (Score("val_accuracy", "best_accuracy", higher_is_better=True),
+              Score("val_loss", "best_val_loss"))  # fmt: skip
+
+    def __init__(self, config: ClassifyTrainConfig, data: LabeledData, dp: DataParallel) -> None:
+        self.config, self.data = config, data
+        self.num_classes = max(len(data.labels), 2)
+        self.ids, self.ys = encode_rows(data.train, data.vocab, data.labels)
+        self.lengths = [len(i) for i in self.ids]
+
+    def build_model(self) -> nn.Module:
+        vocab, labels = len(self.data.vocab), len(self.data.labels)
+        self.model = SequenceClassifier(self.config.model_config(vocab, labels))
+        return self.model
+
+    def start_epoch(self, epoch: int, boundary: bool) -> None:
+        gen = torch.Generator().manual_seed((self.config.seed * 1_000_003 + epoch) % 2**63)
+        self.batches = length_batches(self.lengths, self.config.batch_size, gen)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def train_loss(self, net: nn.Module, cursor: int, dp: DataParallel) -> tuple[Tensor, int]:
+        chosen = self.batches[cursor]
+        mine, weight = dp.shard_examples(chosen)  # this rank's block of the batch's rows
+        x, n = pad_batch([self.ids[i] for i in mine])
+        y = torch.tensor([self.ys[i] for i in mine], device=dp.device)
+        if dp.active:  # this rank's summed loss over the batch's rows, times W (DDP averages)
+            scale = weight * dp.world_size / len(chosen)
+            loss = F.cross_entropy(net(x.to(dp.device), n), y, reduction="sum") * scale
+        else:
+            loss = F.cross_entropy(net(x.to(dp.device), n), y)
+        return loss, len(chosen)
+
+    def evaluate(self, model: nn.Module, dp: DataParallel) -> Evaluation | None:
+        if not dp.is_main:  # rank 0 evaluates (it alone writes the best checkpoint)
+            return None
+        d = self.data
+        found = evaluate_rows(model, d.val, d.vocab, d.labels, device=dp.device)  # type: ignore[arg-type]
+        return Evaluation({"val_loss": found.loss, "val_accuracy": found.report.accuracy,
+                           "val_macro_f1": found.report.macro_f1})  # fmt: skip
+
+    def checkpoint_files(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        d = self.data
+        return ({"model": self.model.config.to_dict(), "train": self.config.to_dict(),
+                 "data": d.record},
+                {"text": d.vocab.to_json(), "labels": d.labels.to_json()})  # fmt: skip
+
+    def start_fields(self) -> dict[str, Any]:
+        d = self.data
+        return {"data": f"{len(d.train):,} training / {len(d.val):,} validation rows, "
+                f"{len(d.labels)} labels, vocab {len(d.vocab)}", "train_rows": len(d.train),
+                "val_rows": len(d.val), "vocab": len(d.vocab), "labels": len(d.labels)}  # fmt: skip
+
+
+def train_classifier(
+    config: ClassifyTrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    changes: Mapping[str, Any] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> FitResult:
+    """Train a SequenceClassifier, or resume ``resume`` with ``changes`` (the resume rules of
+    ``rnnlab.training.config``). Events and signals as in ``rnnlab.training.loop.fit``."""
+    emit = main_reports(on_event or (lambda event: None), launch_from_env())
+    resume_from = None
+    if resume is None:
+        if config is None:
+            raise TypeError("train_classifier() needs a ClassifyTrainConfig or resume=RUN_DIR")
+        run_dir = Path(config.out_dir or Path("runs") / f"{Path(config.data).stem}-classify")
+        config = dataclasses.replace(config, data=str(Path(config.data).resolve()),
+                                     val_data=str(Path(config.val_data).resolve())
+                                     if config.val_data else "")  # fmt: skip
+    else:
+        path = resolve_checkpoint(resume, "latest")
+        ckpt = load_checkpoint(path)
+        saved = from_mapping(ClassifyTrainConfig, ckpt.config.get("train"),
+                             str(path / "config.json"))  # fmt: skip
+        config, notes = resumed_config(saved, dict(changes or {}))
+        for note in notes:
+            emit({"kind": "note", "text": f"resume changes {note}"})
+        run_dir = path.parent
+        resume_from = Resume(path, ckpt.model, ckpt.trainer_tensors, ckpt.trainer)
+    set_threads(config.threads)
+    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
+    device = rank_device(config.device, launch)
+    data = load_labeled(config)
+    config.model_config(len(data.vocab), len(data.labels))  # refuse a bad model up front
+    if resume is not None and ckpt.config.get("data", {}).get("data_sha256") != data.record[
+            "data_sha256"]:  # fmt: skip
+        raise DataError(f"{config.data}: not the file the run was trained on")
+    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
+        dp.open_run_directory(run_dir, resume is None, own)  # rank 0 creates and locks it
+        return fit(ClassifyTask(config, data, dp), run_dir.resolve(), dp, stop, emit, resume_from)
+
+
+@dataclass
+class LoadedClassifier:
+    model: SequenceClassifier
+    vocab: Symbols
+    labels: Symbols
+    config: ClassifyTrainConfig
+    path: Path
+
+
+def load_classifier(path: str | Path, which: Literal["best", "latest"] = "best",
+                    device: str = "cpu") -> LoadedClassifier:  # fmt: skip
+    """A trained classifier from a run or checkpoint directory (verified; never unpickled)."""
+    ckpt_path = resolve_checkpoint(path, which)
+    ckpt = load_checkpoint(ckpt_path, map_location=device)
+    where = str(ckpt_path / "config.json")
+    if "model" not in ckpt.config or "train" not in ckpt.config:
+        raise CheckpointError(f"{where}: not a classifier run (no model/train config)")
+    model_config = from_mapping(ClassifierConfig, ckpt.config["model"], where)
+    train_config = from_mapping(ClassifyTrainConfig, ckpt.config["train"], where)
+    vocab = Symbols.from_json(ckpt.vocab.get("text"), f"{ckpt_path}/vocab.json: text")
+    labels = Symbols.from_json(ckpt.vocab.get("labels"), f"{ckpt_path}/vocab.json: labels")
+    if (len(vocab), len(labels)) != (model_config.vocab_size, model_config.num_classes):
+        raise CheckpointError(f"{ckpt_path}/vocab.json: sizes do not match the model config")
+    model = SequenceClassifier(model_config)
+    try:
+        model.load_state_dict(ckpt.model)
+    except RuntimeError as e:
+        msg = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{ckpt_path}/model.safetensors: does not fit ({msg})") from None
+    return LoadedClassifier(model.to(device).eval(), vocab, labels, train_config, ckpt_path)
