@@ -25,7 +25,7 @@ import torch
 from rnnlab.data.captions import read_caption_json
 from rnnlab.data.shapes import write_shapes_dataset
 from rnnlab.report import captions as report
-from rnnlab.training.captioning import CaptionTrainConfig, load_captioner, train_captioner
+from rnnlab.tasks.caption import CaptionTrainConfig, load_captioner, train_captioner
 
 MODELS = {  # name -> (conditioning, attention, steps as a fraction of --steps)
     "per-step W_ih v": ("step", False, 1.0),

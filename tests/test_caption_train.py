@@ -24,7 +24,7 @@ from rnnlab.report.captions import (
     render_report,
     score_method,
 )
-from rnnlab.training.captioning import CaptionTrainConfig, load_captioner, train_captioner
+from rnnlab.tasks.caption import CaptionTrainConfig, load_captioner, train_captioner
 
 TINY = dict(
     image_size=16,
@@ -73,7 +73,7 @@ def test_checkpoints_are_safetensors_and_json_and_resume_is_exact(shapes, tmp_pa
     }
     first = train_captioner(config(shapes, tmp_path / "b", max_steps=3))
     assert first.step == 3
-    resumed = train_captioner(resume=tmp_path / "b", max_steps=6)
+    resumed = train_captioner(resume=tmp_path / "b", changes={"max_steps": 6})
     assert resumed.step == 6
     assert losses(tmp_path / "b") == losses(tmp_path / "a")  # bit for bit on CPU
 
@@ -180,7 +180,7 @@ def test_resume_refuses_a_changed_caption_file(shapes, tmp_path):
     entries["images"][0]["sentences"][0]["tokens"] = ["changed"]
     (data / "captions.json").write_text(json.dumps(entries))
     with pytest.raises(DataError, match="changed since the run started"):
-        train_captioner(resume=tmp_path / "run", max_steps=2)
+        train_captioner(resume=tmp_path / "run", changes={"max_steps": 2})
 
 
 def test_time_limit_stops_with_an_evaluated_best_checkpoint(shapes, tmp_path):

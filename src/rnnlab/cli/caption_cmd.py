@@ -11,20 +11,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from rnnlab.cli.common import add_config_flags, given
+from rnnlab.cli.common import given
+from rnnlab.cli.training import add_train_arguments, run_training
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from rnnlab.training.captioning import CaptionTrainConfig
+    from rnnlab.tasks.caption import CaptionTrainConfig
 
     p = sub.add_parser("caption", help="image captioning: train, eval, predict, synthetic data")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", help="train, eval, predict or shapes")
 
     t = verbs.add_parser("train", help="train a captioner on a Karpathy-split caption JSON")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    add_config_flags(t, CaptionTrainConfig)
+    add_train_arguments(t, CaptionTrainConfig)
     t.set_defaults(run=run_train)
 
     e = verbs.add_parser("eval", help="BLEU-1..4 and CIDEr-D on a split; optional HTML report")
@@ -111,73 +110,17 @@ def _check_decoding(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rnnlab.training.captioning import CaptionTrainConfig, train_captioner
+    from rnnlab.tasks.caption import CaptionTrainConfig, train_captioner
 
-    values = given(args, CaptionTrainConfig)
-    if args.resume:
-        extra = sorted(set(values) - {"max_steps"})
-        if extra:
-            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-            raise ValueError(f"{flags}: a resumed run keeps its settings (only --max-steps)")
-        result = train_captioner(
-            resume=args.resume, max_steps=values.get("max_steps"), on_event=_report
-        )
-    else:
-        if not values.get("data"):
-            raise ValueError("--data: give a caption JSON file (or --resume RUN_DIR)")
-        result = train_captioner(CaptionTrainConfig(**values), on_event=_report)
-    if result.rank != 0:  # torchrun: rank 0 reports for the run
-        return 130 if result.stopped == "interrupted" else 0
-    if result.stopped == "interrupted":
-        again = "torchrun <the same options> -m rnnlab" if result.world_size > 1 else "rnnlab"
-        print(
-            f"interrupted at step {result.step}; checkpoint saved; continue with: {again} "
-            f"caption train --resume {result.run_dir}",
-            file=sys.stderr,
-        )
-        return 130
-    print(f"run directory: {result.run_dir}", file=sys.stderr)
-    return 0
-
-
-def _report(event: dict[str, Any]) -> None:
-    kind, err = event["kind"], sys.stderr
-    if kind == "start":
-        verb = "resuming" if event["resumed"] else "training"
-        print(
-            f"{verb} {event['run_dir']}: {event['parameters']:,} parameters, vocab "
-            f"{event['vocab_size']}, {event['train_captions']:,} training captions "
-            f"({event['steps_per_epoch']} steps/epoch), device {event['device']}",
-            file=err,
-        )
-    elif kind == "note":
-        print(f"rnnlab: note: {event['text']}", file=err)
-    elif kind == "step":
-        print(
-            f"step {event['step']:>6}/{event['max_steps']}  loss {event['train_loss']:.4f}  "
-            f"lr {event['lr']:.2e}  {event['captions_per_s']:,.0f} captions/s",
-            file=err,
-        )
-    elif kind == "eval":
-        mark = " *" if event["best"] else ""
-        print(
-            f"step {event['step']:>6}  val loss {event['val_loss']:.4f}  BLEU-4 "
-            f"{event['val_bleu4']:.3f}  CIDEr-D {event['val_cider']:.3f}{mark}",
-            file=err,
-        )
-    elif kind == "nonfinite":
-        print(f"step {event['step']}: {event['reason']} loss, step skipped", file=err)
-    elif kind == "end":
-        print(
-            f"stopped at step {event['step']} ({event['stopped']}); best val CIDEr-D "
-            f"{event['best_cider']:.3f}",
-            file=err,
-        )
+    if not args.resume and not given(args, CaptionTrainConfig).get("data"):
+        raise ValueError("--data: give a caption JSON file (or --resume RUN_DIR)")
+    return run_training(args, CaptionTrainConfig, train_captioner, "caption train",
+                        then="rnnlab caption eval {run_dir}")  # fmt: skip
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from rnnlab.report import captions as report
-    from rnnlab.training.captioning import load_captioner
+    from rnnlab.tasks.caption import load_captioner
 
     _check_decoding(args)
     if args.max_images < 0:
@@ -222,7 +165,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from rnnlab.data.captions import load_images, read_features
     from rnnlab.models.captioner import generate_captions
-    from rnnlab.training.captioning import load_captioner
+    from rnnlab.tasks.caption import load_captioner
 
     _check_decoding(args)
     run = load_captioner(args.run_dir, args.checkpoint, args.device)

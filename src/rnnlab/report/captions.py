@@ -36,7 +36,7 @@ from rnnlab.data.captions import (
 from rnnlab.data.images import open_rgb
 from rnnlab.metrics.captioning import CaptionScores, bleu, score_captions
 from rnnlab.models.captioner import attention_maps, generate_captions
-from rnnlab.training.captioning import LoadedCaptioner
+from rnnlab.tasks.caption import LoadedCaptioner
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,339 @@
+"""The captioning task (one-to-many): CaptionTrainConfig, (image, caption) batches with teacher
+forcing, BLEU-4 and CIDEr-D validation.
+
+Each epoch visits the training images in a seeded random order; a step trains on every
+reference caption of ``batch_size`` images (neuraltalk2 and Show and Tell train on caption pairs,
+so an image with five captions is seen five times)::
+
+    permutation   7 2 9 0 ...                  torch.randperm, seeded by (seed, epoch)
+    step k        images perm[k*B:(k+1)*B] -> pixels (B, 3, S, S) + all their captions (N, T+2)
+
+Validation: the teacher-forced loss on every val caption, and BLEU-4 and CIDEr-D of greedy
+captions of (up to ``eval_images``) val images; the best checkpoint has the highest CIDEr-D (as
+neuraltalk2 selects by its language score). The step, guard, stop rules and checkpoints are
+``rnnlab.training.loop.fit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlab.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from rnnlab.data.captions import (
+    PAD,
+    CaptionDataset,
+    CaptionImage,
+    CaptionVocab,
+    EncodedCaptions,
+    encode_captions,
+    load_images,
+    read_caption_json,
+    read_features,
+)
+from rnnlab.data.errors import DataError
+from rnnlab.data.text import sha256_file
+from rnnlab.metrics.captioning import score_captions
+from rnnlab.models.captioner import Captioner, CaptionerConfig, caption_loss, generate_captions
+from rnnlab.runtime import resolve_device, set_threads
+from rnnlab.training.config import BIG, Cell, RunConfig, resumed_config
+from rnnlab.training.distributed import DataParallel, launch_from_env, main_reports, rank_device
+from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
+from rnnlab.training.tools import GracefulStop
+from rnnlab.validation import ConfigError, from_mapping, retuned, setting
+
+MODEL_FIELDS = ("cell", "embedding_size", "hidden_size", "num_layers", "dropout", "conditioning",
+                "attention", "image_size", "cnn_channels", "cnn_blocks", "feature_size",
+                "attention_size")  # fmt: skip
+
+
+@dataclass
+class CaptionTrainConfig(RunConfig):
+    """Every setting of a captioning run; CLI flags are these names in kebab-case."""
+
+    data: str = setting("", "caption JSON in the Karpathy-split format")
+    images: str = setting("", "image folder (default: the JSON's folder)")
+    features: str = setting("", "precomputed features .npy/.safetensors, one row per image "
+                            "(instead of the CNN)")  # fmt: skip
+    # vocabulary and lengths
+    min_count: int = setting(1, "keep words seen at least this often in training captions",
+                             low=1, high=10**9)  # fmt: skip
+    max_length: int = setting(16, "captions are cut to this many words", low=1, high=1000)
+    # model (see CaptionerConfig)
+    cell: Cell = setting("lstm", "decoder cell")
+    embedding_size: int = setting(64, "word embedding size", low=1, high=65536)
+    hidden_size: int = setting(256, "decoder hidden units per layer", low=1, high=65536)
+    num_layers: int = setting(1, "decoder layers", low=1, high=64)
+    dropout: float = setting(0.0, "dropout", low=0.0, high=0.95)
+    conditioning: Literal["step", "init"] = setting(
+        "step", "image enters every step (W_ih v) or the initial state (Show and Tell)"
+    )
+    attention: bool = setting(False, "soft attention over the CNN grid (Show, Attend and Tell)")
+    image_size: int = setting(32, "images are resized to this side", low=8, high=1024)
+    cnn_channels: int = setting(32, "CNN first-stage channels", low=1, high=1024)
+    cnn_blocks: int = setting(3, "CNN stages", low=1, high=8)
+    feature_size: int = setting(128, "image feature size (CNN output)", low=1, high=1_000_000)
+    attention_size: int = setting(0, "attention MLP size (0: hidden size)", low=0, high=65536)
+    batch_size: int = setting(16, "images per step (each with all its captions)", low=1,
+                              high=65536)  # fmt: skip
+    eval_images: int = setting(0, "val images captioned per validation (0: all)", low=0,
+                               high=BIG, resume="free")  # fmt: skip
+    # shared settings this task tunes
+    lr: float = retuned(RunConfig, "lr", 2e-3)
+    warmup_steps: int = retuned(RunConfig, "warmup_steps", 100)
+    min_lr_frac: float = retuned(RunConfig, "min_lr_frac", 0.05)
+    lr_decay: float = retuned(RunConfig, "lr_decay", 0.8)
+    eval_every: int = retuned(RunConfig, "eval_every", 250)
+    seed: int = retuned(RunConfig, "seed", 1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        step = 2 ** (self.cnn_blocks - 1)  # the CNN halves the grid cnn_blocks - 1 times
+        if not self.features and self.image_size % step:
+            raise ConfigError("image_size", f"a multiple of {step} (--cnn-blocks "
+                              f"{self.cnn_blocks} pools {self.cnn_blocks - 1} times)",
+                              self.image_size)  # fmt: skip
+
+    def model_config(self, vocab_size: int, feature_size: int | None = None) -> CaptionerConfig:
+        kwargs = {name: getattr(self, name) for name in MODEL_FIELDS}
+        if self.features:
+            kwargs.update(encoder="features", feature_size=feature_size or self.feature_size)
+        return CaptionerConfig(vocab_size=vocab_size, **kwargs)
+
+
+@dataclass
+class CaptionData:
+    """A dataset ready for the loop: its images (uint8 (N, 3, S, S)) or features ((N, F) or
+    (N, K, F)), rows aligned with ``dataset.images``."""
+
+    dataset: CaptionDataset
+    pixels: torch.Tensor
+
+    def inputs(self, images: list[CaptionImage]) -> torch.Tensor:
+        return self.pixels[[im.index for im in images]]
+
+
+def load_caption_data(config: CaptionTrainConfig) -> CaptionData:
+    """Read the JSON, then every image (or the feature file); errors name the file."""
+    if not config.data:
+        raise DataError("data: a caption JSON file is needed (--data FILE)")
+    dataset = read_caption_json(config.data, config.images or None)
+    if config.features:
+        pixels = torch.from_numpy(read_features(config.features, len(dataset.images)))
+    else:
+        pixels = torch.from_numpy(load_images(dataset.images, config.image_size))
+    for split in ("train", "val"):
+        if not dataset.split(split):
+            raise DataError(f"{dataset.source}: no {split!r} images; the loop needs both splits")
+    return CaptionData(dataset, pixels)
+
+
+def caption_batch(caps: EncodedCaptions, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Every caption of the images at positions ``images`` (N,): ids (B, T + 2) and, per
+    caption, the position of its image in ``images`` (B,)."""
+    wanted = images.numpy()
+    mask = np.isin(caps.image_rows, wanted)
+    position = {int(r): i for i, r in enumerate(wanted)}
+    rows = [position[int(r)] for r in caps.image_rows[mask]]
+    return torch.from_numpy(caps.ids[mask]), torch.tensor(rows, dtype=torch.long)
+
+
+@torch.no_grad()
+def validate(model: Captioner, vocab: CaptionVocab, images: list[CaptionImage], inputs: Tensor,
+             caps: EncodedCaptions, config: CaptionTrainConfig,
+             device: torch.device) -> dict[str, float]:  # fmt: skip
+    """Teacher-forced loss (nats/word) on every val caption; greedy BLEU-4/CIDEr-D on the first
+    ``eval_images`` (0: all) val images."""
+    model.eval()
+    total, words = 0.0, 0
+    for i in range(0, len(images), 64):
+        ids, rows = caption_batch(caps, torch.arange(i, min(len(images), i + 64)))
+        logits = model(inputs[i : i + 64].to(device), ids[:, :-1].to(device), rows.to(device))
+        n = int((ids[:, 1:] != PAD).sum())
+        total += float(caption_loss(logits, ids[:, 1:].to(device), PAD)) * n
+        words += n
+    count = min(len(images), config.eval_images or len(images))
+    generated = []
+    for i in range(0, count, 256):
+        batch = inputs[i : min(count, i + 256)].to(device)
+        generated += generate_captions(model, batch, max_length=config.max_length)
+    scores = score_captions([vocab.decode(g) for g in generated],
+                            [im.captions for im in images[:count]])  # fmt: skip
+    return {"val_loss": total / max(1, words), "val_bleu4": scores.bleu[3],
+            "val_cider": scores.cider}  # fmt: skip
+
+
+class CaptionTask(Task):
+    """Batches of images with all their captions; each rank trains on its block of images."""
+
+    unit = "captions"
+    scores = (Score("val_cider", "best_cider", higher_is_better=True),)
+
+    def __init__(self, config: CaptionTrainConfig, data: CaptionData, vocab: CaptionVocab,
+                 record: dict[str, Any]) -> None:  # fmt: skip
+        self.config, self.data, self.vocab, self.record = config, data, vocab, record
+        self.num_classes = len(vocab)
+        self.train_images = data.dataset.split("train")
+        self.val_images = data.dataset.split("val")
+        self.train_caps = encode_captions(self.train_images, vocab, config.max_length)
+        self.val_caps = encode_captions(self.val_images, vocab, config.max_length)
+        self.train_inputs = data.inputs(self.train_images)  # rows by position in the split
+        self.val_inputs = data.inputs(self.val_images)
+
+    def build_model(self) -> nn.Module:
+        feature_size = int(self.data.pixels.shape[-1]) if self.config.features else None
+        self.model = Captioner(self.config.model_config(len(self.vocab), feature_size))
+        return self.model
+
+    def start_epoch(self, epoch: int, boundary: bool) -> None:
+        g = torch.Generator().manual_seed((self.config.seed * 1_000_003 + epoch) % 2**63)
+        self.order = torch.randperm(len(self.train_images), generator=g)
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train_images) // self.config.batch_size)
+
+    def train_loss(self, net: nn.Module, cursor: int, dp: DataParallel) -> tuple[Tensor, int]:
+        B = self.config.batch_size
+        picked = self.order[cursor * B : (cursor + 1) * B]
+        ids, rows = caption_batch(self.train_caps, picked)  # every caption of the batch's images
+        captions, words, weight = int(ids.shape[0]), 0, 1.0
+        if dp.active:  # this rank's images, and the batch's word count its loss is weighed by
+            words = int((ids[:, 1:] != PAD).sum())
+            mine, weight = dp.shard_examples(list(range(len(picked))))
+            picked = picked[mine]
+            ids, rows = caption_batch(self.train_caps, picked)
+        ids, rows = ids.to(dp.device), rows.to(dp.device)  # (N, T + 2), (N,)
+        images = self.train_inputs[picked].to(dp.device)  # (B, 3, S, S) or (B, F) / (B, K, F)
+        logits = net(images, ids[:, :-1], rows)  # (N, T + 1, V)
+        if dp.active:  # this rank's summed loss over the batch's words, times W (DDP averages)
+            loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), ignore_index=PAD,
+                                   reduction="sum") * (weight * dp.world_size / words)  # fmt: skip
+        else:
+            loss = caption_loss(logits, ids[:, 1:], PAD)
+        return loss, captions
+
+    def evaluate(self, model: nn.Module, dp: DataParallel) -> Evaluation | None:
+        if not dp.is_main:  # rank 0 evaluates (it alone writes the best checkpoint)
+            return None
+        return Evaluation(validate(model, self.vocab, self.val_images, self.val_inputs,  # type: ignore[arg-type]
+                                   self.val_caps, self.config, dp.device))  # fmt: skip
+
+    def checkpoint_files(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        return ({"model": self.model.config.to_dict(), "train": self.record["train"],
+                 "data": self.record["data"]}, self.vocab.to_json())  # fmt: skip
+
+    def start_fields(self) -> dict[str, Any]:
+        captions = len(self.train_caps.ids)
+        return {"data": f"vocab {len(self.vocab)}, {captions:,} training captions",
+                "vocab_size": len(self.vocab), "train_captions": captions,
+                "val_images": len(self.val_images)}  # fmt: skip
+
+
+def train_captioner(
+    config: CaptionTrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    changes: Mapping[str, Any] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> FitResult:
+    """Train a Captioner per ``config``, or resume the run directory ``resume`` with ``changes``
+    (the resume rules of ``rnnlab.training.config``). Events and signals as in
+    ``rnnlab.training.loop.fit``."""
+    emit = main_reports(on_event or (lambda event: None), launch_from_env())
+    ckpt, resume_from = None, None
+    if resume is not None:
+        ckpt = load_checkpoint(resolve_checkpoint(resume, "latest"))
+        source = str(ckpt.path / "config.json")
+        saved = from_mapping(CaptionTrainConfig, ckpt.config.get("train"), f"{source}: train")
+        config, notes = resumed_config(saved, dict(changes or {}))
+        for note in notes:
+            emit({"kind": "note", "text": f"resume changes {note}"})
+        run_dir = ckpt.path.parent
+        resume_from = Resume(ckpt.path, ckpt.model, ckpt.trainer_tensors, ckpt.trainer)
+    elif config is None:
+        raise TypeError("train_captioner() needs a CaptionTrainConfig, or resume=RUN_DIR")
+    else:
+        run_dir = Path(config.out_dir or f"runs/{Path(config.data).stem}-caption-{config.cell}")
+    set_threads(config.threads)
+    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
+    device = rank_device(config.device, launch)
+    data = load_caption_data(config)
+    if ckpt is None:
+        train_captions = [c for im in data.dataset.split("train") for c in im.captions]
+        vocab = CaptionVocab.build(train_captions, config.min_count)
+    else:
+        vocab = CaptionVocab.from_json(ckpt.vocab, str(ckpt.path / "vocab.json"))
+    record = _record(config, data, run_dir)
+    if ckpt is not None and ckpt.config.get("data", {}).get("sha256") != record["data"]["sha256"]:
+        raise DataError(f"{data.dataset.source}: changed since the run started (sha256 differs); "
+                        "resume with the caption file the run was trained on")  # fmt: skip
+    task = CaptionTask(config, data, vocab, record)
+    for name, caps in (("train", task.train_caps), ("val", task.val_caps)):
+        if caps.truncated:
+            emit({"kind": "note", "text": f"{caps.truncated} {name} caption(s) cut to "
+                  f"--max-length {config.max_length} words"})  # fmt: skip
+    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
+        dp.open_run_directory(run_dir, ckpt is None, own)  # rank 0 creates and locks it
+        return fit(task, run_dir.resolve(), dp, stop, emit, resume_from)
+
+
+def _record(config: CaptionTrainConfig, data: CaptionData, run_dir: Path) -> dict[str, Any]:
+    """The stored train config (absolute paths, so eval, predict and resume work from any
+    directory) and what the data was."""
+    train = {
+        **config.to_dict(),
+        "out_dir": str(run_dir.resolve()),
+        "data": str(data.dataset.source.resolve()),
+        "images": str(data.dataset.image_dir.resolve()),
+        "features": str(Path(config.features).resolve()) if config.features else "",
+    }
+    try:
+        digest = sha256_file(data.dataset.source)
+    except OSError as e:
+        raise DataError(f"{data.dataset.source}: cannot read ({e.strerror})") from None
+    return {"train": train, "data": {"source": train["data"], "sha256": digest}}
+
+
+# -- loading a trained run ----------------------------------------------------------------------
+
+
+@dataclass
+class LoadedCaptioner:
+    path: Path
+    model: Captioner
+    vocab: CaptionVocab
+    train_config: CaptionTrainConfig
+
+
+def load_captioner(
+    path: str | Path, which: Literal["best", "latest"] = "best", device: str = "cpu"
+) -> LoadedCaptioner:
+    """A trained Captioner from a run or checkpoint directory (verified, never unpickled)."""
+    directory = resolve_checkpoint(path, which)
+    ckpt = load_checkpoint(directory, map_location=resolve_device(device))
+    source = str(directory / "config.json")
+    if "model" not in ckpt.config or "train" not in ckpt.config:
+        raise CheckpointError(f"{source}: not a captioning run (no model/train config)")
+    config = CaptionerConfig.from_dict(ckpt.config["model"], f"{source}: model")
+    train_config = from_mapping(CaptionTrainConfig, ckpt.config["train"], f"{source}: train")
+    vocab = CaptionVocab.from_json(ckpt.vocab, str(directory / "vocab.json"))
+    if len(vocab) != config.vocab_size:
+        raise CheckpointError(f"{source}: vocab_size {config.vocab_size} but vocab.json holds "
+                              f"{len(vocab)} words")  # fmt: skip
+    model = Captioner(config).to(resolve_device(device))
+    try:
+        model.load_state_dict(ckpt.model)
+    except RuntimeError as e:
+        first = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{directory / 'model.safetensors'}: does not fit the model its "
+                              f"config describes ({first})") from None  # fmt: skip
+    model.eval()
+    return LoadedCaptioner(directory, model, vocab, train_config)
