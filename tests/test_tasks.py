@@ -1,0 +1,208 @@
+"""Behaviour every task gets from the one loop, tested on every task: add a task to TASKS.
+
+Each of these once differed between the char-LM, seq2seq, classify and caption loops (a
+classifier stopped by --max-minutes wrote no best/, classify and caption refused --no-progress,
+a run stopped before its first evaluation printed a placeholder score, two tasks drew no loss
+plot and only the char-LM reported throughput and an ETA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rnnlab.cli import build_parser
+from rnnlab.cli.training import Reporter
+from rnnlab.training.config import RunConfig
+from rnnlab.training.tools import TrainingError
+
+pytestmark = pytest.mark.usefixtures("cache_env", "one_thread")
+
+
+@dataclass
+class TaskCase:
+    name: str
+    command: list[str]  # the train command's words after ``rnnlab``
+    make: Callable[[Path], tuple[type, dict[str, Any]]]  # data dir -> (config type, fields)
+    train: Callable[..., Any]
+
+
+def _char_lm(root: Path) -> tuple[type, dict[str, Any]]:
+    from rnnlab.train import TrainConfig
+
+    rng = random.Random(0)
+    text = "".join(rng.choice("abcd efgh\n") for _ in range(6000))
+    (root / "text.txt").write_text(text)
+    return TrainConfig, dict(input=str(root / "text.txt"), hidden_size=16, batch_size=4,
+                             seq_len=16, sample_length=0)  # fmt: skip
+
+
+def _seq2seq(root: Path) -> tuple[type, dict[str, Any]]:
+    from rnnlab.tasks.seq2seq import Seq2SeqTrainConfig
+
+    rng = random.Random(0)
+    words = {"".join(rng.choice("abcdef") for _ in range(rng.randint(2, 6))) for _ in range(200)}
+    (root / "pairs.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in sorted(words)))
+    return Seq2SeqTrainConfig, dict(pairs=str(root / "pairs.tsv"), embedding_size=8,
+                                    hidden_size=16, num_layers=1, batch_size=8, eval_size=10,
+                                    val_frac=0.2)  # fmt: skip
+
+
+def _classify(root: Path) -> tuple[type, dict[str, Any]]:
+    from rnnlab.tasks.classify import ClassifyTrainConfig
+
+    rng = random.Random(0)
+    rows = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 8))) for _ in range(200)]
+    (root / "rows.tsv").write_text("".join(f"{t}\t{'odd' if t.count('a') % 2 else 'even'}\n"
+                                           for t in rows))  # fmt: skip
+    return ClassifyTrainConfig, dict(data=str(root / "rows.tsv"), embedding_size=8,
+                                     hidden_size=16, batch_size=8)  # fmt: skip
+
+
+def _caption(root: Path) -> tuple[type, dict[str, Any]]:
+    from rnnlab.data.shapes import write_shapes_dataset
+    from rnnlab.tasks.caption import CaptionTrainConfig
+
+    data = write_shapes_dataset(root, 24, num_val=4, num_test=4, image_size=16, seed=1)
+    return CaptionTrainConfig, dict(data=str(data), image_size=16, cnn_blocks=2, cnn_channels=4,
+                                    feature_size=16, embedding_size=8, hidden_size=16,
+                                    batch_size=4, max_length=12)  # fmt: skip
+
+
+def _train(module: str, name: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return call
+
+
+TASKS = [
+    TaskCase("char_lm", ["train"], _char_lm, _train("rnnlab.train", "train")),
+    TaskCase(
+        "seq2seq", ["seq2seq", "train"], _seq2seq, _train("rnnlab.tasks.seq2seq", "train_seq2seq")
+    ),  # fmt: skip
+    TaskCase(
+        "classify",
+        ["classify", "train"],
+        _classify,
+        _train("rnnlab.tasks.classify", "train_classifier"),
+    ),  # fmt: skip
+    TaskCase(
+        "caption", ["caption", "train"], _caption, _train("rnnlab.tasks.caption", "train_captioner")
+    ),  # fmt: skip
+]
+IDS = [t.name for t in TASKS]
+RUN = dict(threads=1, device="cpu", warmup_steps=0, eval_every=3, log_every=1)
+
+
+def config(case: TaskCase, tmp_path: Path, run: str = "run", **changes: Any) -> Any:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    kind, fields = case.make(data)
+    return kind(**{**fields, **RUN, "out_dir": str(tmp_path / run), **changes})
+
+
+def records(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("case", TASKS, ids=IDS)
+def test_a_max_minutes_stop_evaluates_and_writes_best(case, tmp_path):
+    result = case.train(config(case, tmp_path, max_steps=10**6, max_minutes=1e-6))
+    run = tmp_path / "run"
+    assert result.stopped == "max_minutes" and result.step == 1
+    assert result.best is not None and (run / "best").is_dir()
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"  # every task draws its plot
+
+
+@pytest.mark.parametrize("case", TASKS, ids=IDS)
+def test_resume_is_bit_exact_and_every_step_is_logged_once(case, tmp_path):
+    straight = case.train(config(case, tmp_path, "a", max_steps=6, decay_steps=6))
+    case.train(config(case, tmp_path, "b", max_steps=3, decay_steps=6))
+    resumed = case.train(resume=tmp_path / "b", changes={"max_steps": 6})
+    assert straight.step == resumed.step == 6
+    a, b = records(tmp_path / "a"), records(tmp_path / "b")
+    assert [r["step"] for r in b] == list(range(1, 7))  # each step exactly once
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]  # bit for bit
+    assert straight.best == resumed.best
+
+
+@pytest.mark.parametrize("case", TASKS, ids=IDS)
+def test_every_step_reports_throughput_in_its_unit_and_an_eta(case, tmp_path):
+    events: list[dict[str, Any]] = []
+    case.train(config(case, tmp_path, max_steps=4), on_event=events.append)
+    start = next(e for e in events if e["kind"] == "start")
+    steps = [e for e in events if e["kind"] == "step"]
+    assert len(steps) == 4 and start["unit"] and start["data"]
+    assert all(e[f"{start['unit']}_per_s"] > 0 and e["eta_s"] >= 0 for e in steps)
+
+
+@pytest.mark.parametrize("case", TASKS, ids=IDS)
+def test_a_signal_before_the_first_evaluation_checkpoints_and_reports_no_score(
+    case, tmp_path, capsys
+):
+    reporter = Reporter(progress=False)
+
+    def on_event(event: dict[str, Any]) -> None:
+        reporter(event)
+        if event["kind"] == "step" and event["step"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # finishes the step, checkpoints, stops
+
+    result = case.train(config(case, tmp_path, max_steps=50, eval_every=20), on_event=on_event)
+    assert result.stopped == "interrupted" and result.step == 1 and result.best is None
+    assert (tmp_path / "run" / "step-1").is_dir() and not (tmp_path / "run" / "best").exists()
+    err = capsys.readouterr().err
+    assert "no evaluation ran" in err
+    for placeholder in ("-100.00%", "inf", "-1.000"):
+        assert placeholder not in err.splitlines()[-1]
+    resumed = case.train(resume=tmp_path / "run", changes={"max_steps": 3})
+    assert resumed.step == 3 and resumed.best is not None
+
+
+@pytest.mark.parametrize("case", TASKS, ids=IDS)
+def test_an_abort_keeps_the_last_healthy_checkpoint(case, tmp_path, monkeypatch):
+    import rnnlab.training.loop as loop
+
+    real, calls = loop.clip_gradients, []
+
+    def failing_after_four(*args: Any, **kwargs: Any) -> float:
+        calls.append(1)
+        return math.nan if len(calls) > 4 else real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "clip_gradients", failing_after_four)
+    with pytest.raises(TrainingError, match="2 non-finite steps in a row at step 5"):
+        case.train(config(case, tmp_path, max_steps=20, max_nonfinite=2))
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("step-")) == ["step-3"]
+    assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5, 6]
+    assert records(run)[-1]["verdict"] == "nonfinite"
+
+
+@pytest.mark.parametrize("case", TASKS, ids=IDS)
+def test_every_shared_flag_is_accepted_by_every_train_command(case, tmp_path):
+    parser = build_parser()
+    kind, _ = case.make(tmp_path)
+    shared = [f for f in dataclasses.fields(RunConfig) if f.name != "out_dir"]
+    argv = [*case.command, "--resume", "RUN", "--no-progress"]
+    for f in shared:
+        flag = "--" + f.name.replace("_", "-")
+        value = {bool: None}.get(type(f.default), f.default)
+        argv += [flag] if value is None else [flag, str(value)]
+    args = parser.parse_args(argv)
+    assert args.no_progress and args.resume == "RUN"
+    for f in shared:
+        assert getattr(args, f.name) == f.default
+        help_of = next(g for g in dataclasses.fields(kind) if g.name == f.name).metadata["help"]
+        assert help_of == f.metadata["help"]  # the same help in every command
