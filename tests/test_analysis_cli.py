@@ -142,3 +142,255 @@ def _minimal(command: str) -> list[str]:
         "gradients": ["gradients"],
         "view": ["view", "r", "--text", "t"],
     }[command]
+
+
+# -- every option changes the output ------------------------------------------------------------
+
+
+def _cells_output(root, tmp_path, capsys, extra: list[str]) -> tuple[str, str, list[str]]:
+    """(printed table, cells.json, files written) of one ``rnnlab cells`` run."""
+    out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+    argv = ["cells", str(root / "run2"), "--text", str(root / "held2.txt"),
+            "--max-chars", "3000", "--out", str(out), *extra]  # fmt: skip
+    capsys.readouterr()
+    assert run_command(argv) == 0
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    files = [f.split("/", 1)[-1] for f in files]  # the same names whatever out dir was used
+    return capsys.readouterr().out, (out / "cells.json").read_text(), files
+
+
+@pytest.fixture(scope="module")
+def option_run(tiny_run):
+    """The tiny run whose best checkpoint is step 10 (so --checkpoint latest differs), and a
+    held-out text with a character outside the vocabulary (so --unknown differs)."""
+    import shutil
+
+    root = tiny_run
+    if not (root / "run2").exists():
+        shutil.copytree(root / "run", root / "run2")
+        shutil.rmtree(root / "run2" / "best")
+        shutil.copytree(root / "run" / "step-10", root / "run2" / "best")
+        held = (root / "held.txt").read_text()
+        (root / "held2.txt").write_text(held[:100] + "☃" + held[100:])
+        (root / "other.txt").write_text(held[::-1])
+    return root
+
+
+CELLS_OPTIONS = {  # option: (base flags, changed flags)
+    "--text": ([], ["--text", "OTHER"]),
+    "--checkpoint": ([], ["--checkpoint", "latest"]),
+    "--max-chars": ([], ["--max-chars", "2000"]),
+    "--view-chars": ([], ["--view-chars", "300"]),
+    "--fit-frac": ([], ["--fit-frac", "0.3"]),
+    "--features": ([], ["--features", "bracket_depth,in_comment"]),
+    "--regex": ([], ["--regex", "ret=return"]),
+    "--streams": ([], ["--streams", "3"]),
+    "--unknown": ([], ["--unknown", "replace"]),
+    "--top": ([], ["--top", "2"]),
+    "--ngram-train": ([], ["--ngram-train", "TRAIN"]),
+    "--ngram-order": (["--ngram-train", "TRAIN"], ["--ngram-train", "TRAIN", "--ngram-order", "3"]),
+    "--html": ([], ["--html", "HTML"]),
+    "--lstmvis": ([], ["--lstmvis", "LSTMVIS"]),
+}
+
+
+def test_every_cells_option_is_tested():
+    parser = argparse.ArgumentParser()
+    analysis_cli.register(parser.add_subparsers())
+    flags = {a.option_strings[0] for a in _subparser(parser, "cells")._actions if a.option_strings}
+    assert flags - {"-h", "--out"} == set(CELLS_OPTIONS)  # --out: every case below uses it
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+@pytest.mark.parametrize("option", sorted(CELLS_OPTIONS))
+def test_cells_option_changes_the_output(option_run, tmp_path, capsys, option):
+    root = option_run
+    names = {"OTHER": root / "other.txt", "TRAIN": root / "train.txt",
+             "HTML": tmp_path / "v.html", "LSTMVIS": tmp_path / "lv"}  # fmt: skip
+    base, changed = ([str(names.get(a, a)) for a in flags] for flags in CELLS_OPTIONS[option])
+    unknown = ["--unknown", "skip"] if option != "--unknown" else ["--unknown", "skip"]
+    before = _cells_output(root, tmp_path, capsys, unknown + base)
+    after = _cells_output(root, tmp_path, capsys, unknown + changed)
+    assert before != after
+    if option == "--top":  # the table and the JSON both follow --top (they showed 3 and 5)
+        table = after[0].splitlines()[1]
+        assert table.count(" r=") == 2 and before[0].splitlines()[1].count(" r=") == 5
+        top = json.loads(after[1])["features"]["bracket_depth"]["top"]
+        assert len(top) == 2
+
+
+GRADIENT_OPTIONS = {
+    "--cells": ["--cells", "gru"],
+    "--hidden-size": ["--hidden-size", "12"],
+    "--input-size": ["--input-size", "5"],
+    "--steps": ["--steps", "15"],
+    "--batch-size": ["--batch-size", "3"],
+    "--seed": ["--seed", "7"],
+}
+
+
+def test_every_gradients_option_is_tested():
+    parser = argparse.ArgumentParser()
+    analysis_cli.register(parser.add_subparsers())
+    actions = _subparser(parser, "gradients")._actions
+    flags = {a.option_strings[0] for a in actions if a.option_strings}
+    assert flags - {"-h", "--out"} == set(GRADIENT_OPTIONS)
+
+
+@pytest.mark.parametrize("option", sorted(GRADIENT_OPTIONS))
+def test_gradients_option_changes_the_output(tmp_path, option):
+    base = ["gradients", "--steps", "20", "--hidden-size", "16", "--input-size", "8"]
+
+    def report(extra: list[str], out: str) -> dict:
+        assert run_command([*base, *extra, "--out", str(tmp_path / out)]) == 0
+        return json.loads((tmp_path / out / "gradients.json").read_text())
+
+    assert report([], "a") != report(GRADIENT_OPTIONS[option], "b")
+
+
+def test_gradients_of_a_run_follow_steps_batch_and_seed(tiny_run, tmp_path):
+    def norms(extra: list[str]) -> list:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        assert run_command(["gradients", str(tiny_run / "run"), "--out", str(out), *extra]) == 0
+        return json.loads((out / "gradients.json").read_text())["trained"]["norms_by_distance"]
+
+    base = norms(["--steps", "12"])
+    assert len(norms(["--steps", "15"])) == 15 and len(base) == 12
+    assert norms(["--steps", "12", "--batch-size", "3"]) != base
+    assert norms(["--steps", "12", "--seed", "5"]) != base
+
+
+def test_view_options_reach_the_viewer(tiny_run, monkeypatch):
+    import socket
+
+    seen: list = []
+    monkeypatch.setattr(ViewerServer, "serve_forever", lambda self: seen.append(self))
+    base = ["view", str(tiny_run / "run"), "--text", str(tiny_run / "held.txt")]
+
+    def payload(extra: list[str]) -> dict:
+        assert run_command([*base, "--port", "0", *extra]) == 0
+        seen[-1].server_close()
+        return seen[-1].data.payload
+
+    first = payload([])
+    for extra in (["--max-chars", "2500"], ["--view-chars", "100"], ["--fit-frac", "0.3"],
+                  ["--streams", "2"], ["--features", "in_comment"], ["--regex", "x=x"],
+                  ["--checkpoint", "latest", "--max-chars", "2000"]):  # fmt: skip
+        assert payload(extra) != first, extra
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert run_command([*base, "--port", str(port)]) == 0
+    assert seen[-1].server_address[1] == port
+    seen[-1].server_close()
+
+
+# -- bounds, checked before any work ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cells", "NO-RUN", "--text", "NO-TEXT", "--max-chars", "100000000000"],
+        ["cells", "NO-RUN", "--text", "NO-TEXT", "--max-chars", "-5"],
+        ["cells", "NO-RUN", "--text", "NO-TEXT", "--view-chars", "0"],
+        ["cells", "NO-RUN", "--text", "NO-TEXT", "--fit-frac", "1.5"],
+        ["cells", "NO-RUN", "--text", "NO-TEXT", "--streams", "-1"],
+        ["cells", "NO-RUN", "--text", "NO-TEXT", "--top", "0"],
+        ["cells", "NO-RUN", "--text", "NO-TEXT", "--ngram-order", "-2"],
+        ["view", "NO-RUN", "--text", "NO-TEXT", "--port", "70000"],
+        ["gradients", "--steps", "-3"],
+        ["gradients", "--hidden-size", "0"],
+        ["gradients", "--batch-size", "100000000"],
+        ["gradients", "--seed", "-1"],
+        ["gradients", "--cells", "lstm,nope"],
+        ["gradients", "--steps", "10000", "--batch-size", "4096", "--hidden-size", "4096"],
+    ],
+)
+def test_size_options_are_bounded_before_any_work(argv, capsys):
+    from rnnlab.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab: error: ") and err.count("\n") == 1 and "expected" in err
+    assert "NO-RUN" not in err and "NO-TEXT" not in err  # refused before the run was opened
+
+
+# -- writes stay inside the directory handed over ----------------------------------------------
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run, ignore=shutil.ignore_patterns("analysis"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("cells.json", "gradients.json", "saturation.png", "gradients.png"):
+        (outside / name).write_text("keep me")
+    return run, outside
+
+
+@pytest.mark.parametrize("command", ["cells", "gradients"])
+@pytest.mark.parametrize("link", ["dir", "file"])
+def test_analysis_never_writes_through_a_symlink(tiny_run, run_copy, capsys, command, link):
+    from rnnlab.cli import main
+
+    run, outside = run_copy
+    name = "cells.json" if command == "cells" else "gradients.json"
+    if link == "dir":
+        (run / "analysis").symlink_to(outside)
+    else:
+        (run / "analysis").mkdir()
+        (run / "analysis" / name).symlink_to(outside / name)
+    argv = [command, str(run), "--steps", "10"] if command == "gradients" else [
+        command, str(run), "--text", str(tiny_run / "held.txt"), "--max-chars", "500"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "symbolic link" in err[-1] and sum(line.startswith("rnnlab:") for line in err) == 1
+    assert all(p.read_text() == "keep me" for p in outside.iterdir())
+    assert sorted(p.name for p in outside.iterdir()) == sorted(
+        ["cells.json", "gradients.json", "saturation.png", "gradients.png"]
+    )
+
+
+def test_lstmvis_and_html_never_write_through_a_symlink(tiny_run, run_copy, tmp_path, capsys):
+    from rnnlab.cli import main
+
+    run, outside = run_copy
+    (tmp_path / "lv").mkdir()
+    (tmp_path / "lv" / "states.hdf5").symlink_to(outside / "cells.json")
+    base = ["cells", str(run), "--text", str(tiny_run / "held.txt"), "--max-chars", "500"]
+    assert main([*base, "--lstmvis", str(tmp_path / "lv")]) == 2
+    (tmp_path / "page.html").symlink_to(outside / "gradients.json")
+    assert main([*base, "--html", str(tmp_path / "page.html")]) == 2
+    assert capsys.readouterr().err.count("symbolic link") == 2
+    assert all(p.read_text() == "keep me" for p in outside.iterdir())
+
+
+# -- metrics.jsonl and run-directory JSON ------------------------------------------------------
+
+
+def test_gradients_tolerate_a_torn_last_line_and_name_a_bad_one(run_copy, tmp_path, capsys):
+    from rnnlab.cli import main
+
+    run, _ = run_copy
+    metrics = run / "metrics.jsonl"
+    good = metrics.read_text()
+    metrics.write_text(good + '{"step": 21, "train_lo')  # what a kill leaves
+    assert main(["gradients", str(run), "--steps", "10", "--out", str(tmp_path / "a")]) == 0
+    assert "torn last line" in capsys.readouterr().err
+    report = json.loads((tmp_path / "a" / "gradients.json").read_text())
+    assert report["clip"]["of_steps"] == len(good.splitlines())
+    n = len(good.splitlines()) + 1
+    for line, found in (("[1, 2]", "a JSON list"), ('{"step": 1, "step": 2}', "twice"),
+                        ("{nope", "not valid JSON")):  # fmt: skip
+        metrics.write_text(good + line + "\n")
+        assert main(["gradients", str(run), "--steps", "10", "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert f"metrics.jsonl: line {n}" in err and found in err and err.count("\n") == 1

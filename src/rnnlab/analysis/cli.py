@@ -1,6 +1,9 @@
 """The ``rnnlab cells``, ``rnnlab gradients`` and ``rnnlab view`` commands (thin: flags -> one
 library call each -> files and a short report). ``register(subparsers)`` adds all three; this is
-the CLI layer, so it may load runs (``rnnlab.runs``) and start the viewer.
+the CLI layer, so it may load runs (``rnnlab.runs``) and start the viewer. Every size flag is a
+field of ``rnnlab.analysis.options`` checked by the one validator before any work starts; every
+file goes through ``rnnlab.io.write_inside`` into the directory it was handed (RUN_DIR for the
+default ``RUN_DIR/analysis``, else ``--out``), never through a symbolic link.
 
     rnnlab cells RUN_DIR --text FILE [--out DIR] [--html FILE] [--lstmvis DIR] [--ngram-train F]
     rnnlab gradients [RUN_DIR] [--cells rnn,lstm] [--steps 100] [--out DIR]
@@ -10,80 +13,58 @@ the CLI layer, so it may load runs (``rnnlab.runs``) and start the viewer.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-# The trace runs the cell's own step equations one character at a time (about 1-3k chars/s for a
-# 256-unit LSTM on 2 CPU cores): the viewer starts after a short search, cells reads more.
-DEFAULT_MAX_CHARS = 200_000
-VIEW_MAX_CHARS = 20_000
+from rnnlab.analysis.options import (
+    MAX_GRADIENT_ELEMENTS,
+    CellsOptions,
+    GradientsOptions,
+    TextOptions,
+    ViewOptions,
+)
+from rnnlab.cli.common import add_config_flags, given
+from rnnlab.validation import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cells", help="search for interpretable cells; gate saturation; errors")
-    _text_flags(p, DEFAULT_MAX_CHARS)
+    _text_flags(p, CellsOptions)
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/analysis)")
     p.add_argument("--html", default=None, help="also write the viewer as one HTML file")
     p.add_argument("--lstmvis", default=None, help="also write an LSTMVis project directory")
-    p.add_argument("--top", type=int, default=5, help="units reported per feature (default 5)")
     p.add_argument(
         "--ngram-train",
         default=None,
         help="fit an n-gram baseline on this text (the run's training split) and "
         "compare it with the RNN per character",
     )
-    p.add_argument("--ngram-order", type=int, default=20, help="n of the baseline (default 20)")
     p.set_defaults(run=run_cells)
 
     p = sub.add_parser("gradients", help="gradient flow through time, sigma_max(W_hh), clipping")
     p.add_argument("run_dir", nargs="?", default=None, help="a run (default: fresh models)")
-    p.add_argument("--cells", default="rnn,lstm", help="cells of the fresh models (no RUN_DIR)")
-    p.add_argument(
-        "--hidden-size", type=int, default=128, help="H of the fresh models (default 128)"
-    )
-    p.add_argument("--input-size", type=int, default=64, help="I of the fresh models (default 64)")
-    p.add_argument("--steps", type=int, default=100, help="sequence length T (default 100)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences averaged over (default 8)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the fresh models and inputs (default 0)"
-    )
+    add_config_flags(p, GradientsOptions)
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/analysis or .)")
     p.set_defaults(run=run_gradients)
 
     p = sub.add_parser("view", help="serve the cell viewer on 127.0.0.1")
-    _text_flags(p, VIEW_MAX_CHARS)
+    _text_flags(p, ViewOptions)
     p.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1; anything else exposes the model "
         "and text to the network)",
     )
-    p.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
     p.set_defaults(run=run_view)
 
 
-def _text_flags(p: argparse.ArgumentParser, max_chars: int) -> None:
+def _text_flags(p: argparse.ArgumentParser, options: type[TextOptions]) -> None:
     p.add_argument("run_dir", help="run directory or checkpoint directory")
     p.add_argument("--text", required=True, help="text to analyse (held-out text is best)")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="which checkpoint of the run (default best)")  # fmt: skip
-    p.add_argument(
-        "--max-chars",
-        type=int,
-        default=max_chars,
-        help=f"characters of --text analysed (default {max_chars})",
-    )
-    p.add_argument(
-        "--view-chars", type=int, default=4000, help="characters shown in the viewer (default 4000)"
-    )
-    p.add_argument(
-        "--fit-frac",
-        type=float,
-        default=0.5,
-        help="leading fraction of the text that ranks units (default 0.5)",
-    )
+    add_config_flags(p, options)
     p.add_argument(
         "--features", default=None, help="comma-separated feature names (default: all built-in)"
     )
@@ -95,13 +76,6 @@ def _text_flags(p: argparse.ArgumentParser, max_chars: int) -> None:
         help="add a feature: 1 on characters a regular expression matches",
     )
     p.add_argument(
-        "--streams",
-        type=int,
-        default=1,
-        help="read the text as S segments side by side: about S times faster, but each segment "
-        "starts from a zero state (default 1: one stream, state carried throughout)",
-    )
-    p.add_argument(
         "--unknown",
         choices=("error", "skip", "replace"),
         default="error",
@@ -109,64 +83,80 @@ def _text_flags(p: argparse.ArgumentParser, max_chars: int) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, opts: TextOptions):
     """(run, text, ids, features) for the text flags."""
     from rnnlab.analysis.features import FEATURES, regex_feature
     from rnnlab.runs import load_run
 
-    run = load_run(args.run_dir, args.checkpoint)
     path = Path(args.text)
     if not path.is_file():
         raise ValueError(f"--text: {path} is not a readable file")
-    if args.max_chars < 4:
-        raise ValueError(f"--max-chars: expected at least 4, got {args.max_chars}")
-    with path.open(encoding="utf-8", newline="") as f:  # the file's real characters
-        text = f.read(args.max_chars)
-    ids = run.vocab.encode(text, unknown=args.unknown)
-    text = run.vocab.decode(ids)  # what the model reads, after skip/replace
-    names = args.features.split(",") if args.features else list(FEATURES)
-    features: list[Any] = list(names)
+    features: list[Any] = list(args.features.split(",") if args.features else FEATURES)
     for spec in args.regex:
         name, sep, pattern = spec.partition("=")
         if not sep or not name:
             raise ValueError(f"--regex: expected NAME=PATTERN, got {spec!r}")
         features.append(regex_feature(name, pattern))
+    run = load_run(args.run_dir, args.checkpoint)
+    with path.open(encoding="utf-8", newline="") as f:  # the file's real characters
+        text = f.read(opts.max_chars)
+    ids = run.vocab.encode(text, unknown=args.unknown)
+    text = run.vocab.decode(ids)  # what the model reads, after skip/replace
     return run, text, ids, features
 
 
-def _analyze(args: argparse.Namespace):
+def _analyze(args: argparse.Namespace, opts: TextOptions, top: int = 5):
     from rnnlab.analysis import analyze
 
-    run, text, ids, features = _load(args)
+    run, text, ids, features = _load(args, opts)
     print(f"tracing {len(text):,} characters ...", file=sys.stderr)
     result = analyze(
         run.model,
         ids,
         text,
         features,
-        fit_frac=args.fit_frac,
-        view_chars=args.view_chars,
-        streams=args.streams,
+        fit_frac=opts.fit_frac,
+        top=top,
+        view_chars=opts.view_chars,
+        streams=opts.streams,
     )
     return run, text, ids, result
+
+
+def _out(args: argparse.Namespace, default: Path | None) -> tuple[Path, Path]:
+    """(root, directory): files go to ``directory``, which stays inside ``root``, the directory
+    the user handed over: ``--out`` itself, or the run directory for ``RUN_DIR/analysis``."""
+    from rnnlab.io import mkdir_inside
+
+    if args.out or default is None:
+        root = out = Path(args.out or ".")
+    else:
+        root, out = default, default / "analysis"
+        if not root.is_dir():  # loading the run says what is wrong; create nothing
+            return root, out
+    mkdir_inside(root, out.relative_to(root))  # a link in the way is refused before any work
+    return root, out
 
 
 def run_cells(args: argparse.Namespace) -> int:
     from rnnlab.analysis.export import export_lstmvis, write_json
     from rnnlab.analysis.plots import plot_saturation
-    from rnnlab.viewer import viewer_data, write_html
+    from rnnlab.io import write_inside
+    from rnnlab.viewer import render_html, viewer_data
 
-    run, text, ids, result = _analyze(args)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "analysis"
+    opts = CellsOptions(**given(args, CellsOptions))  # every bound checked before any work
+    root, out = _out(args, Path(args.run_dir))
+    run, text, ids, result = _analyze(args, opts, opts.top)
     data = viewer_data(result, run.vocab.tokens, run.model)
-    files = [write_json(data.payload, out / "cells.json")]
+    files = [write_json(data.payload, out / "cells.json", root=root)]
     if result.saturation.left:
-        files.append(plot_saturation(result.saturation, out / "saturation.png"))
+        files.append(plot_saturation(result.saturation, out / "saturation.png", root=root))
     print(format_cells(result.cells))
     if args.ngram_train:
-        files += _errors(args, run, text, result.loss, out)
+        files += _errors(args, opts, run, text, result.loss, root, out)
     if args.html:
-        files.append(write_html(data.payload, args.html))
+        html = Path(args.html)
+        files.append(write_inside(html.parent, html.name, render_html(data.payload)))
     if args.lstmvis:
         files.append(export_lstmvis(run.model, ids, run.vocab.tokens, args.lstmvis))
     print("wrote " + ", ".join(str(f) for f in files), file=sys.stderr)
@@ -174,12 +164,13 @@ def run_cells(args: argparse.Namespace) -> int:
 
 
 def format_cells(cells) -> str:
-    """The search as a table: per feature its top units with held-out r (and accuracy)."""
+    """The search as a table: per feature its top units (as many as the search kept: ``--top``)
+    with held-out r (and accuracy)."""
     lines = [f"{'feature':<16} top units (held-out correlation r; threshold accuracy / majority)"]
     for name, rep in cells.features.items():
         base = f" / {rep.majority_accuracy:.2f}" if rep.majority_accuracy is not None else ""
         parts = []
-        for s in rep.top[:3]:
+        for s in rep.top:
             acc = f" acc {s.accuracy:.2f}" if s.accuracy is not None else ""
             parts.append(f"{s.unit} r={s.corr:+.2f}{acc}")
         lines.append(f"{name:<16} " + ", ".join(parts) + base)
@@ -187,7 +178,7 @@ def format_cells(cells) -> str:
     return "\n".join(lines)
 
 
-def _errors(args, run, text: str, loss, out: Path) -> list[Path]:
+def _errors(args, opts: CellsOptions, run, text: str, loss, root: Path, out: Path) -> list[Path]:
     import numpy as np
 
     from rnnlab.analysis.export import write_json
@@ -198,15 +189,18 @@ def _errors(args, run, text: str, loss, out: Path) -> list[Path]:
     if not path.is_file():
         raise ValueError(f"--ngram-train: {path} is not a readable file")
     train_ids = run.vocab.encode(path.read_text(encoding="utf-8"), unknown="skip")
-    p = ngram_probs(train_ids, np.asarray(run.vocab.encode(text)), len(run.vocab), args.ngram_order)
+    p = ngram_probs(train_ids, np.asarray(run.vocab.encode(text)), len(run.vocab), opts.ngram_order)
     rows = error_analysis(text, loss, p)
     (total,) = rows["all"]
     print(
-        f"RNN {total.rnn_loss:.3f} vs {args.ngram_order}-gram {total.ngram_loss:.3f} nats/char; "
+        f"RNN {total.rnn_loss:.3f} vs {opts.ngram_order}-gram {total.ngram_loss:.3f} nats/char; "
         f"errors (p(right) < 0.5): RNN {total.rnn_error:.1%}, n-gram {total.ngram_error:.1%}"
     )
     report = {k: [vars(r) for r in v] for k, v in rows.items()}
-    return [write_json(report, out / "errors.json"), plot_errors(rows, out / "errors.png")]
+    return [
+        write_json(report, out / "errors.json", root=root),
+        plot_errors(rows, out / "errors.png", root=root),
+    ]
 
 
 def run_gradients(args: argparse.Namespace) -> int:
@@ -216,46 +210,53 @@ def run_gradients(args: argparse.Namespace) -> int:
     from rnnlab.analysis.gradients import hidden_gradient_norms, one_unit_gradients
     from rnnlab.analysis.plots import plot_gradient_decay
 
-    default_out = Path(args.run_dir) / "analysis" if args.run_dir else Path(".")
-    out = Path(args.out) if args.out else default_out
+    opts = GradientsOptions(**given(args, GradientsOptions))  # checked before any work
+    root, out = _out(args, Path(args.run_dir) if args.run_dir else None)
     curves: dict[str, np.ndarray] = {}
-    report: dict[str, Any] = {"steps": args.steps}
+    report: dict[str, Any] = {"steps": opts.steps}
     if args.run_dir:
         from rnnlab.runs import load_run
 
         run = load_run(args.run_dir)
-        flow = hidden_gradient_norms(run.model, args.steps, args.batch_size, seed=args.seed)
+        size = opts.steps * opts.batch_size * run.model.rnn.hidden_size
+        if size > MAX_GRADIENT_ELEMENTS:
+            raise ConfigError(
+                "steps * batch_size * hidden_size (the run's)",
+                f"at most {MAX_GRADIENT_ELEMENTS:_}",
+                size,
+            )
+        flow = hidden_gradient_norms(run.model, opts.steps, opts.batch_size, seed=opts.seed)
         curves[f"trained {flow.cell}"] = flow.by_distance()[:, -1]
         report["trained"] = {"cell": flow.cell, "norms_by_distance": flow.by_distance().tolist()}
-        report.update(_training_history(Path(args.run_dir), out))
+        report.update(_training_history(Path(args.run_dir), root, out))
     else:
         import torch
 
         from rnnlab.recurrent import Recurrent
 
         report["fresh"] = {}
-        for cell in args.cells.split(","):
-            torch.manual_seed(args.seed)
-            rnn = Recurrent(cell, args.input_size, args.hidden_size)
-            flow = hidden_gradient_norms(rnn, args.steps, args.batch_size, seed=args.seed)
+        for cell in opts.cells.split(","):
+            torch.manual_seed(opts.seed)
+            rnn = Recurrent(cell, opts.input_size, opts.hidden_size)
+            flow = hidden_gradient_norms(rnn, opts.steps, opts.batch_size, seed=opts.seed)
             curves[f"{cell} at init"] = flow.by_distance()[:, -1]
             report["fresh"][cell] = flow.by_distance()[:, -1].tolist()
     report["one_unit"] = {}
     for w in (0.9, 1.1):  # the lecture's demonstration: |w| < 1 vanishes, |w| > 1 explodes
-        curves[f"one unit, w={w}"] = one_unit_gradients(w, args.steps - 1)
+        curves[f"one unit, w={w}"] = one_unit_gradients(w, opts.steps - 1)
         report["one_unit"][str(w)] = curves[f"one unit, w={w}"].tolist()
     files = [
-        write_json(report, out / "gradients.json"),
-        plot_gradient_decay(curves, out / "gradients.png"),
+        write_json(report, out / "gradients.json", root=root),
+        plot_gradient_decay(curves, out / "gradients.png", root=root),
     ]
-    d = min(50, args.steps - 1)
+    d = min(50, opts.steps - 1)
     for label, c in curves.items():
         print(f"{label:<22} ||dL/dh|| {d} steps back / at the loss: {c[d] / c[0]:.3e}")
     print("wrote " + ", ".join(str(f) for f in files), file=sys.stderr)
     return 0
 
 
-def _training_history(run_dir: Path, out: Path) -> dict[str, Any]:
+def _training_history(run_dir: Path, root: Path, out: Path) -> dict[str, Any]:
     """sigma_max(W_hh) per checkpoint and the clip events of ``metrics.jsonl``."""
     from rnnlab.analysis.gradients import clip_events, largest_singular_values
     from rnnlab.analysis.plots import plot_singular_values
@@ -273,10 +274,13 @@ def _training_history(run_dir: Path, out: Path) -> dict[str, Any]:
             [h["step"] for h in history],
             {f"layer {k + 1}": [h["layers"][k]["W_hh"] for h in history] for k in range(layers)},
             out / "singular_values.png",
+            root=root,
         )
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        from rnnlab.training.tools import read_metrics
+
+        records = read_metrics(metrics, damaged="error")
         clip = _grad_clip(run_dir)
         events = clip_events(records, clip) if clip else []
         result["clip"] = {
@@ -305,8 +309,9 @@ def run_view(args: argparse.Namespace) -> int:
             "read the text and sample the model",
             file=sys.stderr,
         )
-    run, _, _, result = _analyze(args)
-    server = ViewerServer(viewer_data(result, run.vocab.tokens, run.model), args.host, args.port)
+    opts = ViewOptions(**given(args, ViewOptions))  # checked before any work
+    run, _, _, result = _analyze(args, opts)
+    server = ViewerServer(viewer_data(result, run.vocab.tokens, run.model), args.host, opts.port)
     print(f"rnnlab view: {server.url}  (Ctrl-C to stop)", file=sys.stderr)
     try:
         server.serve_forever()

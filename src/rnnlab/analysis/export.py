@@ -32,6 +32,7 @@ import numpy as np
 
 from rnnlab.analysis.analyze import Analysis
 from rnnlab.analysis.trace import iter_trace
+from rnnlab.io import PathLike, open_inside, split_root, write_inside
 from rnnlab.models import CharLM
 
 FORMAT, VERSION = "rnnlab.cells", 1
@@ -110,11 +111,11 @@ def unit_values(column: np.ndarray) -> list[float]:
     return np.round(column.astype(np.float32), 3).tolist()
 
 
-def write_json(payload: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-    return path
+def write_json(payload: dict[str, Any], path: PathLike, *, root: PathLike | None = None) -> Path:
+    """Write ``payload`` as strict JSON to ``path``, which stays inside ``root`` (default: its own
+    directory; see ``rnnlab.io.write_inside``: no symbolic link below ``root`` is followed)."""
+    text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+    return write_inside(*split_root(path, root), text)
 
 
 def dict_token(token: str) -> str:
@@ -132,18 +133,25 @@ def export_lstmvis(
     out_dir: str | Path,
     name: str = "rnnlab",
     chunk_len: int = 1024,
+    *,
+    root: PathLike | None = None,
 ) -> Path:
-    """Write an LSTMVis project for the trace of ``ids`` (N,) into ``out_dir``; streams the trace
-    chunk by chunk into resizable HDF5 datasets, so N is bounded by disk, not memory."""
+    """Write an LSTMVis project for the trace of ``ids`` (N,) into ``out_dir``, which stays
+    inside ``root`` (default: ``out_dir`` itself; no symbolic link below it is followed); streams
+    the trace chunk by chunk into resizable HDF5 datasets, so N is bounded by disk, not memory."""
     import h5py
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    base, rel = (Path(out_dir), Path()) if root is None else split_root(out_dir, root)
     names = [dict_token(t) for t in tokens]
     if len(set(names)) != len(names):
         raise ValueError("tokens: two tokens map to the same LSTMVis dictionary name")
     types: list[dict[str, Any]] = []
-    with h5py.File(out / "states.hdf5", "w") as states, h5py.File(out / "train.hdf5", "w") as tr:
+    with (
+        open_inside(base, rel / "states.hdf5") as states_file,
+        open_inside(base, rel / "train.hdf5") as train_file,
+        h5py.File(states_file, "w") as states,
+        h5py.File(train_file, "w") as tr,
+    ):
         words = tr.create_dataset("words", (0,), maxshape=(None,), dtype="int64", chunks=True)
         sets: dict[str, Any] = {}
         for chunk in iter_trace(model, ids, chunk_len, top_k=1):
@@ -172,9 +180,7 @@ def export_lstmvis(
                     types.append(entry)
                 sets[path].resize((n0 + T, value.shape[1]))
                 sets[path][n0:] = value
-    with (out / "words.dict").open("w", encoding="utf-8") as f:
-        for i, n in enumerate(names):
-            f.write(f"{n} {i}\n")
+    write_inside(base, rel / "words.dict", "".join(f"{n} {i}\n" for i, n in enumerate(names)))
     config = {
         "name": name,
         "description": f"rnnlab char-LM states ({model.rnn.cell}, {model.rnn.num_layers} layers)",
@@ -182,5 +188,5 @@ def export_lstmvis(
         "word_sequence": {"file": "train", "path": "words", "dict_file": "words"},
         "states": {"file": "states", "types": sorted(types, key=lambda t: (t["layer"], t["path"]))},
     }
-    (out / "lstm.yml").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return out
+    write_inside(base, rel / "lstm.yml", json.dumps(config, indent=2) + "\n")
+    return base / rel

@@ -1,6 +1,8 @@
 """PNG figures of the analyses (matplotlib, Agg backend: no display needed).
 
-Each function takes analysis data and a path, writes one PNG and returns the path.
+Each function takes analysis data and a path, writes one PNG and returns the path. ``root`` is
+the directory the path must stay in (default: the path's own directory); the PNG goes through
+``rnnlab.io.open_inside``, so no symbolic link below ``root`` is followed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np  # noqa: E402
 
 from rnnlab.analysis.ngram import ErrorRow  # noqa: E402
 from rnnlab.analysis.saturation import GateSaturation  # noqa: E402
+from rnnlab.io import PathLike, open_inside, split_root  # noqa: E402
 
 GATE_COLOURS = {
     "i": "tab:blue",
@@ -27,15 +30,19 @@ GATE_COLOURS = {
 }
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+def _save(fig: plt.Figure, path: PathLike, root: PathLike | None) -> Path:
+    base, rel = split_root(path, root)
+    try:
+        with open_inside(base, rel) as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
-def plot_saturation(sat: GateSaturation, path: str | Path, title: str = "") -> Path:
+def plot_saturation(
+    sat: GateSaturation, path: PathLike, title: str = "", *, root: PathLike | None = None
+) -> Path:
     """The paper's figure 3: per layer, each gate unit at (fraction left-saturated, fraction
     right-saturated); points near the top-left corner are gates that are almost always open."""
     layers = sorted(sat.left, key=lambda s: int(s[1:]))
@@ -53,10 +60,12 @@ def plot_saturation(sat: GateSaturation, path: str | Path, title: str = "") -> P
     axes[0][0].set_ylabel("fraction right-saturated (> 0.9)")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, root)
 
 
-def plot_gradient_decay(curves: Mapping[str, np.ndarray], path: str | Path) -> Path:
+def plot_gradient_decay(
+    curves: Mapping[str, np.ndarray], path: PathLike, *, root: PathLike | None = None
+) -> Path:
     """||dL_T/dh_t|| / ||dL_T/dh_T|| against T - t, log scale, one line per label."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, norms in curves.items():
@@ -65,11 +74,15 @@ def plot_gradient_decay(curves: Mapping[str, np.ndarray], path: str | Path) -> P
     ax.set(xlabel="T - t (steps back from the loss)", ylabel="relative gradient norm")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, root)
 
 
 def plot_singular_values(
-    steps: Sequence[int], values: Mapping[str, Sequence[float]], path: str | Path
+    steps: Sequence[int],
+    values: Mapping[str, Sequence[float]],
+    path: PathLike,
+    *,
+    root: PathLike | None = None,
 ) -> Path:
     """sigma_max(W_hh) per layer against the training step of each checkpoint."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -78,10 +91,16 @@ def plot_singular_values(
     ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
     ax.set(xlabel="training step", ylabel="largest singular value of W_hh")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig, path, root)
 
 
-def plot_errors(rows: Mapping[str, Sequence[ErrorRow]], path: str | Path, title: str = "") -> Path:
+def plot_errors(
+    rows: Mapping[str, Sequence[ErrorRow]],
+    path: PathLike,
+    title: str = "",
+    *,
+    root: PathLike | None = None,
+) -> Path:
     """Mean loss of the RNN and the n-gram baseline per character class and per position in the
     word and the line (bars side by side)."""
     groups = [k for k in ("char_class", "word_position", "line_position") if rows.get(k)]
@@ -97,4 +116,4 @@ def plot_errors(rows: Mapping[str, Sequence[ErrorRow]], path: str | Path, title:
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, root)
