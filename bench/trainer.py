@@ -4,6 +4,7 @@ PyTorch loops a user would write, at sustained throughput, ratios printed.
     .venv/bin/python bench/trainer.py                   # every cell x 3 sizes + sampling
     .venv/bin/python bench/trainer.py --repeats 3       # median of 3 interleaved runs
     .venv/bin/python bench/trainer.py --quick           # smoke run: smallest size, lstm + mut1
+    .venv/bin/python bench/trainer.py --only sample     # the sampling table alone
 
 Training. rnnlab is timed through ``rnnlab.training.train`` (the function behind
 ``rnnlab train``; the CLI adds only argument parsing) with the defaults a user gets (Adam, cosine
@@ -100,7 +101,7 @@ def measure_rnnlab(a: argparse.Namespace) -> dict:
     from workloads import flops_per_char
 
     from rnnlab.models import CharLM, CharLMConfig
-    from rnnlab.training import TrainConfig, train
+    from rnnlab.train import TrainConfig, train
 
     def run(steps: int, tmp: str) -> tuple[float, list[dict]]:
         out = Path(tmp) / f"run{steps}-{time.monotonic_ns()}"
@@ -221,15 +222,16 @@ def train_table(a: argparse.Namespace, sizes: list, cells: list[str]) -> list[st
 
 
 def sample_table(a: argparse.Namespace, hidden: int, layers: int) -> list[str]:
-    from rnnlab.training import TrainConfig, train
+    from rnnlab.train import TrainConfig, train
 
     rows = ["| model | streams | weights | plain loop chars/s | rnnlab sample chars/s | ratio |",
             "|---|---:|---|---:|---:|---:|"]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        train(TrainConfig(input=str(a.data), out_dir=str(run), hidden_size=hidden,
-                          num_layers=layers, max_steps=2, eval_batches=1,
-                          sample_length=0))  # fmt: skip
+        run = a.sample_run or Path(tmp) / "run"
+        if not run.is_dir() or not any(run.iterdir()):  # a given run is reused: one model
+            train(TrainConfig(input=str(a.data), out_dir=str(run), cell="lstm",
+                              hidden_size=hidden, num_layers=layers, max_steps=2, eval_batches=1,
+                              sample_length=0))  # fmt: skip
         lengths = ((1, 600), (32, 100)) if a.quick else ((1, 3000), (32, 600))
         for streams, length in lengths:
             dims = {"hidden": hidden, "layers": layers, "streams": streams, "data": a.data,
@@ -253,6 +255,9 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="sustained seconds per measurement")
     p.add_argument("--quick", action="store_true", help="smallest size, lstm + mut1, 2 s each")
     p.add_argument("--no-sample", action="store_true", help="skip the sampling table")
+    p.add_argument("--only", choices=("train", "sample"), help="run one table only")
+    p.add_argument("--sample-run", type=Path, help="sampling table: this run directory (trained "
+                   "there first if it holds none), e.g. to time two source trees on one model")
     p.add_argument("--data", type=Path, default=DATA)
     for name in ("hidden", "layers", "batch", "seq", "streams", "length", "warmup"):
         p.add_argument(f"--{name}", type=int, default=3 if name == "warmup" else 1,
@@ -272,8 +277,8 @@ def main() -> int:
         cells = [c for c in cells if c in ("lstm", "mut1")]
     print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, seconds {a.seconds:g}, "
           f"repeats {a.repeats}", flush=True)  # fmt: skip
-    rows = train_table(a, sizes, cells)
-    if not a.no_sample:
+    rows = train_table(a, sizes, cells) if a.only != "sample" else []
+    if not a.no_sample and a.only != "train":
         rows += ["", *sample_table(a, 128 if a.quick else 512, 1 if a.quick else 2)]
     print("\n" + "\n".join(rows))
     return 0

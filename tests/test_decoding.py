@@ -194,6 +194,23 @@ def test_filter_logprobs_hand_computed():
     assert torch.isinf(filter_logprobs(lp, top_p=0.01)).tolist() == [[True, False, True, True]]
 
 
+def test_filter_top_k_keeps_exactly_k():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, 1.0]])
+    kept = filter_logprobs(logits, top_k=2).isfinite()[0].tolist()
+    assert kept == [False, True, False, True, False]
+
+
+def test_filter_top_p_keeps_smallest_nucleus():
+    probs = torch.tensor([[0.1, 0.4, 0.2, 0.3]])
+    logits = probs.log()
+    kept = lambda p: filter_logprobs(logits, top_p=p).isfinite()[0].tolist()  # noqa: E731
+    assert kept(0.4) == [False, True, False, False]  # 0.4 alone reaches 0.4
+    assert kept(0.41) == [False, True, False, True]  # needs 0.4 + 0.3
+    assert kept(0.75) == [False, True, True, True]
+    assert kept(1e-9) == [False, True, False, False]  # always at least one
+    assert kept(1.0) == [True] * 4
+
+
 def test_sampling_matches_the_distribution_and_is_reproducible():
     probs = torch.tensor([0.5, 0.3, 0.2])
     logp = probs.log()

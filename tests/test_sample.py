@@ -1,4 +1,5 @@
-"""Tests for rnnlab.sample: filters against softmax, beam search against brute force."""
+"""Tests for rnnlab.sample: sampling against softmax, beam search against brute force, primes,
+streams and bfloat16 weights; the char-LM decodes through rnnlab.decoding."""
 
 from __future__ import annotations
 
@@ -9,15 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from rnnlab import decoding
 from rnnlab.models import CharLM, CharLMConfig
-from rnnlab.sample import (
-    SampleConfig,
-    beam_search,
-    filter_logits,
-    generate,
-    prime_ids,
-    run_prime,
-)
+from rnnlab.sample import SampleConfig, decode, generate, prime_ids, run_prime, step_protocol
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -84,6 +79,13 @@ def all_sequences(V: int, n: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(range(V), repeat=n)))  # (V**n, n)
 
 
+def beam_search(model, prime, beam_width: int, length: int, num: int | None = None):
+    """The best ``num`` (default all ``beam_width``) beams of ``rnnlab sample --beam`` as
+    (tokens, summed log-probability), best first: rnnlab.decoding's beam over the char-LM."""
+    config = SampleConfig(length=length, beam=beam_width, num_samples=num or beam_width)
+    return [(h.tokens, h.logprob) for h in decode(model, prime, config)]
+
+
 # -- configuration and prime ------------------------------------------------------------------
 
 
@@ -142,29 +144,12 @@ def test_prime_validation():
     with pytest.raises(ValueError, match=r"\[0, 7\)"):
         generate(model, [1, 7], config)
     with pytest.raises(ValueError, match=r"\[0, 7\)"):
-        beam_search(model, [-1], 2, 3)
+        generate(model, [-1], SampleConfig(length=3, beam=2))
     with pytest.raises(ValueError, match="1-D"):
         generate(model, [[1, 2]], config)
 
 
 # -- filters ----------------------------------------------------------------------------------
-
-
-def test_filter_top_k_keeps_exactly_k():
-    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, 1.0]])
-    kept = filter_logits(logits, top_k=2).isfinite()[0].tolist()
-    assert kept == [False, True, False, True, False]
-
-
-def test_filter_top_p_keeps_smallest_nucleus():
-    probs = torch.tensor([[0.1, 0.4, 0.2, 0.3]])
-    logits = probs.log()
-    kept = lambda p: filter_logits(logits, top_p=p).isfinite()[0].tolist()  # noqa: E731
-    assert kept(0.4) == [False, True, False, False]  # 0.4 alone reaches 0.4
-    assert kept(0.41) == [False, True, False, True]  # needs 0.4 + 0.3
-    assert kept(0.75) == [False, True, True, True]
-    assert kept(1e-9) == [False, True, False, False]  # always at least one
-    assert kept(1.0) == [True] * 4
 
 
 def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -267,7 +252,7 @@ def test_length_zero_returns_empty():
     config = SampleConfig(length=0, num_samples=3, seed=0)
     out = generate(char_lm(), [1], config, on_token=lambda t, ids: calls.append(t))
     assert out == [[], [], []] and calls == []
-    assert beam_search(char_lm(), [1], 3, 0) == [([], 0.0)]
+    assert beam_search(char_lm(), [1], 3, 0, num=1) == [([], 0.0)]
 
 
 def test_on_token_called_in_order():
@@ -399,10 +384,15 @@ def test_generate_with_beam_returns_top_beams_and_replays_on_token():
 
 
 def test_beam_search_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="beam_width"):
-        beam_search(char_lm(), [1], 0, 3)
-    with pytest.raises(ValueError, match="length"):
-        beam_search(char_lm(), [1], 2, -1)
+    step, reorder = step_protocol(char_lm())
+    with pytest.raises(ValueError, match="beam"):
+        decoding.beam_search(step, reorder, None, 1, batch_size=1, beam=0, max_length=3)
+    with pytest.raises(ValueError, match="max_length"):
+        decoding.beam_search(step, reorder, None, 1, batch_size=1, beam=2, max_length=-1)
+    with pytest.raises(ValueError, match="^beam"):
+        SampleConfig(length=3, beam=-1)
+    with pytest.raises(ValueError, match="^length"):
+        SampleConfig(length=-1, beam=2)
 
 
 # -- device -----------------------------------------------------------------------------------

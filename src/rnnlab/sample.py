@@ -1,26 +1,29 @@
-"""Decoding for char-level LMs: sampling (temperature, top-k, top-p, argmax) and beam search.
+"""Sampling text from a char-level LM: prime handling, streams and streaming output.
 
-Library code only: no argv, no printing. The CLI streams text through ``on_token``.
+Library code only: no argv, no printing. The CLI streams text through ``on_token``. The search
+itself (argmax, temperature, top-k, top-p, beam) is ``rnnlab.decoding``'s, shared with seq2seq
+and captioning; this module primes the model and feeds decoding its step protocol.
 
 The model contract is CharLM's: ``logits, state = model(idx, state)`` with idx (B, T) int64 and
 logits (B, T, V); state is a tensor (L, B, H) or a tuple ``(h, c)`` of them, batch on dim 1.
-``model.initial_state(B, device)`` is used when present (else ``None`` is passed), and a method
-``step(idx (B,), state) -> (logits (B, V), state)`` is used for the per-token loop when present.
+``model.initial_state(B, device)`` is used when present (else ``None`` is passed), a method
+``step(idx (B,), state) -> (logits (B, V), state)`` for the per-token loop when present, and
+``reorder(state, index)`` when present (else dim 1 of the state is gathered).
 
 Decoding runs in two phases::
 
     prime  p0 p1 ... p{P-1}            one stream (B = 1), fed PRIME_CHUNK tokens per forward,
            └──────── state ───────┐    state carried, only the last logits kept
                                   ▼
-    sample x0 x1 ... x{length-1}   B = num_samples streams, one token per forward; the state
-                                   after the prime is copied to every stream
+    sample x0 x1 ... x{length-1}   B = num_samples streams, one token per step; the state and
+                                   the last logits of the prime are copied to every stream
+                                   (beam search: the prime's state is the one source)
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +33,13 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from rnnlab import decoding
 from rnnlab.cells import State
+from rnnlab.decoding import DecodingError, Hypothesis
 from rnnlab.validation import ConfigError, setting, validate
+
+__all__ = ["DecodingError", "SampleConfig", "decode", "generate", "prime_ids", "run_prime",
+           "step_protocol"]  # fmt: skip
 
 MAX_VOCAB = 0x110000 + 256
 MAX_TOKENS = 10**8  # generated ids kept in memory over all streams (800 MB of int64 at most)
@@ -41,20 +49,6 @@ PRIME_CHUNK = 4096
 UNKNOWN_POLICIES = ("error", "skip", "replace")
 
 TokenCallback = Callable[[int, Tensor], None]
-
-
-class DecodingError(ValueError):
-    """Decoding cannot go on: the model produced non-finite logits (diverged or damaged)."""
-
-
-def _check_finite(logits: Tensor, step: int) -> None:
-    # One reduction in float64 (no float32 logits can overflow it): NaN or inf anywhere makes the
-    # sum non-finite. The check runs once per generated character, so it is kept to one op.
-    if not math.isfinite(logits.sum(dtype=torch.float64).item()):
-        raise DecodingError(
-            f"the model produced non-finite logits (NaN/inf) at character {step}: its weights "
-            "are diverged or damaged; sample an earlier checkpoint or retrain with a lower --lr"
-        )
 
 
 @dataclass
@@ -148,30 +142,13 @@ def prime_ids(
     return [stoi.get(ch, replacement) for ch in text]  # type: ignore[misc]
 
 
-def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
-    """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (B, V)."""
-    V = logits.shape[-1]
-    if 0 < top_k < V:
-        values, index = logits.topk(top_k, dim=-1)  # (B, k): exactly k survive, even on ties
-        logits = torch.full_like(logits, -math.inf).scatter(-1, index, values)
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-        probs = sorted_logits.softmax(dim=-1)
-        # Mass strictly above each token: a token is dropped once the tokens before it reach p,
-        # so the most likely token always survives.
-        above = torch.cat([probs.new_zeros(probs.shape[0], 1), probs.cumsum(-1)[:, :-1]], dim=-1)
-        sorted_logits = sorted_logits.masked_fill(above >= top_p, -math.inf)
-        logits = torch.full_like(logits, -math.inf).scatter(-1, order, sorted_logits)
-    return logits
-
-
 def run_prime(
     model: nn.Module, prime: Sequence[int] | Tensor, *, chunk_size: int = PRIME_CHUNK
 ) -> tuple[Tensor, State]:
     """Feed the prime as one stream, ``chunk_size`` tokens per forward with the state carried.
 
     Returns the logits after the last prime token (1, V) and the state (batch 1). Call it under
-    ``torch.no_grad()`` and in eval mode, as ``generate`` and ``beam_search`` do.
+    ``torch.no_grad()`` and in eval mode, as ``decode`` does.
     """
     return _run_prime(model, _prime_tensor(model, prime), chunk_size)
 
@@ -188,6 +165,60 @@ def _run_prime(model: nn.Module, ids: Tensor, chunk_size: int) -> tuple[Tensor, 
 
 
 @torch.no_grad()
+def decode(
+    model: nn.Module,
+    prime: Sequence[int] | Tensor,
+    config: SampleConfig,
+    *,
+    on_token: TokenCallback | None = None,
+    prime_chunk: int = PRIME_CHUNK,
+) -> list[Hypothesis]:
+    """``config.num_samples`` continuations of ``config.length`` tokens after ``prime``, as
+    ``rnnlab.decoding`` hypotheses (tokens exclude the prime; ``logprob`` is their summed
+    log-probability). With ``config.beam``: the ``num_samples`` best beams, best first.
+
+    The prime runs once (one stream); its state and last distribution are copied to every
+    stream, and decoding goes on through ``rnnlab.decoding`` over the model's step protocol
+    (:func:`step_protocol`). ``on_token(step, ids)`` is called as each token is produced, steps
+    0..length-1 in order, with ids a (B,) int64 tensor on the model's device; beam search replays
+    its best beams through it once the search has finished. The model runs in eval mode (its
+    previous mode is restored) on its own device.
+    """
+    ids = _prime_tensor(model, prime)  # (1, P), validated before anything runs
+    B, length = config.num_samples, config.length
+    if length == 0:
+        return [Hypothesis([], 0.0, 0.0, False) for _ in range(B)]
+    with _eval_mode(model):
+        logits, state = _run_prime(model, ids, prime_chunk)  # (1, V)
+        step, reorder = step_protocol(model, config.weights)
+        first = logits.double().log_softmax(dim=-1)  # (1, V)
+        if config.beam:
+            (found,) = decoding.beam_search(step, reorder, state, None, first=first,
+                                            beam=config.beam, max_length=length,
+                                            num_return=B)  # fmt: skip
+            if on_token is not None:
+                rows = [h.tokens for h in found]
+                chosen = torch.tensor(rows, dtype=torch.long, device=logits.device)  # (B, length)
+                for t in range(length):
+                    on_token(t, chosen[:, t])
+            return found
+        every = torch.zeros(B, dtype=torch.long, device=logits.device)
+        state, first = reorder(state, every), first[every]  # the prime's state in B streams
+        common = {"max_length": length, "first": first, "on_token": on_token, "keep_steps": False}
+        if config.greedy:
+            return decoding.greedy(step, reorder, state, None, **common)
+        generator = torch.Generator(device=logits.device)
+        if config.seed is None:
+            generator.seed()  # fresh entropy, not the global RNG
+        else:
+            generator.manual_seed(config.seed)
+        # One generator for all streams: they share one prime, and one multinomial call per
+        # character keeps 32 streams as cheap as one (per-row generators cost a call per row).
+        return decoding.sample(step, reorder, state, None, temperature=config.temperature,
+                               top_k=config.top_k, top_p=config.top_p, generator=generator,
+                               **common)  # fmt: skip
+
+
 def generate(
     model: nn.Module,
     prime: Sequence[int] | Tensor,
@@ -196,123 +227,22 @@ def generate(
     on_token: TokenCallback | None = None,
     prime_chunk: int = PRIME_CHUNK,
 ) -> list[list[int]]:
-    """Decode ``config.length`` tokens after ``prime`` for ``config.num_samples`` streams.
-
-    Returns one list of generated ids (prime excluded) per stream. ``on_token(step, ids)`` is
-    called as each token is produced, steps 0..length-1 in order, with ids a (B,) int64 tensor on
-    the model's device. With ``config.beam`` the result is the ``num_samples`` best beams, best
-    first, and ``on_token`` replays them once the search has finished.
-
-    The model runs in eval mode (its previous mode is restored) on its own device.
-    """
-    if config.length == 0:
-        _prime_tensor(model, prime)  # validated all the same
-        return [[] for _ in range(config.num_samples)]
-    if config.beam:
-        beams = beam_search(model, prime, config.beam, config.length, prime_chunk=prime_chunk,
-                            weights=config.weights)  # fmt: skip
-        out = [tokens for tokens, _ in beams[: config.num_samples]]
-        if on_token is not None and config.length:
-            chosen = torch.tensor(out, dtype=torch.long, device=_device(model))  # (B, length)
-            for t in range(config.length):
-                on_token(t, chosen[:, t])
-        return out
-    B = config.num_samples
-    ids = _prime_tensor(model, prime)  # (1, P), validated before anything runs
-    if config.length == 0:
-        return [[] for _ in range(B)]
-    with _eval_mode(model):
-        logits, state = _run_prime(model, ids, prime_chunk)  # (1, V)
-        device = logits.device
-        generator = torch.Generator(device=device)
-        if config.seed is None:
-            generator.seed()  # fresh entropy, not the global RNG
-        else:
-            generator.manual_seed(config.seed)
-        every = torch.zeros(B, dtype=torch.long, device=device)
-        logits, state = logits[every], _select(state, every)  # copy the prime to B streams
-        step = _step_function(model, config.weights)
-        out = torch.empty(B, config.length, dtype=torch.long, device=device)
-        for t in range(config.length):
-            _check_finite(logits, t)
-            token = _choose(logits, config, generator)  # (B,)
-            out[:, t] = token
-            if on_token is not None:
-                on_token(t, token)
-            if t + 1 < config.length:
-                logits, state = step(token, state)  # (B, V)
-    return out.tolist()
-
-
-@torch.no_grad()
-def beam_search(
-    model: nn.Module,
-    prime: Sequence[int] | Tensor,
-    beam_width: int,
-    length: int,
-    *,
-    prime_chunk: int = PRIME_CHUNK,
-    weights: str = "float32",
-) -> list[tuple[list[int], float]]:
-    """The ``beam_width`` best continuations of ``length`` tokens, as (ids, score), best first.
-    ``weights``: as ``SampleConfig.weights``.
-
-    The score is the summed log-softmax of the generated tokens (prime excluded): the search
-    looks for the sequence most likely under the model itself, so no temperature, top-k or
-    top-p is applied. Each beam carries its own state: after every step the state is reordered
-    along its batch dim to follow the surviving beams. Fewer than ``beam_width`` beams come back
-    when fewer sequences exist (V**length).
-    """
-    if not isinstance(beam_width, int) or beam_width < 1:
-        raise ValueError(f"beam_width: expected an integer >= 1, got {beam_width!r}")
-    if not isinstance(length, int) or length < 0:
-        raise ValueError(f"length: expected an integer >= 0, got {length!r}")
-    ids = _prime_tensor(model, prime)  # (1, P)
-    if length == 0:
-        return [([], 0.0)]
-    with _eval_mode(model):
-        logits, state = _run_prime(model, ids, prime_chunk)  # (1, V)
-        V = logits.shape[-1]
-        step = _step_function(model, weights)
-        scores = logits.new_zeros(1, dtype=torch.float32)  # (K,) summed log-probs of the live beams
-        tokens = torch.empty(1, 0, dtype=torch.long, device=logits.device)  # (K, t)
-        for t in range(length):
-            _check_finite(logits, t)
-            candidates = scores[:, None] + logits.float().log_softmax(dim=-1)  # (K, V)
-            scores, flat = candidates.flatten().topk(min(beam_width, candidates.numel()))
-            parent, token = flat // V, flat % V  # (K',)
-            tokens = torch.cat([tokens[parent], token[:, None]], dim=1)  # (K', t + 1)
-            if t + 1 < length:
-                logits, state = step(token, _select(state, parent))  # (K', V)
-    return list(zip(tokens.tolist(), scores.tolist(), strict=True))
+    """The token ids of :func:`decode`'s hypotheses: one list per stream (prime excluded)."""
+    found = decode(model, prime, config, on_token=on_token, prime_chunk=prime_chunk)
+    return [h.tokens for h in found]
 
 
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _choose(logits: Tensor, config: SampleConfig, generator: torch.Generator) -> Tensor:
-    """One token per stream from logits (B, V) -> (B,)."""
-    if config.greedy:
-        return logits.argmax(dim=-1)
-    if config.temperature == 1 and not config.top_k and config.top_p == 1:
-        # softmax subtracts the row's max itself: the same distribution in one op
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float64)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    # Shift so the best logit is 0 before dividing, in float64: at any temperature > 0 the best
-    # token keeps weight exp(0) = 1 and the others underflow to exactly 0 at worst, never NaN
-    # (dividing first overflows to inf at temperature 1e-40 and softmax gives NaN).
-    logits = logits.double()
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / config.temperature
-    logits = filter_logits(logits, config.top_k, config.top_p)
-    probs = logits.softmax(dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def _step_function(
+def step_protocol(
     model: nn.Module, weights: str = "float32"
-) -> Callable[[Tensor, State], tuple[Tensor, State]]:
-    """``(ids (B,), state) -> (logits (B, V), state)``: the model's ``step`` when it has one;
-    ``weights="bfloat16"`` needs a ``step`` that takes ``weight_dtype`` (CharLM's)."""
+) -> tuple[decoding.StepFn, decoding.ReorderFn]:
+    """A language model's ``(step, reorder)`` for ``rnnlab.decoding``: step ``(ids (B,), state)
+    -> (log-probabilities (B, V) float64, state)`` over the model's own ``step`` (logits) when it
+    has one, else a one-token forward; reorder is the model's ``reorder`` or gathers dim 1 of
+    (L, B, H) states. ``weights="bfloat16"`` needs a ``step`` that takes ``weight_dtype``
+    (CharLM's)."""
     step = getattr(model, "step", None)
     if weights != "float32":
         if not callable(step) or "weight_dtype" not in inspect.signature(step).parameters:
@@ -321,22 +251,22 @@ def _step_function(
         dtype = getattr(torch, weights)
         # one probe step: a model or device that cannot run them fails here, before any output
         step(torch.zeros(1, dtype=torch.long, device=_device(model)), None, weight_dtype=dtype)
-        return functools.partial(step, weight_dtype=dtype)
-    if callable(step):
-        return step
+        step = functools.partial(step, weight_dtype=dtype)
+    elif not callable(step):
 
-    def forward_one(ids: Tensor, state: State) -> tuple[Tensor, State]:
-        logits, state = model(ids[:, None], state)  # (B, 1, V)
-        return logits[:, -1], state
+        def step(ids: Tensor, state: State) -> tuple[Tensor, State]:
+            logits, state = model(ids[:, None], state)  # (B, 1, V)
+            return logits[:, -1], state
 
-    return forward_one
+    def log_step(ids: Tensor, state: State) -> tuple[Tensor, State]:
+        logits, state = step(ids, state)  # (B, V)
+        # float64: the sampling probabilities are then the logits' own softmax to ~1e-16
+        return logits.double().log_softmax(dim=-1), state
 
-
-def _select(state: State, index: Tensor) -> State:
-    """Streams ``index`` of a state whose tensors are (L, B, H): batch on dim 1."""
-    if isinstance(state, tuple):
-        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
-    return state.index_select(1, index)
+    reorder = getattr(model, "reorder", None)
+    if not callable(reorder):
+        reorder = functools.partial(decoding.reorder_rows, dim=1)
+    return log_step, reorder
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -270,6 +270,7 @@ def generate_captions(
     temperature: float = 0.0,
     alpha: float = 0.0,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
     start: int = 1,
     end: int = 2,
 ) -> list[list[int]]:
@@ -277,10 +278,16 @@ def generate_captions(
     ``max_length`` decoding steps, the end token's included.
 
     ``beam`` > 1: beam search (``alpha``: length normalisation); else ``temperature`` 0 is greedy
-    and > 0 samples (``generator`` makes it reproducible). All three are ``rnnlab.decoding``'s,
-    over :meth:`Captioner.step` and :meth:`Captioner.reorder`."""
+    and > 0 samples. All three are ``rnnlab.decoding``'s, over :meth:`Captioner.step` and
+    :meth:`Captioner.reorder`. Every caption is a function of its own image: sampling draws
+    image i from a generator seeded by ``seed`` and the image's bytes
+    (``rnnlab.decoding.source_generators``), the same alone or in any batch. A ``generator``
+    given instead stands for its seed (``initial_seed()``; it is not advanced); with neither,
+    the global RNG draws (not reproducible)."""
     from rnnlab import decoding
 
+    if seed is None and generator is not None:
+        seed = generator.initial_seed()
     was_training = model.training
     model.eval()
     try:
@@ -292,8 +299,9 @@ def generate_captions(
                                          alpha=alpha, **common)  # fmt: skip
             return [hyps[0].tokens for hyps in found]
         if temperature > 0:
+            rows = None if seed is None else decoding.source_generators(seed, list(images))
             hyps = decoding.sample(model.step, model.reorder, state, ids, temperature=temperature,
-                                   generator=generator, **common)  # fmt: skip
+                                   generator=rows, **common)  # fmt: skip
         else:
             hyps = decoding.greedy(model.step, model.reorder, state, ids, **common)
         return [h.tokens for h in hyps]

@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from rnnlab.cells import ShapeError, State, cell_class
+from rnnlab.decoding import reorder_rows
 from rnnlab.recurrent import Recurrent
 
 
@@ -105,6 +106,14 @@ class CharLM(nn.Module):
             idx, state, embedding=self.embedding.weight, weight_dtype=weight_dtype
         )  # (B, H)
         return self.head(h), state  # (B, V)
+
+    @staticmethod
+    def reorder(state: State, index: Tensor) -> State:
+        """Streams ``index`` (B',) of a state (L, B, H) (or ``(h, c)``): the decoding protocol's
+        reorder (``rnnlab.decoding``), with which beam search follows its beams and sampling
+        copies the prime's state to every stream. Decoding's step is ``rnnlab.sample``'s
+        log-softmax of :meth:`step`."""
+        return reorder_rows(state, index, dim=1)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
         return self.rnn.initial_state(batch, self.head.weight.new_zeros(()).to(device))

@@ -41,7 +41,14 @@ import torch.nn as nn
 from torch import Tensor
 
 from rnnlab.cells import ShapeError, State
-from rnnlab.decoding import Hypothesis, beam_search, greedy, reorder_rows, sample
+from rnnlab.decoding import (
+    Hypothesis,
+    beam_search,
+    greedy,
+    reorder_rows,
+    sample,
+    source_generators,
+)
 from rnnlab.recurrent import Recurrent
 from rnnlab.validation import setting, validate
 
@@ -286,13 +293,15 @@ class DecodeConfig:
     beam: int = setting(5, "beam width (method beam)", low=1, high=256)
     alpha: float = setting(0.0, "length normalisation ((5+n)/6)^alpha (method beam; 0: none)",
                            low=0.0, high=10.0)  # fmt: skip
-    max_length: int = setting(0, "longest output in tokens, end token included (0: 2*S + 10)",
-                              low=0, high=100_000)  # fmt: skip
+    max_length: int = setting(0, "longest output in tokens, end token included (0: 2*S + 10, S "
+                              "the source's own length)", low=0, high=100_000)  # fmt: skip
     temperature: float = setting(1.0, "sampling temperature (method sample)", low=0.0, high=1e6)
     top_k: int = setting(0, "keep the k most likely tokens (method sample; 0: all)", low=0,
                          high=2**24)  # fmt: skip
     top_p: float = setting(1.0, "nucleus mass (method sample; 1: all)", low=1e-9, high=1.0)
-    seed: int = setting(0, "random seed (method sample)", low=0, high=2**63 - 1)
+    seed: int = setting(0, "random seed (method sample; each source draws from its own generator, "
+                        "seeded from this and the source's symbols)", low=0,
+                        high=2**63 - 1)  # fmt: skip
 
     def __post_init__(self) -> None:
         validate(self)
@@ -303,24 +312,34 @@ def translate(
     model: Seq2Seq, source: Tensor, source_lengths: Tensor, config: DecodeConfig | None = None
 ) -> list[Hypothesis]:
     """The best output per source row: source (B, S), lengths (B,) -> B hypotheses (target ids
-    without ``<s>`` and ``</s>``). The model is put in eval mode (and restored)."""
+    without ``<s>`` and ``</s>``). The model is put in eval mode (and restored).
+
+    Each row's result is a function of its own source, never of the batch: the default limit is
+    ``2 * length + 10`` with the row's own length (``</s>`` included), and sampling draws row i
+    from a generator seeded by ``config.seed`` and the row's unpadded symbols
+    (``rnnlab.decoding.source_generators``), so a source decoded alone or in any batch gives the
+    same output."""
     config = config or DecodeConfig()
+    if source_lengths.shape != (source.shape[0],):
+        raise ShapeError(f"source_lengths: expected shape ({source.shape[0]},), "
+                         f"got {tuple(source_lengths.shape)}")  # fmt: skip
     was_training = model.training
     model.eval()
     try:
         state = model.encode(source, source_lengths)
         B = source.shape[0]
-        max_length = config.max_length or 2 * source.shape[1] + 10
+        lengths = source_lengths.tolist()
+        max_length = [config.max_length or 2 * n + 10 for n in lengths]  # per row
         start = torch.full((B,), BOS, dtype=torch.long, device=source.device)
         if config.method == "beam":
             beams = beam_search(model.step, model.reorder, state, start, beam=config.beam,
                                 max_length=max_length, eos=EOS, alpha=config.alpha)  # fmt: skip
             return [b[0] for b in beams]
         if config.method == "sample":
-            gen = torch.Generator(device=source.device).manual_seed(config.seed)
+            rows = [source[i, :n].long() for i, n in enumerate(lengths)]
             return sample(model.step, model.reorder, state, start, max_length=max_length, eos=EOS,
                           temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                          generator=gen)  # fmt: skip
+                          generator=source_generators(config.seed, rows))  # fmt: skip
         return greedy(model.step, model.reorder, state, start, max_length=max_length, eos=EOS)
     finally:
         model.train(was_training)
