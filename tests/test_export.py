@@ -116,3 +116,26 @@ def test_cli_export_and_the_numpy_only_example(tmp_path, cache_env, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--format", "torch"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
+    # a run directory may come from someone else: its links are refused, never followed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "model.pt2").write_text("keep me")
+    (run / "export-torch").symlink_to(outside)
+    assert main(["export", str(run), "--format", "torch"]) == 2
+    (run / "export-onnx" / "model.onnx").unlink()
+    (run / "export-onnx" / "model.onnx").symlink_to(outside / "model.pt2")
+    assert main(["export", str(run), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("symbolic link") == 2 and err.count("\n") == 2
+    assert [p.read_text() for p in outside.iterdir()] == ["keep me"]
+
+
+def test_export_model_stays_inside_its_root(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "export-torch").symlink_to(outside)
+    with pytest.raises(ValueError, match="symbolic link"):
+        export_model(model_for("gru"), VOCAB, tmp_path / "run" / "export-torch", "torch",
+                     root=tmp_path / "run")  # fmt: skip
+    assert list(outside.iterdir()) == []

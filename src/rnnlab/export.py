@@ -21,6 +21,7 @@ import copy
 import io
 import json
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from rnnlab.cells import cell_step
+from rnnlab.io import PathLike, mkdir_inside, split_root, write_inside
 from rnnlab.models.char_lm import CharLM
 
 FORMATS = ("onnx", "torch")
@@ -93,9 +95,18 @@ class Exported:
     description: Path
 
 
-def export_model(model: CharLM, vocab, out_dir: str | Path, fmt: str = "onnx") -> Exported:  # noqa: ANN001
+def export_model(
+    model: CharLM,
+    vocab,  # noqa: ANN001
+    out_dir: PathLike,
+    fmt: str = "onnx",
+    *,
+    root: PathLike | None = None,
+) -> Exported:
     """Write ``model``'s one-step function in format ``fmt`` (``onnx`` or ``torch``) with
-    ``vocab.json`` and ``export.json`` into ``out_dir`` (created). Raises ExportError."""
+    ``vocab.json`` and ``export.json`` into ``out_dir`` (created), which stays inside ``root``
+    (default: ``out_dir`` itself): every file goes through ``rnnlab.io.write_inside``, so a
+    symbolic link below ``root`` is refused, never followed. Raises ExportError."""
     if fmt not in FORMATS:
         raise ExportError(f"format: expected one of {'|'.join(FORMATS)}, got {fmt!r}")
     step = OneStep(copy.deepcopy(model).float().cpu()).eval()  # the caller's stays as is
@@ -103,17 +114,21 @@ def export_model(model: CharLM, vocab, out_dir: str | Path, fmt: str = "onnx") -
     in_names, out_names = step.names()
     batch = torch.export.Dim("batch", min=1)
     dynamic = {"token": {0: batch}, "h": {1: batch}, **({"c": {1: batch}} if step.lstm else {})}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    base, rel = (Path(out_dir), Path()) if root is None else split_root(out_dir, root)
+    mkdir_inside(base, rel)  # a link in the way is refused before the export's work
+    out = base / rel
     path = out / FILENAMES[fmt]
     with torch.no_grad(), _quiet():
         if fmt == "onnx":
-            _export_onnx(step, inputs, in_names, out_names, dynamic, path)
+            data = _export_onnx(step, inputs, in_names, out_names, dynamic)
         else:
             program = torch.export.export(step, inputs, dynamic_shapes=dynamic)
-            torch.export.save(program, str(path))
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer)
+            data = buffer.getvalue()
+    write_inside(base, rel / path.name, data)
     vocab_path = out / "vocab.json"
-    vocab.save(vocab_path)
+    write_inside(base, rel / vocab_path.name, json.dumps(vocab.to_json(), ensure_ascii=True) + "\n")
     rnn = model.rnn
     description = {
         "format": fmt,
@@ -132,7 +147,7 @@ def export_model(model: CharLM, vocab, out_dir: str | Path, fmt: str = "onnx") -
         "order": {"inputs": in_names, "outputs": out_names},
     }  # fmt: skip
     description_path = out / "export.json"
-    description_path.write_text(json.dumps(description, indent=2) + "\n")
+    write_inside(base, rel / description_path.name, json.dumps(description, indent=2) + "\n")
     return Exported(path, vocab_path, description_path)
 
 
@@ -153,7 +168,9 @@ def _quiet():  # noqa: ANN202
             logger.setLevel(level)
 
 
-def _export_onnx(step: OneStep, inputs, in_names, out_names, dynamic, path: Path) -> None:  # noqa: ANN001
+def _export_onnx(step: OneStep, inputs, in_names, out_names, dynamic) -> bytes:  # noqa: ANN001
+    """The ONNX file's bytes: the exporter saves to a path, so it saves into a private temporary
+    directory and ``export_model`` writes the bytes where they belong."""
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
@@ -163,4 +180,6 @@ def _export_onnx(step: OneStep, inputs, in_names, out_names, dynamic, path: Path
         ) from None
     program = torch.onnx.export(step, inputs, input_names=in_names, output_names=out_names,
                                 dynamic_shapes=dynamic, dynamo=True, verbose=False)  # fmt: skip
-    program.save(str(path))
+    with tempfile.TemporaryDirectory(prefix="rnnlab-onnx-") as tmp:
+        program.save(str(Path(tmp) / FILENAMES["onnx"]))
+        return (Path(tmp) / FILENAMES["onnx"]).read_bytes()
