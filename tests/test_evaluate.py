@@ -24,3 +24,22 @@ def test_every_character_is_scored(n, batch, seq_len):
             logits, _ = model(ids[:, :-1])
         want = F.cross_entropy(logits[0], ids[0, 1:]).item()
         assert result.loss == pytest.approx(want, rel=1e-5)
+
+
+def test_overflowing_logits_are_a_one_line_error_not_nan(monkeypatch, capsys):
+    from rnnlab import runs
+    from rnnlab.cli import main
+    from rnnlab.evaluate import NonFiniteScoreError, require_finite
+
+    torch.manual_seed(0)
+    model = CharLM(CharLMConfig(6, "gru", hidden_size=8, backend="reference")).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()  # finite weights whose loss overflows float32
+        model.head.bias.copy_(torch.tensor([3e38, -3e38] * 3))
+    result = evaluate_all(model, np.arange(40) % 6, batch_size=2, seq_len=8)
+    with pytest.raises(NonFiniteScoreError, match=r"run: val split: expected finite scores"):
+        require_finite({"loss": result.loss}, "run: val split")
+    monkeypatch.setattr(runs, "evaluate", lambda *a, **k: result)
+    assert main(["eval", "some-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "non-finite" in err and "nan nats" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,25 @@ from torch import Tensor
 from rnnlab.cells import State
 from rnnlab.data import StreamBatcher
 from rnnlab.models import CharLM
+
+
+class NonFiniteScoreError(ValueError):
+    """A score came out NaN or infinite: the model's logits overflowed (diverged or damaged
+    weights). What every scoring command raises instead of printing ``nan``, as decoding does."""
+
+
+def require_finite(scores: Mapping[str, float], where: str) -> None:
+    """Raise NonFiniteScoreError naming ``where`` and each score that is NaN or infinite. The
+    one rule for every command that scores (eval of each task); training keeps non-finite
+    evaluations as values, since its loop judges them (an unhealthy evaluation)."""
+    bad = {name: value for name, value in scores.items() if not math.isfinite(value)}
+    if bad:
+        shown = ", ".join(f"{name} {value}" for name, value in bad.items())
+        raise NonFiniteScoreError(
+            f"{where}: expected finite scores, found {shown}: the model produced non-finite "
+            "logits (NaN/inf), its weights are diverged or damaged; evaluate an earlier "
+            "checkpoint or retrain with a lower --lr"
+        )
 
 
 @dataclass

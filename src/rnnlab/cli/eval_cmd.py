@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rnnlab.evaluate import require_finite
     from rnnlab.runs import evaluate
     from rnnlab.runtime import set_threads
 
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         args.run_dir, args.file, args.split, options.checkpoint, options.device, input=args.input
     )
     where = args.file or f"{args.split} split"
+    require_finite({"loss": result.loss}, f"{args.run_dir}: {where}")  # never prints nan
     print(
         f"{where}: {result.loss:.4f} nats/char, {result.bpc:.4f} bits/char "
         f"over {result.tokens} characters"
