@@ -25,7 +25,8 @@ import torch
 from rnnlab.data.captions import read_caption_json
 from rnnlab.data.shapes import write_shapes_dataset
 from rnnlab.report import captions as report
-from rnnlab.tasks.caption import CaptionTrainConfig, load_captioner, train_captioner
+from rnnlab.runs import load_run
+from rnnlab.tasks.caption import CaptionTrainConfig, train_captioner
 
 MODELS = {  # name -> (conditioning, attention, steps as a fraction of --steps)
     "per-step W_ih v": ("step", False, 1.0),
@@ -84,7 +85,7 @@ def main() -> int:
         started = time.perf_counter()
         result = train_captioner(config)
         seconds = time.perf_counter() - started
-        run = load_captioner(run_dir, "best")
+        run = load_run(run_dir, "best", tasks=("caption",))
         inputs = report.model_inputs(run, dataset)
         if baselines is None:
             baselines = [

@@ -24,7 +24,13 @@ from rnnlab.report.captions import (
     render_report,
     score_method,
 )
-from rnnlab.tasks.caption import CaptionTrainConfig, load_captioner, train_captioner
+from rnnlab.runs import load_run
+from rnnlab.tasks.caption import CaptionTrainConfig, train_captioner
+
+
+def load_captioner(path, which="best"):
+    return load_run(path, which, tasks=("caption",))
+
 
 TINY = dict(
     image_size=16,

@@ -11,7 +11,8 @@ import torch
 from rnnlab.cli import main
 from rnnlab.metrics.classification import classification_report
 from rnnlab.models.classifier import ClassifierConfig, SequenceClassifier
-from rnnlab.tasks.classify import ClassifyTrainConfig, load_classifier, train_classifier
+from rnnlab.runs import load_run
+from rnnlab.tasks.classify import ClassifyTrainConfig, train_classifier
 
 
 def make(pooling, bi, cell="lstm", layers=2):
@@ -126,7 +127,7 @@ def test_learns_an_order_dependent_rule_counts_cannot(tmp_path):
     from rnnlab.data.pairs import read_labeled
     from rnnlab.tasks.classify import evaluate_rows
 
-    run = load_classifier(tmp_path / "run")
+    run = load_run(tmp_path / "run", tasks=("classify",))
     held = evaluate_rows(run.model, read_labeled(test), run.vocab, run.labels)
     assert held.report.accuracy > 0.97
 

@@ -183,7 +183,8 @@ def write_task(path, task, n=3000, seed=0):
 @pytest.mark.slow
 @pytest.mark.parametrize("task,attention,steps", [("reverse", "none", 700), ("copy", "luong", 500)])
 def test_learns_to_reverse_and_copy_held_out_strings(tmp_path, task, attention, steps):
-    from rnnlab.tasks.seq2seq import Seq2SeqTrainConfig, load_seq2seq, train_seq2seq
+    from rnnlab.runs import load_run
+    from rnnlab.tasks.seq2seq import Seq2SeqTrainConfig, train_seq2seq
 
     write_task(tmp_path / "pairs.tsv", task)
     config = Seq2SeqTrainConfig(pairs=str(tmp_path / "pairs.tsv"), out_dir=str(tmp_path / "run"),
@@ -193,7 +194,7 @@ def test_learns_to_reverse_and_copy_held_out_strings(tmp_path, task, attention, 
                                 eval_size=0, threads=1)  # fmt: skip
     result = train_seq2seq(config)
     assert result.best["val_wer"] == 0.0  # every held-out string (about 300) exactly right
-    run = load_seq2seq(tmp_path / "run")
+    run = load_run(tmp_path / "run", tasks=("seq2seq",))
     from rnnlab.tasks.seq2seq import decode_sources
 
     held = ["abcde", "eedcb", "ab"]  # may or may not be training strings; all must be right

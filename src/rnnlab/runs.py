@@ -1,14 +1,14 @@
-"""A trained run as a library object: load it, evaluate it, sample from it.
+"""A trained run as a library object: load it (any task's), evaluate it, sample from it.
 
-Loading goes through ``rnnlab.loading`` (the one checked loader); evaluation on a split uses the
-run's own vocabulary and the corpus it trained on, found by content hash, never a re-read of a
-file that may have been edited since.
+Loading goes through ``rnnlab.loading`` (the one checked loader) with every task's ``RunKind``,
+so a command given a run of a task it does not support says what the run is. Evaluation on a
+split uses the run's own vocabulary and the corpus it trained on, found by content hash, never a
+re-read of a file that may have been edited since.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,33 +17,33 @@ import torch
 from rnnlab.data import DataError, Vocab
 from rnnlab.data.corpus import check_file
 from rnnlab.evaluate import EvalResult, evaluate_all
-from rnnlab.loading import load_run_checkpoint, training_corpus
-from rnnlab.models import CharLM
+from rnnlab.loading import LoadedRun, load_run_of
 from rnnlab.runtime import resolve_device
 from rnnlab.sample import SampleConfig, generate, prime_ids
-from rnnlab.tasks.char_lm import TrainConfig
+from rnnlab.tasks import caption, char_lm, classify, seq2seq
+from rnnlab.tasks.char_lm import training_corpus
 
 MAX_EVAL_BYTES = 1 << 30  # an evaluation file is read whole: refuse anything absurd
 
 
-@dataclass
-class Run:
-    model: CharLM
-    vocab: Vocab
-    train_config: TrainConfig | None
-    path: Path  # the checkpoint directory it came from
-    step: int
-    corpus: dict
+KINDS = (char_lm.KIND, seq2seq.KIND, classify.KIND, caption.KIND)
+Run = LoadedRun  # a loaded run of any task
 
 
-def load_run(path: str | Path, which: str = "best", device: str = "cpu") -> Run:
+def load_run(
+    path: str | Path,
+    which: str = "best",
+    device: str = "cpu",
+    *,
+    tasks: Sequence[str] = ("char_lm",),
+    command: str = "",
+) -> LoadedRun:
     """Load a run directory (its ``best`` checkpoint, or ``latest``; ``best`` falls back to the
     newest checkpoint when no validation has run yet) or a checkpoint directory, checked
-    (``rnnlab.loading``). Tensors are mapped to ``device``, so a GPU run loads on a CPU."""
-    if which not in ("best", "latest"):
-        raise ValueError(f"checkpoint: expected best or latest, got {which!r}")
-    ckpt = load_run_checkpoint(path, which, resolve_device(device), train_config_type=TrainConfig)
-    return Run(ckpt.model, ckpt.vocab, ckpt.train_config, ckpt.path, ckpt.step, ckpt.corpus)
+    (``rnnlab.loading``). Tensors are mapped to ``device``, so a GPU run loads on a CPU. A run of
+    a task not in ``tasks`` is a CheckpointError naming its task and what ``command`` supports."""
+    return load_run_of(KINDS, path, which, resolve_device(device), supported=tasks,
+                       command=command)  # fmt: skip
 
 
 def evaluate(

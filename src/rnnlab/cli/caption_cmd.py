@@ -120,12 +120,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from rnnlab.report import captions as report
-    from rnnlab.tasks.caption import load_captioner
+    from rnnlab.runs import load_run
 
     _check_decoding(args)
     if args.max_images < 0:
         raise ValueError(f"--max-images: expected >= 0, got {args.max_images}")
-    run = load_captioner(args.run_dir, args.checkpoint, args.device)
+    run = load_run(args.run_dir, args.checkpoint, args.device, tasks=("caption",),
+                   command="rnnlab caption eval")  # fmt: skip
     dataset = report.dataset_of(run, args.data, args.images)
     inputs = report.model_inputs(run, dataset, args.features)
     result = report.evaluate_run(
@@ -165,10 +166,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from rnnlab.data.captions import load_images, read_features
     from rnnlab.models.captioner import generate_captions
-    from rnnlab.tasks.caption import load_captioner
+    from rnnlab.runs import load_run
 
     _check_decoding(args)
-    run = load_captioner(args.run_dir, args.checkpoint, args.device)
+    run = load_run(args.run_dir, args.checkpoint, args.device, tasks=("caption",),
+                   command="rnnlab caption predict")  # fmt: skip
     device = next(run.model.parameters()).device
     if run.model.config.encoder == "features":
         names, rows = [], []

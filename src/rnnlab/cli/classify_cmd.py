@@ -65,12 +65,15 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from rnnlab.data.pairs import check_known, read_labeled
     from rnnlab.metrics.classification import format_confusion
+    from rnnlab.runs import load_run
     from rnnlab.runtime import resolve_device
-    from rnnlab.tasks.classify import evaluate_rows, load_classifier
+    from rnnlab.tasks.classify import evaluate_rows
 
     device = resolve_device(args.device)
-    run = load_classifier(args.run_dir, args.checkpoint, str(device))
-    rows = read_labeled(args.file, tokens=run.config.tokens, header=run.config.header)
+    run = load_run(args.run_dir, args.checkpoint, str(device), tasks=("classify",),
+                   command="rnnlab classify eval")  # fmt: skip
+    config = run.train_config
+    rows = read_labeled(args.file, tokens=config.tokens, header=config.header)
     check_known(rows, run.vocab, run.labels, args.file, "label")
     result = evaluate_rows(run.model, rows, run.vocab, run.labels, device=device)
     report = result.report
@@ -86,11 +89,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from rnnlab.data.errors import DataError
     from rnnlab.data.pairs import pad_batch, split_symbols
+    from rnnlab.runs import load_run
     from rnnlab.runtime import resolve_device
-    from rnnlab.tasks.classify import load_classifier
 
     device = resolve_device(args.device)
-    run = load_classifier(args.run_dir, args.checkpoint, str(device))
+    run = load_run(args.run_dir, args.checkpoint, str(device), tasks=("classify",),
+                   command="rnnlab classify predict")  # fmt: skip
     texts = list(args.texts)
     where = [f"text {i + 1} ({t!r})" for i, t in enumerate(texts)]
     if args.input:
@@ -103,7 +107,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError("no texts: give them as arguments or with --input FILE")
     ids = []
     for text, at in zip(texts, where, strict=True):
-        symbols = split_symbols(text, run.config.tokens)
+        symbols = split_symbols(text, run.train_config.tokens)
         if not symbols:
             raise DataError(f"{at}: empty text")
         unseen = run.vocab.unseen(symbols)

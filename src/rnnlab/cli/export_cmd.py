@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from rnnlab.loading import run_directory
     from rnnlab.runs import load_run
 
-    loaded = load_run(args.run_dir, args.checkpoint)
-    out = args.out or run_directory(args.run_dir) / f"export-{args.format}"
-    written = export_model(loaded.model, loaded.vocab, Path(out), args.format)
+    loaded = load_run(args.run_dir, args.checkpoint, command="rnnlab export")
+    # the directory handed over: --out itself, or the run directory for RUN_DIR/export-FORMAT
+    root = Path(args.out) if args.out else run_directory(args.run_dir)
+    out = Path(args.out) if args.out else root / f"export-{args.format}"
+    written = export_model(loaded.model, loaded.vocab, out, args.format, root=root)
     print(written.model)
     return 0

@@ -81,13 +81,15 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from rnnlab.data.pairs import check_known, read_pairs
     from rnnlab.models.seq2seq import DecodeConfig
+    from rnnlab.runs import load_run
     from rnnlab.runtime import resolve_device
-    from rnnlab.tasks.seq2seq import evaluate_pairs, load_seq2seq, load_task
+    from rnnlab.tasks.seq2seq import evaluate_pairs, load_task
 
     decode = DecodeConfig(**given(args, DecodeConfig))
     device = resolve_device(args.device)
-    run = load_seq2seq(args.run_dir, args.checkpoint, str(device))
-    config = run.config
+    run = load_run(args.run_dir, args.checkpoint, str(device), tasks=("seq2seq",),
+                   command="rnnlab seq2seq eval")  # fmt: skip
+    config = run.train_config
     if args.pairs:
         pairs = read_pairs(args.pairs, source_tokens=config.source_tokens,
                            target_tokens=config.target_tokens, header=config.header)  # fmt: skip
@@ -134,8 +136,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from rnnlab.data.errors import DataError
     from rnnlab.data.pairs import join_symbols, split_symbols
     from rnnlab.models.seq2seq import DecodeConfig
+    from rnnlab.runs import load_run
     from rnnlab.runtime import resolve_device
-    from rnnlab.tasks.seq2seq import decode_sources, load_seq2seq
+    from rnnlab.tasks.seq2seq import decode_sources
 
     decode = DecodeConfig(**given(args, DecodeConfig))
     device = resolve_device(args.device)
@@ -154,10 +157,12 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         if args.run_dir is None:
             raise ValueError("give a run directory (or --g2p-en) and sources")
-        run = load_seq2seq(args.run_dir, args.checkpoint, str(device))
+        run = load_run(args.run_dir, args.checkpoint, str(device), tasks=("seq2seq",),
+                       command="rnnlab seq2seq predict")  # fmt: skip
         model, source, target = run.model, run.source, run.target
-        source_tokens, target_tokens = run.config.source_tokens, run.config.target_tokens
-        lower = run.config.task == "g2p"
+        config = run.train_config
+        source_tokens, target_tokens = config.source_tokens, config.target_tokens
+        lower = run.train_config.task == "g2p"
     source_at = [f"source {i + 1} ({s!r})" for i, s in enumerate(sources)]
     if args.input:
         lines = read_lines(args.input)

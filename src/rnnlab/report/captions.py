@@ -34,9 +34,9 @@ from rnnlab.data.captions import (
     read_features,
 )
 from rnnlab.data.images import open_rgb
+from rnnlab.loading import LoadedRun
 from rnnlab.metrics.captioning import CaptionScores, bleu, score_captions
 from rnnlab.models.captioner import attention_maps, generate_captions
-from rnnlab.tasks.caption import LoadedCaptioner
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def score_method(method: str, split: str, images: Sequence[CaptionImage],
 
 
 def dataset_of(
-    run: LoadedCaptioner, data: str | None = None, images: str | None = None
+    run: LoadedRun, data: str | None = None, images: str | None = None
 ) -> CaptionDataset:
     """The caption JSON a run was trained on, or ``data`` (its images in ``images``, default the
     JSON's folder)."""
@@ -68,7 +68,7 @@ def dataset_of(
 
 
 def model_inputs(
-    run: LoadedCaptioner, dataset: CaptionDataset, features: str | None = None
+    run: LoadedRun, dataset: CaptionDataset, features: str | None = None
 ) -> torch.Tensor:
     """Every image of ``dataset`` as the run's model reads it: uint8 pixels or feature rows."""
     if run.model.config.encoder == "features":
@@ -78,7 +78,7 @@ def model_inputs(
 
 
 def evaluate_run(
-    run: LoadedCaptioner,
+    run: LoadedRun,
     dataset: CaptionDataset,
     inputs: torch.Tensor,
     split: str = "test",
@@ -111,7 +111,7 @@ def evaluate_run(
 
 
 def attention_of(
-    run: LoadedCaptioner, evaluation: CaptionEvaluation, inputs: torch.Tensor, limit: int = 12
+    run: LoadedRun, evaluation: CaptionEvaluation, inputs: torch.Tensor, limit: int = 12
 ) -> list[np.ndarray]:
     """Attention maps (n + 1, K) of the first ``limit`` generated captions, for a model that
     attends over a CNN grid; an empty list for any other model."""

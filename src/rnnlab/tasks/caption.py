@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from rnnlab.data.captions import (
     PAD,
     CaptionDataset,
@@ -41,14 +40,15 @@ from rnnlab.data.captions import (
 )
 from rnnlab.data.errors import DataError
 from rnnlab.data.text import sha256_file
+from rnnlab.loading import RunKind, load_run_of
 from rnnlab.metrics.captioning import score_captions
 from rnnlab.models.captioner import Captioner, CaptionerConfig, caption_loss, generate_captions
-from rnnlab.runtime import resolve_device, set_threads
+from rnnlab.runtime import set_threads
 from rnnlab.training.config import BIG, Cell, RunConfig, resumed_config
 from rnnlab.training.distributed import DataParallel, launch_from_env, main_reports, rank_device
 from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
 from rnnlab.training.tools import GracefulStop
-from rnnlab.validation import ConfigError, from_mapping, retuned, setting
+from rnnlab.validation import ConfigError, retuned, setting
 
 MODEL_FIELDS = ("cell", "embedding_size", "hidden_size", "num_layers", "dropout", "conditioning",
                 "attention", "image_size", "cnn_channels", "cnn_blocks", "feature_size",
@@ -174,6 +174,7 @@ def validate(model: Captioner, vocab: CaptionVocab, images: list[CaptionImage], 
 class CaptionTask(Task):
     """Batches of images with all their captions; each rank trains on its block of images."""
 
+    name = "caption"
     unit = "captions"
     scores = (Score("val_cider", "best_cider", higher_is_better=True),)
 
@@ -250,14 +251,13 @@ def train_captioner(
     emit = main_reports(on_event or (lambda event: None), launch_from_env())
     ckpt, resume_from = None, None
     if resume is not None:
-        ckpt = load_checkpoint(resolve_checkpoint(resume, "latest"))
-        source = str(ckpt.path / "config.json")
-        saved = from_mapping(CaptionTrainConfig, ckpt.config.get("train"), f"{source}: train")
-        config, notes = resumed_config(saved, dict(changes or {}))
+        ckpt = load_run_of([KIND], resume, "latest", need_trainer=True)
+        config, notes = resumed_config(ckpt.train_config, dict(changes or {}))
         for note in notes:
             emit({"kind": "note", "text": f"resume changes {note}"})
-        run_dir = ckpt.path.parent
-        resume_from = Resume(ckpt.path, ckpt.model, ckpt.trainer_tensors, ckpt.trainer)
+        run_dir = ckpt.run_dir
+        resume_from = Resume(ckpt.path, ckpt.model.state_dict(), ckpt.trainer_tensors,
+                             ckpt.trainer)  # fmt: skip
     elif config is None:
         raise TypeError("train_captioner() needs a CaptionTrainConfig, or resume=RUN_DIR")
     else:
@@ -270,9 +270,9 @@ def train_captioner(
         train_captions = [c for im in data.dataset.split("train") for c in im.captions]
         vocab = CaptionVocab.build(train_captions, config.min_count)
     else:
-        vocab = CaptionVocab.from_json(ckpt.vocab, str(ckpt.path / "vocab.json"))
+        vocab = ckpt.vocab
     record = _record(config, data, run_dir)
-    if ckpt is not None and ckpt.config.get("data", {}).get("sha256") != record["data"]["sha256"]:
+    if ckpt is not None and ckpt.record.get("sha256") != record["data"]["sha256"]:
         raise DataError(f"{data.dataset.source}: changed since the run started (sha256 differs); "
                         "resume with the caption file the run was trained on")  # fmt: skip
     task = CaptionTask(config, data, vocab, record)
@@ -302,38 +302,13 @@ def _record(config: CaptionTrainConfig, data: CaptionData, run_dir: Path) -> dic
     return {"train": train, "data": {"source": train["data"], "sha256": digest}}
 
 
-# -- loading a trained run ----------------------------------------------------------------------
+# -- its run directories --------------------------------------------------------------------------
 
-
-@dataclass
-class LoadedCaptioner:
-    path: Path
-    model: Captioner
-    vocab: CaptionVocab
-    train_config: CaptionTrainConfig
-
-
-def load_captioner(
-    path: str | Path, which: Literal["best", "latest"] = "best", device: str = "cpu"
-) -> LoadedCaptioner:
-    """A trained Captioner from a run or checkpoint directory (verified, never unpickled)."""
-    directory = resolve_checkpoint(path, which)
-    ckpt = load_checkpoint(directory, map_location=resolve_device(device))
-    source = str(directory / "config.json")
-    if "model" not in ckpt.config or "train" not in ckpt.config:
-        raise CheckpointError(f"{source}: not a captioning run (no model/train config)")
-    config = CaptionerConfig.from_dict(ckpt.config["model"], f"{source}: model")
-    train_config = from_mapping(CaptionTrainConfig, ckpt.config["train"], f"{source}: train")
-    vocab = CaptionVocab.from_json(ckpt.vocab, str(directory / "vocab.json"))
-    if len(vocab) != config.vocab_size:
-        raise CheckpointError(f"{source}: vocab_size {config.vocab_size} but vocab.json holds "
-                              f"{len(vocab)} words")  # fmt: skip
-    model = Captioner(config).to(resolve_device(device))
-    try:
-        model.load_state_dict(ckpt.model)
-    except RuntimeError as e:
-        first = " ".join(str(e).split())[:300]
-        raise CheckpointError(f"{directory / 'model.safetensors'}: does not fit the model its "
-                              f"config describes ({first})") from None  # fmt: skip
-    model.eval()
-    return LoadedCaptioner(directory, model, vocab, train_config)
+KIND = RunKind(
+    name="caption",
+    train_config=CaptionTrainConfig,
+    model_config=CaptionerConfig.from_dict,
+    build=Captioner,
+    vocabs=lambda data, source: {"vocab": CaptionVocab.from_json(data, source)},
+    sizes=lambda c: {"vocab": c.vocab_size},
+)

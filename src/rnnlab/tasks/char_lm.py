@@ -13,7 +13,10 @@ the best checkpoint has the lowest. Everything else (the step, guard, stop rules
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlab.checkpoint import CheckpointError
-from rnnlab.data import Corpus, DataError, StreamBatcher, prepare_corpus
+from rnnlab.data import Corpus, DataError, StreamBatcher, Vocab, cached_corpus, prepare_corpus
 from rnnlab.evaluate import evaluate_tokens
 from rnnlab.kernels import extension_status
-from rnnlab.loading import RunCheckpoint, load_run_checkpoint, training_corpus
+from rnnlab.loading import MAX_PARAMETERS, LoadedRun, RunKind, load_run_of
 from rnnlab.models import CharLM, CharLMConfig
 from rnnlab.runtime import set_threads
 from rnnlab.sample import DecodingError, SampleConfig, generate
@@ -41,7 +44,9 @@ from rnnlab.training.distributed import (
 )
 from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
 from rnnlab.training.tools import GracefulStop, TrainingError
-from rnnlab.validation import ConfigError, setting
+from rnnlab.validation import ConfigError, from_mapping, setting
+
+MAX_VOCAB = 0x110000 + 256  # every Unicode code point, or bytes
 
 
 @dataclass
@@ -129,6 +134,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class CharLMTask(Task):
     """TBPTT over B streams of one corpus; the carried state (L, B/W, H) is trainer state."""
 
+    name = "char_lm"
     unit = "chars"
     scores = (Score("val_loss", "best_val_loss"),)
     check_val_divergence = True  # a char-LM worse than guessing is a diverged model
@@ -232,7 +238,7 @@ def train(
             raise TypeError("changes= only applies with resume=RUN_DIR")
         run_dir = Path(config.out_dir or Path("runs") / f"{Path(config.input).stem}-{config.cell}")
         return _train(config, run_dir, None, emit)
-    ckpt = load_run_checkpoint(resume, "latest", need_trainer=True, train_config_type=TrainConfig)
+    ckpt = load_run_of([KIND], resume, "latest", need_trainer=True)
     wanted = dict(changes or {})
     if config is not None:
         saved = ckpt.train_config.to_dict()
@@ -253,7 +259,7 @@ def train(
 
 
 def _train(
-    config: TrainConfig, run_dir: Path, ckpt: RunCheckpoint | None, emit: Callable[[Event], None]
+    config: TrainConfig, run_dir: Path, ckpt: LoadedRun | None, emit: Callable[[Event], None]
 ) -> FitResult:
     set_threads(config.threads)
     launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
@@ -340,3 +346,101 @@ def _to_device(state: Any, device: torch.device) -> Any:
     if isinstance(state, (tuple, list)):
         return tuple(s.to(device) for s in state)
     return state.to(device)
+
+
+# -- its run directories --------------------------------------------------------------------------
+
+
+@dataclass
+class _ModelSchema:
+    """The bounds of CharLMConfig's fields as read from a run directory."""
+
+    vocab_size: int = setting(1, "vocabulary size", low=1, high=MAX_VOCAB)
+    cell: Cell = setting("lstm", "cell")
+    hidden_size: int = setting(256, "units per layer", low=1, high=MAX_WIDTH)
+    num_layers: int = setting(1, "layers", low=1, high=64)
+    embedding_size: int = setting(0, "embedding width", low=0, high=MAX_WIDTH)
+    dropout: float = setting(0.0, "dropout", low=0, high=1)
+    tie_weights: bool = setting(False, "tied embedding/head")
+    backend: Backend = setting("auto", "backend")
+
+
+def read_model_config(data: dict[str, Any], source: str) -> CharLMConfig:
+    """A CharLMConfig read from config.json, bounded before anything is built."""
+    known = {f.name for f in dataclasses.fields(CharLMConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(str(unknown[0]), "a CharLMConfig field", "an unknown key", source)
+    schema = {f.name for f in dataclasses.fields(_ModelSchema)}
+    if "vocab_size" not in data:
+        raise ConfigError("vocab_size", "a value", "nothing (missing key)", source)
+    from_mapping(_ModelSchema, {k: v for k, v in data.items() if k in schema}, source)
+    try:
+        config = CharLMConfig(**data)
+    except (TypeError, ValueError) as e:
+        raise ConfigError("(fields)", "consistent values", str(e), source) from None
+    # An estimate first: building even on the meta device costs time for an absurd config.
+    G = {"lstm": 4, "gru": 3, "mut1": 3, "mut2": 3, "mut3": 3}.get(config.cell, 1)
+    H, E, L, V = config.hidden_size, config.embedding_size, config.num_layers, config.vocab_size
+    estimate = V * E + G * H * (E + H) + (L - 1) * G * H * 2 * H + V * H
+    if estimate > MAX_PARAMETERS:
+        raise ConfigError("(size)", f"at most {MAX_PARAMETERS:,} parameters", estimate, source)
+    return config
+
+
+KIND = RunKind(
+    name="char_lm",
+    train_config=TrainConfig,
+    model_config=read_model_config,
+    build=CharLM,
+    vocabs=lambda data, source: {"vocab": Vocab.from_json(data)},
+    sizes=lambda config: {"vocab": config.vocab_size},
+    record_key="corpus",
+    train_required=False,  # a model-only checkpoint samples and evaluates on files
+)
+
+
+def training_corpus(
+    config: TrainConfig,
+    record: dict[str, Any],
+    given: str | os.PathLike[str] | None = None,
+    vocab: Vocab | None = None,
+) -> Corpus:
+    """The corpus a run trained on, found without trusting the working directory: the file
+    ``given`` by the user (its vocabulary must be ``vocab``, its content the run's), else the
+    stored absolute path if its content is unchanged, else the corpus cache entry with the
+    stored content hash; otherwise a DataError that says which file is needed and how."""
+    split = (1 - config.val_frac - config.test_frac, config.val_frac, config.test_frac)
+    options = {"byte_level": config.byte_level, "errors": config.errors, "split": split}
+    sha = record.get("sha256", "")
+    source = record.get("source") or config.input
+    if given:
+        corpus = prepare_corpus(given, **options)
+        if vocab is not None and corpus.vocab.tokens != vocab.tokens:
+            raise DataError(
+                f"{given}: vocabulary mismatch with the run: {vocab.diff(corpus.vocab)}; "
+                "pass the file the run was trained on"
+            )
+        if sha and corpus.meta["source_sha256"] != sha:
+            raise DataError(
+                f"{given}: not the text this run trained on (its content differs from "
+                f"{source}, sha256 {sha[:12]}); pass the original file"
+            )
+        return corpus
+    if source and Path(source).is_file():
+        corpus = prepare_corpus(source, **options)
+        if not sha or corpus.meta["source_sha256"] == sha:
+            return corpus
+    cached = cached_corpus(sha, **options) if sha else None
+    if cached is not None:
+        if source and Path(source).is_file():
+            warnings.warn(
+                f"{source} changed since training; using the cached copy of the original text",
+                stacklevel=2,
+            )
+        return cached
+    state = "changed since training" if source and Path(source).is_file() else "not found"
+    raise DataError(
+        f"{source or 'the training file'}: {state} and not in the corpus cache; pass the "
+        "original text with --input FILE"
+    )

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from rnnlab.data.errors import DataError
 from rnnlab.data.pairs import (
     Pair,
@@ -35,6 +34,7 @@ from rnnlab.data.pairs import (
 )
 from rnnlab.data.split import hash_split
 from rnnlab.data.text import sha256_file
+from rnnlab.loading import RunKind, load_run_of
 from rnnlab.metrics.classification import ClassificationReport, classification_report
 from rnnlab.models.classifier import CellName, ClassifierConfig, SequenceClassifier
 from rnnlab.runtime import set_threads
@@ -157,6 +157,7 @@ def evaluate_rows(model: SequenceClassifier, rows: Sequence[Pair], vocab: Symbol
 class ClassifyTask(Task):
     """Length-bucketed row batches; each rank trains on its block of a batch's rows."""
 
+    name = "classify"
     unit = "rows"
     scores = (Score("val_accuracy", "best_accuracy", higher_is_better=True),
               Score("val_loss", "best_val_loss"))  # fmt: skip
@@ -231,55 +232,38 @@ def train_classifier(
                                      val_data=str(Path(config.val_data).resolve())
                                      if config.val_data else "")  # fmt: skip
     else:
-        path = resolve_checkpoint(resume, "latest")
-        ckpt = load_checkpoint(path)
-        saved = from_mapping(ClassifyTrainConfig, ckpt.config.get("train"),
-                             str(path / "config.json"))  # fmt: skip
-        config, notes = resumed_config(saved, dict(changes or {}))
+        ckpt = load_run_of([KIND], resume, "latest", need_trainer=True)
+        config, notes = resumed_config(ckpt.train_config, dict(changes or {}))
         for note in notes:
             emit({"kind": "note", "text": f"resume changes {note}"})
-        run_dir = path.parent
-        resume_from = Resume(path, ckpt.model, ckpt.trainer_tensors, ckpt.trainer)
+        run_dir = ckpt.run_dir
+        resume_from = Resume(ckpt.path, ckpt.model.state_dict(), ckpt.trainer_tensors,
+                             ckpt.trainer)  # fmt: skip
     set_threads(config.threads)
     launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
     device = rank_device(config.device, launch)
     data = load_labeled(config)
     config.model_config(len(data.vocab), len(data.labels))  # refuse a bad model up front
-    if resume is not None and ckpt.config.get("data", {}).get("data_sha256") != data.record[
-            "data_sha256"]:  # fmt: skip
+    if resume is not None and ckpt.record.get("data_sha256") != data.record["data_sha256"]:
         raise DataError(f"{config.data}: not the file the run was trained on")
     with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
         dp.open_run_directory(run_dir, resume is None, own)  # rank 0 creates and locks it
         return fit(ClassifyTask(config, data, dp), run_dir.resolve(), dp, stop, emit, resume_from)
 
 
-@dataclass
-class LoadedClassifier:
-    model: SequenceClassifier
-    vocab: Symbols
-    labels: Symbols
-    config: ClassifyTrainConfig
-    path: Path
+# -- its run directories --------------------------------------------------------------------------
 
 
-def load_classifier(path: str | Path, which: Literal["best", "latest"] = "best",
-                    device: str = "cpu") -> LoadedClassifier:  # fmt: skip
-    """A trained classifier from a run or checkpoint directory (verified; never unpickled)."""
-    ckpt_path = resolve_checkpoint(path, which)
-    ckpt = load_checkpoint(ckpt_path, map_location=device)
-    where = str(ckpt_path / "config.json")
-    if "model" not in ckpt.config or "train" not in ckpt.config:
-        raise CheckpointError(f"{where}: not a classifier run (no model/train config)")
-    model_config = from_mapping(ClassifierConfig, ckpt.config["model"], where)
-    train_config = from_mapping(ClassifyTrainConfig, ckpt.config["train"], where)
-    vocab = Symbols.from_json(ckpt.vocab.get("text"), f"{ckpt_path}/vocab.json: text")
-    labels = Symbols.from_json(ckpt.vocab.get("labels"), f"{ckpt_path}/vocab.json: labels")
-    if (len(vocab), len(labels)) != (model_config.vocab_size, model_config.num_classes):
-        raise CheckpointError(f"{ckpt_path}/vocab.json: sizes do not match the model config")
-    model = SequenceClassifier(model_config)
-    try:
-        model.load_state_dict(ckpt.model)
-    except RuntimeError as e:
-        msg = " ".join(str(e).split())[:200]
-        raise CheckpointError(f"{ckpt_path}/model.safetensors: does not fit ({msg})") from None
-    return LoadedClassifier(model.to(device).eval(), vocab, labels, train_config, ckpt_path)
+def _vocabs(data: Any, source: str) -> dict[str, Symbols]:
+    return {"vocab": Symbols.from_json(data.get("text"), f"{source}: text"),
+            "labels": Symbols.from_json(data.get("labels"), f"{source}: labels")}  # fmt: skip
+
+
+KIND = RunKind(
+    name="classify",
+    train_config=ClassifyTrainConfig,
+    model_config=lambda data, source: from_mapping(ClassifierConfig, data, source),
+    build=SequenceClassifier,
+    vocabs=_vocabs,
+    sizes=lambda c: {"vocab": c.vocab_size, "labels": c.num_classes},
+)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from rnnlab.checkpoint import CheckpointError
 from rnnlab.data.errors import DataError
 from rnnlab.data.pairs import (
     SOURCE_SPECIALS,
@@ -42,6 +42,7 @@ from rnnlab.data.pairs import (
 )
 from rnnlab.data.split import hash_split
 from rnnlab.data.text import sha256_file
+from rnnlab.loading import LoadedRun, RunKind, load_run_of
 from rnnlab.metrics.edit_distance import ErrorRates, error_rates
 from rnnlab.models.seq2seq import (
     BOS,
@@ -277,6 +278,7 @@ def decode_sources(
 class Seq2SeqTask(Task):
     """Length-bucketed pair batches; each rank trains on its block of a batch's pairs."""
 
+    name = "seq2seq"
     unit = "tokens"
     scores = (Score("val_wer", "best_wer"), Score("val_loss", "best_val_loss"))
 
@@ -365,15 +367,13 @@ def train_seq2seq(
         config = dataclasses.replace(config, pairs=_absolute(config.pairs),
                                      val_pairs=_absolute(config.val_pairs))  # fmt: skip
     else:
-        path = resolve_checkpoint(resume, "latest")
-        ckpt = load_checkpoint(path)
-        saved = from_mapping(Seq2SeqTrainConfig, ckpt.config.get("train"),
-                             str(path / "config.json"))  # fmt: skip
-        config, notes = resumed_config(saved, dict(changes or {}))
+        ckpt = load_run_of([KIND], resume, "latest", need_trainer=True)
+        config, notes = resumed_config(ckpt.train_config, dict(changes or {}))
         for note in notes:
             emit({"kind": "note", "text": f"resume changes {note}"})
-        run_dir = path.parent
-        resume_from = Resume(path, ckpt.model, ckpt.trainer_tensors, ckpt.trainer)
+        run_dir = ckpt.run_dir
+        resume_from = Resume(ckpt.path, ckpt.model.state_dict(), ckpt.trainer_tensors,
+                             ckpt.trainer)  # fmt: skip
     set_threads(config.threads)
     launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
     device = rank_device(config.device, launch)
@@ -390,10 +390,8 @@ def _absolute(path: str) -> str:
     return str(Path(path).resolve()) if path else ""
 
 
-def _check_same_data(ckpt: Any, data: TaskData) -> None:
-    source = Symbols.from_json(ckpt.vocab.get("source"), f"{ckpt.path}/vocab.json: source")
-    target = Symbols.from_json(ckpt.vocab.get("target"), f"{ckpt.path}/vocab.json: target")
-    if ckpt.config.get("data") != data.record or source != data.source or target != data.target:
+def _check_same_data(ckpt: LoadedRun, data: TaskData) -> None:
+    if ckpt.record != data.record or ckpt.source != data.source or ckpt.target != data.target:
         raise DataError(
             f"the training data differ from the run's ({ckpt.path}); resume with the same files"
         )
@@ -409,39 +407,19 @@ def _val_subset(val: list[Pair], size: int) -> list[Pair]:
     return [p for p in val if tuple(p.source) in keep]
 
 
-# -- loading a trained run ----------------------------------------------------------------------
+# -- its run directories --------------------------------------------------------------------------
 
 
-@dataclass
-class LoadedSeq2Seq:
-    model: Seq2Seq
-    source: Symbols
-    target: Symbols
-    config: Seq2SeqTrainConfig
-    path: Path
+def _vocabs(data: Any, source: str) -> dict[str, Symbols]:
+    return {name: Symbols.from_json(data.get(name), f"{source}: {name}")
+            for name in ("source", "target")}  # fmt: skip
 
 
-def load_seq2seq(
-    path: str | Path, which: Literal["best", "latest"] = "best", device: str = "cpu"
-) -> LoadedSeq2Seq:
-    """A trained Seq2Seq from a run directory (its ``best/`` or latest checkpoint) or a
-    checkpoint directory; every file checked, nothing unpickled."""
-    ckpt_path = resolve_checkpoint(path, which)
-    ckpt = load_checkpoint(ckpt_path, map_location=device)
-    where = str(ckpt_path / "config.json")
-    if "model" not in ckpt.config or "train" not in ckpt.config:
-        raise CheckpointError(f"{where}: not a seq2seq run (no model/train config)")
-    model_config = from_mapping(Seq2SeqConfig, ckpt.config["model"], where)
-    train_config = from_mapping(Seq2SeqTrainConfig, ckpt.config["train"], where)
-    source = Symbols.from_json(ckpt.vocab.get("source"), f"{ckpt_path}/vocab.json: source")
-    target = Symbols.from_json(ckpt.vocab.get("target"), f"{ckpt_path}/vocab.json: target")
-    if (len(source), len(target)) != (model_config.source_vocab_size,
-                                      model_config.target_vocab_size):  # fmt: skip
-        raise CheckpointError(f"{ckpt_path}/vocab.json: sizes do not match the model config")
-    model = Seq2Seq(model_config)
-    try:
-        model.load_state_dict(ckpt.model)
-    except RuntimeError as e:
-        msg = " ".join(str(e).split())[:200]
-        raise CheckpointError(f"{ckpt_path}/model.safetensors: does not fit ({msg})") from None
-    return LoadedSeq2Seq(model.to(device).eval(), source, target, train_config, ckpt_path)
+KIND = RunKind(
+    name="seq2seq",
+    train_config=Seq2SeqTrainConfig,
+    model_config=lambda data, source: from_mapping(Seq2SeqConfig, data, source),
+    build=Seq2Seq,
+    vocabs=_vocabs,
+    sizes=lambda c: {"source": c.source_vocab_size, "target": c.target_vocab_size},
+)

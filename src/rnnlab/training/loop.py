@@ -98,6 +98,7 @@ class Task(ABC):
     """What one task supplies to ``fit``. Subclasses set the class attributes and implement the
     abstract methods; the others have defaults that fit a task without carried state."""
 
+    name: str  # config.json's "task": which kind of run the loader reads it as
     unit: str = "tokens"  # what throughput counts: f"{unit}_per_s" in records
     scores: tuple[Score, ...] = ()  # compared in order; the first decides, the next break ties
     check_val_divergence: bool = False  # an evaluation whose val_loss > ln(V) + 1 is unhealthy
@@ -201,7 +202,8 @@ def fit(
                    **rank_rng_fields(rngs), "elapsed": speed.elapsed()}  # fmt: skip
         tensors, tree = pack_trainer_state(trainer)
         config_json, vocab_json = task.checkpoint_files(model)
-        path = save_checkpoint(run_dir, step, model=model.state_dict(), config=config_json,
+        path = save_checkpoint(run_dir, step, model=model.state_dict(),
+                               config={"task": task.name, **config_json},
                                vocab=vocab_json, trainer_tensors=tensors, trainer=tree,
                                keep_last=config.keep_last, is_best=is_best)  # fmt: skip
         emit({"kind": "checkpoint", "step": step, "path": str(path), "best": is_best})
