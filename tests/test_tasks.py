@@ -206,3 +206,43 @@ def test_every_shared_flag_is_accepted_by_every_train_command(case, tmp_path):
         assert getattr(args, f.name) == f.default
         help_of = next(g for g in dataclasses.fields(kind) if g.name == f.name).metadata["help"]
         assert help_of == f.metadata["help"]  # the same help in every command
+
+
+@pytest.mark.parametrize("case", TASKS[1:], ids=IDS[1:])
+def test_char_lm_commands_name_the_task_of_another_run(case, tmp_path, capsys):
+    from rnnlab.cli import main
+
+    case.train(config(case, tmp_path, max_steps=3))
+    (tmp_path / "t.txt").write_text("some text\n")
+    run, text = str(tmp_path / "run"), str(tmp_path / "t.txt")
+    for argv in (["export", run], ["sample", run], ["eval", run],
+                 ["cells", run, "--text", text], ["gradients", run]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "char-LM runs" in err and case.command[0] in err, err
+
+
+@pytest.mark.parametrize("case", TASKS, ids=IDS)
+def test_a_run_written_before_config_json_named_its_task_still_loads(case, tmp_path):
+    import hashlib
+
+    from rnnlab.runs import load_run
+
+    case.train(config(case, tmp_path, max_steps=3))
+    for ckpt in (tmp_path / "run" / "best", tmp_path / "run" / "step-3"):
+        data = json.loads((ckpt / "config.json").read_text())
+        if ckpt.name == "best" or "task" not in data:
+            data.pop("task", None)  # best/ may share its files with step-3/ (hard links)
+        else:
+            assert data.pop("task") == case.name
+        raw = json.dumps(data).encode()
+        (ckpt / "config.json").unlink()
+        (ckpt / "config.json").write_bytes(raw)
+        manifest = json.loads((ckpt / "manifest.json").read_text())
+        manifest["files"]["config.json"] = {"sha256": hashlib.sha256(raw).hexdigest(),
+                                            "size": len(raw)}  # fmt: skip
+        (ckpt / "manifest.json").unlink()
+        (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    assert load_run(tmp_path / "run", tasks=(case.name,)).kind == case.name
+    resumed = case.train(resume=tmp_path / "run", changes={"max_steps": 4})
+    assert resumed.step == 4
