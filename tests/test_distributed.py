@@ -146,6 +146,12 @@ def test_a_batch_the_world_size_does_not_divide_is_refused():
     assert check_divisible(8, 2) == 4
     with pytest.raises(ConfigError, match=r"batch_size: expected a multiple of the 3 processes"):
         check_divisible(8, 3)
+    # On resume the batch is the run's: the answer is the process counts that fit it, not a
+    # --batch-size the resume would refuse.
+    with pytest.raises(
+        ConfigError, match=r"world_size: .*divides the run's batch_size 6.*1, 2, 3, 6"
+    ):
+        check_divisible(6, 4, resuming=True)
 
 
 def test_launch_from_torchruns_environment():

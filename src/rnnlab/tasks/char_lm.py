@@ -263,7 +263,7 @@ def _train(
 ) -> FitResult:
     set_threads(config.threads)
     launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
-    check_divisible(config.batch_size, launch.world_size)
+    check_divisible(config.batch_size, launch.world_size, resuming=ckpt is not None)
     device = rank_device(config.device, launch)
     if ckpt is None:
         corpus = prepare_corpus(config.input, byte_level=config.byte_level, errors=config.errors,

@@ -166,15 +166,27 @@ def shard_rows(total: int, world_size: int, rank: int) -> slice:
     return slice(rank * total // world_size, (rank + 1) * total // world_size)
 
 
-def check_divisible(batch_size: int, world_size: int, name: str = "batch_size") -> int:
+def check_divisible(
+    batch_size: int, world_size: int, name: str = "batch_size", *, resuming: bool = False
+) -> int:
     """Rows per rank of a global batch; ConfigError when W does not divide it (the global batch
-    is the user's setting and every rank must take an equal share)."""
+    is the user's setting and every rank must take an equal share). On resume the batch is the
+    run's and cannot change, so the error names the process counts that fit it instead."""
     if batch_size % world_size:
+        fits = [w for w in range(1, batch_size + 1) if batch_size % w == 0]
+        counts = ", ".join(map(str, fits[:16])) + (", ..." if len(fits) > 16 else "")
+        if resuming:
+            raise ConfigError(
+                "world_size",
+                f"a process count that divides the run's {name} {batch_size} (a resumed run "
+                f"keeps it): torchrun --nproc-per-node one of {counts}",
+                world_size,
+            )
         lower, upper = batch_size - batch_size % world_size, batch_size + (-batch_size) % world_size
         raise ConfigError(
             name,
             f"a multiple of the {world_size} processes (each trains {name} / {world_size} rows; "
-            f"e.g. {lower or upper} or {upper})",
+            f"e.g. {lower or upper} or {upper}), or run on {counts} processes",
             batch_size,
         )
     return batch_size // world_size
