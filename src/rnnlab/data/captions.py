@@ -31,8 +31,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -40,6 +40,7 @@ import numpy as np
 
 from rnnlab.data.errors import DataError
 from rnnlab.data.images import inside_folder, load_image
+from rnnlab.data.vocab import Vocab
 
 __all__ = [
     "CaptionDataset",
@@ -185,60 +186,48 @@ def _reason(e: BaseException) -> str:
 # -- vocabulary ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CaptionVocab:
-    """Words <-> ids: ``words[i]`` is the word of id ``i``; ids 0-3 are ``SPECIALS``."""
+@dataclass(frozen=True, eq=False)
+class CaptionVocab(Vocab):
+    """A ``Vocab`` of kind ``"words"`` whose ids 0-3 are ``SPECIALS``: ``words[i]`` is the word of
+    id ``i``. The name captioning has used; new code can say ``Vocab``. Unlike ``Vocab`` it maps
+    an unseen word to ``<unk>`` by default (``encode``).
 
-    words: tuple[str, ...]
+    Raises DataError as ``Vocab`` does, for any kind but ``"words"``, and when the first four
+    tokens are not ``SPECIALS``.
+    """
+
+    num_specials: int = len(SPECIALS)
+    _: KW_ONLY
+    kind: str = "words"
 
     def __post_init__(self) -> None:
-        if tuple(self.words[:4]) != SPECIALS:
-            raise DataError(f"vocabulary: expected {SPECIALS} first, found {self.words[:4]}")
-        if len(set(self.words)) != len(self.words):
-            raise DataError("vocabulary: a word occurs twice")
-        object.__setattr__(self, "_ids", {w: i for i, w in enumerate(self.words)})
+        if self.kind != "words":
+            raise DataError(f"expected a caption word vocabulary, found kind {self.kind!r}")
+        if tuple(self.tokens[:4]) != SPECIALS or self.num_specials != len(SPECIALS):
+            raise DataError(f"vocabulary: expected {SPECIALS} first, found {self.tokens[:4]}")
+        super().__post_init__()
 
     @classmethod
-    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 1) -> CaptionVocab:
-        """Words seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
-        counts = Counter(w for caption in captions for w in caption)
-        kept = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
-                      key=lambda w: (-counts[w], w))  # fmt: skip
-        return cls(SPECIALS + tuple(kept))
+    def build(  # type: ignore[override]
+        cls, captions: Iterable[Sequence[str]], min_count: int = 1
+    ) -> CaptionVocab:
+        """Words seen at least ``min_count`` times, most frequent first (ties alphabetical),
+        with their counts. Raises ValueError for a ``min_count`` below 1."""
+        order = "frequency"
+        vocab = super().build(captions, SPECIALS, kind="words", order=order, min_count=min_count)
+        return vocab  # type: ignore[return-value]
 
-    def __len__(self) -> int:
-        return len(self.words)
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The tokens, specials first, as a tuple."""
+        return tuple(self.tokens)
 
-    def encode(self, tokens: Sequence[str]) -> list[int]:
-        """Word ids; a word outside the vocabulary becomes ``<unk>``."""
-        ids: dict[str, int] = self._ids  # type: ignore[attr-defined]
-        return [ids.get(w, UNK) for w in tokens]
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        """Words up to the first ``<end>``; ``<start>`` and ``<pad>`` dropped."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == END:
-                break
-            if i not in (PAD, START):
-                out.append(self.words[i])
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": "words", "words": list(self.words)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], source: str = "vocab.json") -> CaptionVocab:
-        words = data.get("words") if isinstance(data, Mapping) else None
-        if data.get("kind") != "words" or not isinstance(words, list):
-            raise DataError(f"{source}: expected a caption word vocabulary")
-        if not all(isinstance(w, str) and w for w in words):
-            raise DataError(f"{source}: words: expected non-empty strings")
-        try:
-            return cls(tuple(words))
-        except DataError as e:
-            raise DataError(f"{source}: {e}") from None
+    def encode(  # type: ignore[override]
+        self, seq: Sequence[str], unknown: str = "replace", where: str = ""
+    ) -> list[int]:
+        """Word ids; a word outside the vocabulary becomes ``<unk>`` unless ``unknown`` says
+        ``"error"`` (DataError naming ``where``) or ``"skip"``."""
+        return super().encode(seq, unknown, where)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

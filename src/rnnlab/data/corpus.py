@@ -224,7 +224,7 @@ class Corpus:
             return np.fromfile(path, dtype=np.uint8)
         pieces, unseen = [], set()
         for text in iter_text(path, errors, chunk_size):
-            ids, known = self.vocab._known(codepoints(text))
+            ids, known = self.vocab.lookup(codepoints(text))
             if not known.all():
                 unseen.update(chr(int(c)) for c in np.unique(codepoints(text)[~known]))
             elif not unseen:
@@ -290,7 +290,7 @@ def _encode(path: Path, out: Path, vocab: Vocab, n: int, errors: str, chunk_size
                 yield chunk
 
         for text in _decode(hashed(), path, errors):
-            ids, known = vocab._known(codepoints(text))
+            ids, known = vocab.lookup(codepoints(text))
             if not known.all() or pos + len(ids) > n:
                 pos = -1
                 break

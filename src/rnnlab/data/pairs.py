@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -32,6 +32,7 @@ from rnnlab.data.text import (
     read_text,
     split_lines,
 )
+from rnnlab.data.vocab import Vocab
 
 Tokenizer = Literal["char", "space"]
 SOURCE_SPECIALS = ("<pad>", "<unk>", "</s>")
@@ -55,75 +56,22 @@ def join_symbols(symbols: Sequence[str], how: Tokenizer) -> str:
     return "".join(symbols) if how == "char" else " ".join(symbols)
 
 
-@dataclass(frozen=True)
-class Symbols:
-    """An ordered symbol list: ``specials`` first (ids 0..n-1), then the symbols seen in
-    training, in order of first appearance (so a vocabulary is reproducible from its data)."""
+@dataclass(frozen=True, eq=False)
+class Symbols(Vocab):
+    """A ``Vocab`` of kind ``"symbols"``: ``specials`` first (ids 0..n-1), then the symbols seen
+    in training in order of first appearance (``Symbols.build``), so a vocabulary is reproducible
+    from its data. The name seq2seq and classify have used; new code can say ``Vocab``.
 
-    tokens: tuple[str, ...]
-    num_specials: int
+    Raises DataError as ``Vocab`` does, and for any kind but ``"symbols"``.
+    """
+
+    _: KW_ONLY
+    kind: str = "symbols"
 
     def __post_init__(self) -> None:
-        if len(set(self.tokens)) != len(self.tokens):
-            raise DataError("vocabulary: duplicate symbols")
-        object.__setattr__(self, "_index", {t: i for i, t in enumerate(self.tokens)})
-
-    @classmethod
-    def build(cls, sequences: Iterable[Sequence[str]], specials: Sequence[str]) -> Symbols:
-        seen = dict.fromkeys(specials)
-        for seq in sequences:
-            for s in seq:
-                seen.setdefault(s, None)
-        return cls(tuple(seen), len(specials))
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __contains__(self, symbol: object) -> bool:
-        return symbol in self._index  # type: ignore[attr-defined]
-
-    def id(self, symbol: str) -> int:
-        return self._index[symbol]  # type: ignore[attr-defined]
-
-    def unseen(self, symbols: Iterable[str]) -> list[str]:
-        """Symbols not in the vocabulary (specials excluded from matching), in order, once."""
-        return list(dict.fromkeys(s for s in symbols if s not in self._index))  # type: ignore
-
-    def encode(self, symbols: Sequence[str], unknown: Literal["error", "replace"] = "error",
-               where: str = "") -> list[int]:  # fmt: skip
-        """Ids of ``symbols``; an unseen one raises DataError (``where`` names the file and
-        line) or, with ``unknown="replace"``, maps to ``<unk>``."""
-        index = self._index  # type: ignore[attr-defined]
-        missing = self.unseen(symbols)
-        if missing and unknown == "error":
-            listed = ", ".join(repr(s) for s in missing[:10])
-            prefix = f"{where}: " if where else ""
-            raise DataError(
-                f"{prefix}symbol(s) not seen in training: {listed}"
-                " (use --unknown replace to map them to <unk>)"
-            )
-        unk = index.get("<unk>", 0)
-        return [index.get(s, unk) for s in symbols]
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        """Symbols of ``ids``, special tokens dropped."""
-        return [self.tokens[i] for i in ids if i >= self.num_specials]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"tokens": list(self.tokens), "num_specials": self.num_specials}
-
-    @classmethod
-    def from_json(cls, data: Any, source: str = "vocab") -> Symbols:
-        ok = (
-            isinstance(data, dict)
-            and isinstance(data.get("tokens"), list)
-            and all(type(t) is str for t in data["tokens"])
-            and type(data.get("num_specials")) is int
-            and 0 <= data["num_specials"] <= len(data["tokens"])
-        )
-        if not ok:
-            raise DataError(f"{source}: expected {{tokens: [str], num_specials: int}}")
-        return cls(tuple(data["tokens"]), data["num_specials"])
+        if self.kind != "symbols":
+            raise DataError(f"expected a symbols vocabulary, found kind {self.kind!r}")
+        super().__post_init__()
 
 
 @dataclass(slots=True)
