@@ -242,19 +242,11 @@ def fit(
         if verdict != "ok" and guard.give_up():  # the aborting step is in the log too
             metrics.write({**record, "verdict": verdict})
             metrics.close()
-            raise TrainingError(
-                f"{guard.in_a_row} {verdict.replace('nonfinite', 'non-finite')} steps in a row "
-                f"at step {step - 1} (rule: loss NaN/inf, or above ln(V)+1 = {guard.limit:.2f} "
-                f"nats after warm-up); the last good checkpoint is {_last_good(run_dir)}; "
-                "lower --lr or --grad-clip"
-            )
+            raise TrainingError(_abort_message(guard, verdict, step, run_dir))
         if step % config.log_every == 0 or step == config.max_steps:
-            per_step = (speed.elapsed() - elapsed) / max(step - steps_at_start, 1)
-            eta = (config.max_steps - step) * per_step
-            if config.max_minutes:  # whichever limit comes first
-                eta = min(eta, max(0.0, 60 * config.max_minutes - speed.elapsed()))
-            emit({"kind": "step", **record, "rate": speed.rate, "eta_s": eta,
-                  "max_steps": config.max_steps})  # fmt: skip
+            seconds_per_step = (speed.elapsed() - elapsed) / max(step - steps_at_start, 1)
+            emit({"kind": "step", **record, "rate": speed.rate, "max_steps": config.max_steps,
+                  "eta_s": _eta(config, step, seconds_per_step, speed.elapsed())})  # fmt: skip
         if config.max_minutes and clock > 60 * config.max_minutes:
             stopped = "max_minutes"
         if dp.stop_now(interrupted, stop.signal is not None):
@@ -263,26 +255,9 @@ def fit(
         save_now = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
         is_best = False
         if due and stopped != "interrupted":
-            found = task.evaluate(model, dp)
-            healthy = False
-            if dp.is_main and found is not None:  # rank 0 decides; every rank acts on it
-                problem = _unhealthy(task, found, guard)
-                healthy = not problem
-                is_best = healthy and (best is None or _better(task, found.metrics, best))
-                if is_best:
-                    best = {s.key: found.metrics[s.key] for s in task.scores}
-                record.update(found.metrics)
-                emit({"kind": "eval", "step": step, **found.metrics, **found.extra,
-                      "best": is_best})  # fmt: skip
-                if not healthy:
-                    emit({"kind": "note", "text": f"step {step}: {problem}; no checkpoint of a "
-                          "diverged model"})  # fmt: skip
-            healthy, is_best, best = dp.from_main((healthy, is_best, best))
+            found, healthy, is_best, best = _evaluate(task, model, dp, guard, best, step, emit)
+            record.update(found)
             evals_since_best = 0 if is_best else evals_since_best + 1
-            if healthy:
-                for event in task.healthy_events(model, step, dp):
-                    emit(event)
-            model.train()
             save_now = save_now or healthy
             if config.patience and evals_since_best >= config.patience:
                 stopped = "early_stop"
@@ -304,6 +279,53 @@ def fit(
 
 
 # -- pieces of the loop ---------------------------------------------------------------------
+
+
+def _evaluate(
+    task: Task,
+    model: nn.Module,
+    dp: DataParallel,
+    guard: StepGuard,
+    best: dict[str, float] | None,
+    step: int,
+    emit: Callable[[Event], None],
+) -> tuple[dict[str, float], bool, bool, dict[str, float] | None]:
+    """Evaluate and judge: (the metrics for the record, healthy, a new best, the best metrics).
+    Rank 0 decides; every rank gets its verdict and acts on it."""
+    found, metrics = task.evaluate(model, dp), {}
+    healthy, is_best = False, False
+    if dp.is_main and found is not None:
+        problem = _unhealthy(task, found, guard)
+        healthy = not problem
+        is_best = healthy and (best is None or _better(task, found.metrics, best))
+        if is_best:
+            best = {s.key: found.metrics[s.key] for s in task.scores}
+        metrics = found.metrics
+        emit({"kind": "eval", "step": step, **found.metrics, **found.extra, "best": is_best})
+        if problem:
+            emit({"kind": "note", "text": f"step {step}: {problem}; no checkpoint of a diverged "
+                  "model"})  # fmt: skip
+    healthy, is_best, best = dp.from_main((healthy, is_best, best))
+    if healthy:
+        for event in task.healthy_events(model, step, dp):
+            emit(event)
+    model.train()
+    return metrics, healthy, is_best, best
+
+
+def _eta(config: RunConfig, step: int, seconds_per_step: float, elapsed: float) -> float:
+    """Seconds left: to max_steps at this session's pace, or to max_minutes if that comes first."""
+    eta = (config.max_steps - step) * seconds_per_step
+    if config.max_minutes:
+        eta = min(eta, max(0.0, 60 * config.max_minutes - elapsed))
+    return eta
+
+
+def _abort_message(guard: StepGuard, verdict: str, step: int, run_dir: Path) -> str:
+    return (f"{guard.in_a_row} {verdict.replace('nonfinite', 'non-finite')} steps in a row at "
+            f"step {step - 1} (rule: loss NaN/inf, or above ln(V)+1 = {guard.limit:.2f} nats "
+            f"after warm-up); the last good checkpoint is {_last_good(run_dir)}; lower --lr or "
+            "--grad-clip")  # fmt: skip
 
 
 def _resumed_state(
