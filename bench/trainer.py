@@ -5,6 +5,8 @@ PyTorch loops a user would write, at sustained throughput, ratios printed.
     .venv/bin/python bench/trainer.py --repeats 3       # median of 3 interleaved runs
     .venv/bin/python bench/trainer.py --quick           # smoke run: smallest size, lstm + mut1
     .venv/bin/python bench/trainer.py --only sample     # the sampling table alone
+    PYTHONPATH=/tmp/old/src .venv/bin/python bench/trainer.py --only sample --sample-run /tmp/r
+                                                        # another tree's sampling, on one model
 
 Training. rnnlab is timed through ``rnnlab.training.train`` (the function behind
 ``rnnlab train``; the CLI adds only argument parsing) with the defaults a user gets (Adam, cosine
@@ -257,7 +259,7 @@ def main() -> int:
     p.add_argument("--no-sample", action="store_true", help="skip the sampling table")
     p.add_argument("--only", choices=("train", "sample"), help="run one table only")
     p.add_argument("--sample-run", type=Path, help="sampling table: this run directory (trained "
-                   "there first if it holds none), e.g. to time two source trees on one model")
+                   "there first if empty), e.g. to time two source trees on one model")  # fmt: skip
     p.add_argument("--data", type=Path, default=DATA)
     for name in ("hidden", "layers", "batch", "seq", "streams", "length", "warmup"):
         p.add_argument(f"--{name}", type=int, default=3 if name == "warmup" else 1,

@@ -191,7 +191,7 @@ def decode(
     with _eval_mode(model):
         logits, state = _run_prime(model, ids, prime_chunk)  # (1, V)
         step, reorder = step_protocol(model, config.weights)
-        first = logits.double().log_softmax(dim=-1)  # (1, V)
+        first = torch.log_softmax(logits, dim=-1, dtype=torch.float64)  # (1, V)
         if config.beam:
             (found,) = decoding.beam_search(step, reorder, state, None, first=first,
                                             beam=config.beam, max_length=length,
@@ -261,7 +261,7 @@ def step_protocol(
     def log_step(ids: Tensor, state: State) -> tuple[Tensor, State]:
         logits, state = step(ids, state)  # (B, V)
         # float64: the sampling probabilities are then the logits' own softmax to ~1e-16
-        return logits.double().log_softmax(dim=-1), state
+        return torch.log_softmax(logits, dim=-1, dtype=torch.float64), state
 
     reorder = getattr(model, "reorder", None)
     if not callable(reorder):
