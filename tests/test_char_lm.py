@@ -188,3 +188,23 @@ def test_double_backward_through_the_folded_embedding(cell):
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert grads[0][2].abs().sum() > 0  # weight_hh_l0 gets a second-order term
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_reorder_gathers_streams_and_they_continue_as_their_sources(cell):
+    """CharLM.reorder (the decoding protocol's): rows of the state (L, B, H) follow the index,
+    and a reordered stream continues exactly as the stream it was taken from."""
+    torch.manual_seed(0)
+    model = CharLM(CharLMConfig(vocab_size=7, cell=cell, hidden_size=8, num_layers=2)).eval()
+    idx = torch.randint(0, 7, (3, 5))
+    with torch.no_grad():
+        _, state = model(idx)
+        picked = CharLM.reorder(state, torch.tensor([2, 0, 2]))
+        parts = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
+        for got, full in zip(parts(picked), parts(state), strict=True):
+            assert torch.equal(got, full[:, [2, 0, 2]])
+        nxt = torch.tensor([4, 1, 4])
+        together, _ = model.step(nxt, picked)  # (3, V)
+        alone, _ = model.step(nxt[:1], CharLM.reorder(state, torch.tensor([2])))
+    torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together[0], together[2])
