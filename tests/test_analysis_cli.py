@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from rnnlab.analysis import cli as analysis_cli
+from rnnlab.cli import analysis_cmd as analysis_cli
 from rnnlab.viewer import ViewerServer
 
 SHAKESPEARE = "/work/shared/data/tinyshakespeare.txt"
@@ -133,7 +133,7 @@ def test_commands_are_registered_in_rnnlab():
     parser = build_parser()
     for command in ("cells", "gradients", "view"):
         args = parser.parse_args(_minimal(command))
-        assert args.run.__module__ == "rnnlab.analysis.cli"
+        assert args.run.__module__ == "rnnlab.cli.analysis_cmd"
 
 
 def _minimal(command: str) -> list[str]:

@@ -111,5 +111,5 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name in COMMANDS:
         importlib.import_module(f"rnnlab.cli.{name}_cmd").register(sub)
-    importlib.import_module("rnnlab.analysis.cli").register(sub)  # cells, gradients, view
+    importlib.import_module("rnnlab.cli.analysis_cmd").register(sub)  # cells, gradients, view
     return parser
