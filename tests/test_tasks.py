@@ -246,3 +246,39 @@ def test_a_run_written_before_config_json_named_its_task_still_loads(case, tmp_p
     assert load_run(tmp_path / "run", tasks=(case.name,)).kind == case.name
     resumed = case.train(resume=tmp_path / "run", changes={"max_steps": 4})
     assert resumed.step == 4
+
+
+@pytest.mark.parametrize(
+    "case,argv",
+    [(TASKS[1], ["seq2seq", "eval", "RUN", "--split", "val"]),
+     (TASKS[2], ["classify", "eval", "RUN", "DATA/rows.tsv"])],
+    ids=["seq2seq", "classify"],
+)  # fmt: skip
+def test_eval_of_a_model_whose_logits_overflow_is_one_line_and_exit_2(case, argv, tmp_path, capsys):
+    """Finite weights, infinite logits: every scoring command refuses as `rnnlab eval` does,
+    instead of printing a NaN loss."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from rnnlab.cli import main
+
+    case.train(config(case, tmp_path, max_steps=3))
+    for ckpt in (tmp_path / "run" / "best", tmp_path / "run" / "step-3"):
+        file = ckpt / "model.safetensors"
+        tensors = load_file(file)
+        tensors["output.weight"] = tensors["output.weight"].sign() * 3e38
+        file.unlink()  # best/ may share the file with step-3/ (a hard link)
+        save_file(tensors, file)
+        raw = file.read_bytes()
+        manifest = json.loads((ckpt / "manifest.json").read_text())
+        manifest["files"]["model.safetensors"] = {"sha256": hashlib.sha256(raw).hexdigest(),
+                                                  "size": len(raw)}  # fmt: skip
+        (ckpt / "manifest.json").unlink()
+        (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    args = [a.replace("RUN", str(tmp_path / "run")).replace("DATA", str(tmp_path / "data"))
+            for a in argv]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # the score's check, or the decoder's, whichever comes first
+    assert "expected finite scores" in err or "non-finite logits" in err, err

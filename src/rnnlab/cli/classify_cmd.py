@@ -64,6 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from rnnlab.data.pairs import check_known, read_labeled
+    from rnnlab.evaluate import require_finite
     from rnnlab.metrics.classification import format_confusion
     from rnnlab.runs import load_run
     from rnnlab.runtime import resolve_device
@@ -77,6 +78,7 @@ def run_eval(args: argparse.Namespace) -> int:
     check_known(rows, run.vocab, run.labels, args.file, "label")
     result = evaluate_rows(run.model, rows, run.vocab, run.labels, device=device)
     report = result.report
+    require_finite({"loss": result.loss}, f"{args.run_dir} on {args.file}")
     print(f"{args.file}: accuracy {100 * report.accuracy:.2f}%  macro-F1 "
           f"{100 * report.macro_f1:.2f}%  over {report.examples} rows, loss "
           f"{result.loss:.4f} nats")  # fmt: skip

@@ -80,6 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from rnnlab.data.pairs import check_known, read_pairs
+    from rnnlab.evaluate import require_finite
     from rnnlab.models.seq2seq import DecodeConfig
     from rnnlab.runs import load_run
     from rnnlab.runtime import resolve_device
@@ -108,6 +109,7 @@ def run_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = evaluate_pairs(run.model, pairs, run.source, run.target, decode, device=device)
     rates = result.rates
+    require_finite({"loss": result.loss}, f"{args.run_dir} on {where}")
     if args.output:
         _write_outputs(Path(args.output), result, config)
     print(f"{where}: WER {100 * rates.wer:.2f}%  PER {100 * rates.per:.2f}%  over {rates.words} "
