@@ -282,3 +282,21 @@ def test_eval_of_a_model_whose_logits_overflow_is_one_line_and_exit_2(case, argv
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err  # the score's check, or the decoder's, whichever comes first
     assert "expected finite scores" in err or "non-finite logits" in err, err
+
+
+def test_the_run_directory_files_are_never_written_through_a_link(tmp_path):
+    """metrics.jsonl is appended to and loss.png replaced inside the run directory: a symbolic
+    link planted there (a run directory may come from someone else) is refused, and its target
+    is left as it was."""
+    from rnnlab.train import train
+
+    case = TASKS[0]
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n")
+    for name in ("metrics.jsonl", "loss.png"):
+        run = tmp_path / f"run-{name}"
+        run.mkdir()
+        (run / name).symlink_to(outside)
+        with pytest.raises(ValueError, match="link"):  # rnnlab.io.UnsafePathError
+            train(config(case, tmp_path, run.name, max_steps=3))
+        assert outside.read_text() == "keep me\n"

@@ -34,6 +34,7 @@ from rnnlab.data.captions import (
     read_features,
 )
 from rnnlab.data.images import open_rgb
+from rnnlab.io import write_inside
 from rnnlab.loading import LoadedRun
 from rnnlab.metrics.captioning import CaptionScores, bleu, score_captions
 from rnnlab.models.captioner import attention_maps, generate_captions
@@ -254,8 +255,8 @@ def _attention_html(path: Path, words: Sequence[str], alpha: np.ndarray) -> str:
 
 
 def write_report(path: str | Path, text: str) -> Path:
-    """Write the report (parent folders created); returns its path."""
+    """Write the report (parent folders created) atomically into its folder, never through a
+    symbolic link (``rnnlab.io.write_inside``); returns its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_inside(path.parent, path.name, text)

@@ -199,7 +199,7 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -247,7 +247,9 @@ class MetricsLog:
             self.history = read_metrics(self.path) if resume_step is not None else []
             self.history = [r for r in self.history if r["step"] <= (resume_step or 0)]
             write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            # Appended to, never through a symbolic link (a run directory may come from anyone).
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
         self._pending: list[str] = []
         self._flush_seconds = flush_seconds
         self._flushed_at = time.monotonic()
@@ -374,7 +376,10 @@ def unpack_trainer_state(
     for presence and type (ints for counters, floats for losses, dicts for optimizer state)."""
     if "state" not in trainer:
         raise CheckpointError(f"{source}: state: expected the trainer state, found nothing")
-    state = unflatten_state(dict(tensors), trainer["state"])
+    try:
+        state = unflatten_state(dict(tensors), trainer["state"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: state: expected an object, found {type(state).__name__}")
     for name, kind in schema.items():

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rnnlab.io import write_inside
 from rnnlab.viewer.server import static_file
 
 
@@ -59,5 +60,4 @@ def render_html(payload: dict[str, Any]) -> str:
 def write_html(payload: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(payload), encoding="utf-8")
-    return path
+    return write_inside(path.parent, path.name, render_html(payload))  # never through a link
