@@ -300,3 +300,24 @@ def test_the_run_directory_files_are_never_written_through_a_link(tmp_path):
         with pytest.raises(ValueError, match="link"):  # rnnlab.io.UnsafePathError
             train(config(case, tmp_path, run.name, max_steps=3))
         assert outside.read_text() == "keep me\n"
+
+
+def test_a_non_finite_step_stays_in_metrics_jsonl_across_a_resume(tmp_path, monkeypatch):
+    """The log keeps a skipped step's NaN as NaN; reading the log back on resume (and in every
+    reader) must not count that line as damaged and drop it."""
+    import rnnlab.training.loop as loop
+    from rnnlab.training.tools import read_metrics
+
+    case, real, calls = TASKS[0], loop.clip_gradients, []
+
+    def nan_at_step_two(*args: Any, **kwargs: Any) -> float:
+        calls.append(1)
+        return math.nan if len(calls) == 2 else real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "clip_gradients", nan_at_step_two)
+    case.train(config(case, tmp_path, max_steps=3))
+    monkeypatch.setattr(loop, "clip_gradients", real)
+    case.train(resume=tmp_path / "run", changes={"max_steps": 4})
+    steps = read_metrics(tmp_path / "run" / "metrics.jsonl", damaged="error")
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert math.isnan(steps[1]["grad_norm"]) and steps[1]["nonfinite_skips"] == 1

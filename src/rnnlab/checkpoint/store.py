@@ -388,11 +388,12 @@ def _parse_int(text: str) -> int | _Refused:
     return int(text)
 
 
-def parse_json(data: bytes | str, source: str) -> Any:
+def parse_json(data: bytes | str, source: str, *, nonfinite: bool = False) -> Any:
     """Strict JSON, the one reader of every JSON file in a run directory: UTF-8, no NaN or
-    Infinity, no number that overflows a float (``1e999``), no integer longer than
-    MAX_INT_DIGITS, no key twice in one object (which value wins differs between parsers).
-    Every refusal is a CheckpointError "source: key: expected ..., found ..."."""
+    Infinity (unless ``nonfinite``: metrics.jsonl keeps a non-finite loss as NaN, by design),
+    no number that overflows a float (``1e999``), no integer longer than MAX_INT_DIGITS, no key
+    twice in one object (which value wins differs between parsers). Every refusal is a
+    CheckpointError "source: key: expected ..., found ..."."""
 
     def check(value: Any, key: str) -> None:
         stack = [value]
@@ -417,7 +418,7 @@ def parse_json(data: bytes | str, source: str) -> Any:
         value = json.loads(
             text,
             object_pairs_hook=pairs,
-            parse_constant=_refuse_constant,
+            parse_constant=float if nonfinite else _refuse_constant,
             parse_float=_parse_float,
             parse_int=_parse_int,
         )

@@ -285,8 +285,9 @@ class MetricsLog:
 
 def read_metrics(path: Path, *, damaged: str = "drop") -> list[dict[str, Any]]:
     """Records of a metrics log, each line read by the strict JSON reader
-    (``rnnlab.checkpoint.store.parse_json``) and required to be an object with an integer
-    ``step``. A torn last line (what a kill leaves: no newline, not JSON) is always dropped with a
+    (``rnnlab.checkpoint.store.parse_json``; NaN and Infinity allowed: the log keeps a
+    non-finite loss as it was) and required to be an object with an integer ``step``. A torn
+    last line (what a kill leaves: no newline, not JSON) is always dropped with a
     warning. Any other bad line is dropped with a warning naming the file and its line numbers
     (``damaged="drop"``: resume, where a damaged log never blocks the run) or raised as a
     CheckpointError "file: line N: expected ..., found ..." (``damaged="error"``: the readers
@@ -308,7 +309,7 @@ def read_metrics(path: Path, *, damaged: str = "drop") -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = parse_json(line, f"{path}: line {number}")
+            record = parse_json(line, f"{path}: line {number}", nonfinite=True)
             if not isinstance(record, dict) or type(record.get("step")) is not int:
                 found = (
                     "an object without an integer step"
