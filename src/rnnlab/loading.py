@@ -56,18 +56,18 @@ _SAFETENSORS_DTYPES = {
 
 @dataclass(frozen=True)
 class RunKind:
-    """What one task's run directories hold, for the loader.
+    """What one task's run directories hold, for the loader: config.json's "task" (``name``), the
+    types of its train and model configs (read with the one validator, or by ``read_model``
+    where a model config needs more checks), the model class, ``vocabs(data, source)`` reading
+    vocab.json into named vocabularies, and ``sizes(model_config)``, the size each must have."""
 
-    ``model_config(data, source)`` reads config.json's "model" (ConfigError naming ``source``
-    and the field); ``vocabs(data, source)`` reads vocab.json into named vocabularies;
-    ``sizes(model_config)`` gives the size each vocabulary must have."""
-
-    name: str  # char_lm | seq2seq | classify | caption (config.json's "task")
+    name: str  # char_lm | seq2seq | classify | caption
     train_config: type
-    model_config: Callable[[Any, str], Any]
+    model_config: type
     build: Callable[[Any], nn.Module]
     vocabs: Callable[[Any, str], dict[str, Any]]
     sizes: Callable[[Any], dict[str, int]]
+    read_model: Callable[[Any, str], Any] | None = None  # default: from_mapping(model_config)
     record_key: str = "data"  # config.json's record of the training data ("corpus": char-LM)
     train_required: bool = True  # a run of this kind always stores its train config
 
@@ -203,7 +203,8 @@ def _check_parts(
     config = parts["config.json"]
     if not isinstance(config.get("model"), dict):
         raise ConfigError("model", "an object (the model's config)", config.get("model"), source)
-    model_config = kind.model_config(config["model"], f"{source} (model)")
+    read = kind.read_model or (lambda data, where: from_mapping(kind.model_config, data, where))
+    model_config = read(config["model"], f"{source} (model)")
     train_config = None
     if "train" in config or need_trainer or kind.train_required:
         if not isinstance(config.get("train"), dict):

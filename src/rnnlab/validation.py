@@ -54,14 +54,6 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def retuned(base: type, name: str, default: Any) -> Any:
-    """Field ``name`` of the config dataclass ``base`` with another default: a task tunes a shared
-    setting's default (its learning rate, say) while its help, range and resume rule stay the
-    shared ones."""
-    f = next(f for f in dataclasses.fields(base) if f.name == name)
-    return dataclasses.field(default=default, metadata=f.metadata)
-
-
 def choices(cls: type, name: str) -> tuple[Any, ...] | None:
     """The ``Literal`` choices of field ``name`` of ``cls``, or None."""
     kind, _ = _kind(typing.get_type_hints(cls)[name])

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -81,6 +81,23 @@ class Pair:
     source: list[str]
     target: list[str]
     line: int
+
+
+@dataclass
+class PairData:
+    """A task's training and validation pairs with the vocabularies built from training:
+    seq2seq's source -> target symbols, classify's text -> label. ``record`` says what the data
+    was (file, sha256) and is stored with checkpoints."""
+
+    train: list[Pair]
+    val: list[Pair]
+    source: Symbols
+    target: Symbols
+    record: dict[str, Any]
+
+    def sizes(self, noun: str) -> str:
+        """``1,200 training / 60 validation pairs``."""
+        return f"{len(self.train):,} training / {len(self.val):,} validation {noun}"
 
 
 def read_rows(path: str | os.PathLike[str], *, header: bool = False) -> list[tuple[str, str, int]]:
@@ -221,6 +238,15 @@ def length_batches(
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     shuffle = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffle]
+
+
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int
+) -> list[list[int]]:
+    """``length_batches`` of one epoch: a function of (``seed``, ``epoch``) only, so the data
+    cursor of a checkpoint is just the batch index and a resumed run walks the same batches."""
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return length_batches(lengths, batch_size, generator)
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad: int = 0) -> tuple[Tensor, Tensor]:

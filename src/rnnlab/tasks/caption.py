@@ -16,8 +16,6 @@ neuraltalk2 selects by its language score). The step, guard, stop rules and chec
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,15 +38,14 @@ from rnnlab.data.captions import (
 )
 from rnnlab.data.errors import DataError
 from rnnlab.data.text import sha256_file
-from rnnlab.loading import RunKind, load_run_of
+from rnnlab.loading import RunKind
 from rnnlab.metrics.captioning import score_captions
 from rnnlab.models.captioner import Captioner, CaptionerConfig, caption_loss, generate_captions
-from rnnlab.runtime import set_threads
-from rnnlab.training.config import BIG, Cell, RunConfig, resumed_config
-from rnnlab.training.distributed import DataParallel, launch_from_env, main_reports, rank_device
-from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
-from rnnlab.training.tools import GracefulStop
-from rnnlab.validation import ConfigError, retuned, setting
+from rnnlab.training.config import BIG, Cell, RunConfig, retune
+from rnnlab.training.distributed import DataParallel
+from rnnlab.training.loop import Evaluation, FitResult, Score, Task
+from rnnlab.training.session import Changes, OnEvent, RunPath, begin, run_task, start_process
+from rnnlab.validation import ConfigError, setting
 
 MODEL_FIELDS = ("cell", "embedding_size", "hidden_size", "num_layers", "dropout", "conditioning",
                 "attention", "image_size", "cnn_channels", "cnn_blocks", "feature_size",
@@ -56,6 +53,7 @@ MODEL_FIELDS = ("cell", "embedding_size", "hidden_size", "num_layers", "dropout"
 
 
 @dataclass
+@retune(lr=2e-3, warmup_steps=100, min_lr_frac=0.05, lr_decay=0.8, eval_every=250, seed=1)
 class CaptionTrainConfig(RunConfig):
     """Every setting of a captioning run; CLI flags are these names in kebab-case."""
 
@@ -86,13 +84,6 @@ class CaptionTrainConfig(RunConfig):
                               high=65536)  # fmt: skip
     eval_images: int = setting(0, "val images captioned per validation (0: all)", low=0,
                                high=BIG, resume="free")  # fmt: skip
-    # shared settings this task tunes
-    lr: float = retuned(RunConfig, "lr", 2e-3)
-    warmup_steps: int = retuned(RunConfig, "warmup_steps", 100)
-    min_lr_frac: float = retuned(RunConfig, "min_lr_frac", 0.05)
-    lr_decay: float = retuned(RunConfig, "lr_decay", 0.8)
-    eval_every: int = retuned(RunConfig, "eval_every", 250)
-    seed: int = retuned(RunConfig, "seed", 1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -227,50 +218,29 @@ class CaptionTask(Task):
         return Evaluation(validate(model, self.vocab, self.val_images, self.val_inputs,  # type: ignore[arg-type]
                                    self.val_caps, self.config, dp.device))  # fmt: skip
 
-    def checkpoint_files(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-        return ({"model": self.model.config.to_dict(), "train": self.record["train"],
-                 "data": self.record["data"]}, self.vocab.to_json())  # fmt: skip
+    def checkpoint_files(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.record, self.vocab.to_json()  # the stored train config and the data record
 
     def start_fields(self) -> dict[str, Any]:
         captions = len(self.train_caps.ids)
-        return {"data": f"vocab {len(self.vocab)}, {captions:,} training captions",
-                "vocab_size": len(self.vocab), "train_captions": captions,
-                "val_images": len(self.val_images)}  # fmt: skip
+        return {"data": f"vocab {len(self.vocab)}, {captions:,} training captions"}
 
 
-def train_captioner(
-    config: CaptionTrainConfig | None = None,
-    *,
-    resume: str | Path | None = None,
-    changes: Mapping[str, Any] | None = None,
-    on_event: Callable[[Event], None] | None = None,
-) -> FitResult:
+def train_captioner(config: CaptionTrainConfig | None = None, *, resume: RunPath = None,
+                    changes: Changes = None, on_event: OnEvent = None) -> FitResult:  # fmt: skip
     """Train a Captioner per ``config``, or resume the run directory ``resume`` with ``changes``
-    (the resume rules of ``rnnlab.training.config``). Events and signals as in
+    (``rnnlab.training.session.begin``). Events and signals as in
     ``rnnlab.training.loop.fit``."""
-    emit = main_reports(on_event or (lambda event: None), launch_from_env())
-    ckpt, resume_from = None, None
-    if resume is not None:
-        ckpt = load_run_of([KIND], resume, "latest", need_trainer=True)
-        config, notes = resumed_config(ckpt.train_config, dict(changes or {}))
-        for note in notes:
-            emit({"kind": "note", "text": f"resume changes {note}"})
-        run_dir = ckpt.run_dir
-        resume_from = Resume(ckpt.path, ckpt.model.state_dict(), ckpt.trainer_tensors,
-                             ckpt.trainer)  # fmt: skip
-    elif config is None:
-        raise TypeError("train_captioner() needs a CaptionTrainConfig, or resume=RUN_DIR")
-    else:
-        run_dir = Path(config.out_dir or f"runs/{Path(config.data).stem}-caption-{config.cell}")
-    set_threads(config.threads)
-    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
-    device = rank_device(config.device, launch)
+    config, ckpt, emit = begin(KIND, config, resume, changes, on_event)
+    launch, device = start_process(config)
     data = load_caption_data(config)
     if ckpt is None:
-        train_captions = [c for im in data.dataset.split("train") for c in im.captions]
-        vocab = CaptionVocab.build(train_captions, config.min_count)
+        vocab = CaptionVocab.build([c for im in data.dataset.split("train") for c in im.captions],
+                                   config.min_count)  # fmt: skip
     else:
         vocab = ckpt.vocab
+    run_dir = ckpt.run_dir if ckpt else Path(config.out_dir or f"runs/{Path(config.data).stem}"
+                                             f"-caption-{config.cell}")  # fmt: skip
     record = _record(config, data, run_dir)
     if ckpt is not None and ckpt.record.get("sha256") != record["data"]["sha256"]:
         raise DataError(f"{data.dataset.source}: changed since the run started (sha256 differs); "
@@ -280,9 +250,7 @@ def train_captioner(
         if caps.truncated:
             emit({"kind": "note", "text": f"{caps.truncated} {name} caption(s) cut to "
                   f"--max-length {config.max_length} words"})  # fmt: skip
-    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
-        dp.open_run_directory(run_dir, ckpt is None, own)  # rank 0 creates and locks it
-        return fit(task, run_dir.resolve(), dp, stop, emit, resume_from)
+    return run_task(lambda dp: task, launch, device, run_dir, emit, ckpt)
 
 
 def _record(config: CaptionTrainConfig, data: CaptionData, run_dir: Path) -> dict[str, Any]:
@@ -304,11 +272,6 @@ def _record(config: CaptionTrainConfig, data: CaptionData, run_dir: Path) -> dic
 
 # -- its run directories --------------------------------------------------------------------------
 
-KIND = RunKind(
-    name="caption",
-    train_config=CaptionTrainConfig,
-    model_config=CaptionerConfig.from_dict,
-    build=Captioner,
-    vocabs=lambda data, source: {"vocab": CaptionVocab.from_json(data, source)},
-    sizes=lambda c: {"vocab": c.vocab_size},
-)
+KIND = RunKind("caption", CaptionTrainConfig, CaptionerConfig, Captioner,
+               lambda data, source: {"vocab": CaptionVocab.from_json(data, source)},
+               sizes=lambda c: {"vocab": c.vocab_size})  # fmt: skip

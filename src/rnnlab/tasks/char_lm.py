@@ -12,7 +12,6 @@ the best checkpoint has the lowest. Everything else (the step, guard, stop rules
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -30,20 +29,16 @@ from rnnlab.checkpoint import CheckpointError
 from rnnlab.data import Corpus, DataError, StreamBatcher, Vocab, cached_corpus, prepare_corpus
 from rnnlab.evaluate import evaluate_tokens
 from rnnlab.kernels import extension_status
-from rnnlab.loading import MAX_PARAMETERS, LoadedRun, RunKind, load_run_of
+from rnnlab.loading import MAX_PARAMETERS, LoadedRun, RunKind
 from rnnlab.models import CharLM, CharLMConfig
-from rnnlab.runtime import set_threads
 from rnnlab.sample import DecodingError, SampleConfig, generate
-from rnnlab.training.config import BIG, MAX_WIDTH, Backend, Cell, RunConfig, resumed_config
+from rnnlab.training.config import BIG, MAX_WIDTH, Backend, Cell, RunConfig
 from rnnlab.training.distributed import (
     DataParallel,
     check_divisible,
-    launch_from_env,
-    main_reports,
-    rank_device,
 )
-from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
-from rnnlab.training.tools import GracefulStop, TrainingError
+from rnnlab.training.loop import Evaluation, Event, FitResult, Score, Task
+from rnnlab.training.session import Changes, OnEvent, RunPath, begin, run_task, start_process
 from rnnlab.validation import ConfigError, from_mapping, setting
 
 MAX_VOCAB = 0x110000 + 256  # every Unicode code point, or bytes
@@ -196,102 +191,64 @@ class CharLMTask(Task):
         carried = _checked_state(state.get("carried"), self.model, self.config.batch_size, source)
         self.carried = _to_device(dp.shard_state(carried), dp.device)
 
-    def checkpoint_files(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    def checkpoint_files(self) -> tuple[dict[str, Any], dict[str, Any]]:
         meta = self.corpus.meta
         stored = {**self.config.to_dict(), "input": meta["source"]}
         corpus = {"source": meta["source"], "sha256": meta["source_sha256"]}
-        return ({"model": self.model.config.to_dict(), "train": stored, "corpus": corpus},
+        return ({"train": stored, "corpus": corpus},
                 self.corpus.vocab.to_json())  # fmt: skip
 
     def start_fields(self) -> dict[str, Any]:
         chars = len(self.corpus.split("train"))
         return {"data": f"vocab {self.num_classes}, {chars:,} training chars",
-                "vocab_size": self.num_classes, "train_tokens": chars,
                 "backend": self.model.resolved_backend(self.dp.device)}  # fmt: skip
 
 
-def train(
-    config: TrainConfig | None = None,
-    *,
-    resume: str | Path | None = None,
-    changes: Mapping[str, Any] | None = None,
-    on_event: Callable[[Event], None] | None = None,
-) -> FitResult:
+def train(config: TrainConfig | None = None, *, resume: RunPath = None, changes: Changes = None,
+          on_event: OnEvent = None) -> FitResult:  # fmt: skip
     """Train a CharLM on ``config.input``, or resume the run directory ``resume``.
 
     On resume the saved config is the run's; ``changes`` (field -> value) are applied following
     the resume rules of ``rnnlab.training.config`` (run length, cadence, device, learning rate...
     may change; model, data, batch, optimizer, seed may not, a ConfigError says which). A
-    ``config`` given with ``resume`` counts as the changes: its fields that differ from the saved
-    ones. Checkpoints go to the run directory of ``resume`` and nowhere else.
+    ``config`` given with ``resume`` counts as the changes (``rnnlab.training.session.begin``).
+    Checkpoints go to the run directory of ``resume`` and nowhere else.
 
     ``on_event`` receives progress dicts (``kind``: start, note, step, eval, sample, checkpoint,
     nonfinite, end); the library never prints. SIGTERM or Ctrl-C finishes the current step,
     writes a checkpoint and returns with ``stopped="interrupted"``.
     """
-    # Under torchrun rank 0 reports for the run (resume notes included); errors come from all.
-    emit = main_reports(on_event or (lambda event: None), launch_from_env())
-    if resume is None:
-        if config is None:
-            raise TypeError("train() needs a TrainConfig, or resume=RUN_DIR")
-        if changes:
-            raise TypeError("changes= only applies with resume=RUN_DIR")
-        run_dir = Path(config.out_dir or Path("runs") / f"{Path(config.input).stem}-{config.cell}")
-        return _train(config, run_dir, None, emit)
-    ckpt = load_run_of([KIND], resume, "latest", need_trainer=True)
-    wanted = dict(changes or {})
-    if config is not None:
-        saved = ckpt.train_config.to_dict()
-        for name, value in config.to_dict().items():
-            if value != saved[name] and not (name == "input" and not value):
-                wanted.setdefault(name, value)
-    run_dir = ckpt.run_dir
-    out_dir = wanted.pop("out_dir", "")
-    if out_dir and Path(out_dir).resolve() != run_dir.resolve():
-        raise TrainingError(
-            f"out_dir: a resume writes into its own run directory {run_dir}, not {out_dir}; "
-            f"copy the run first (cp -a {run_dir} {out_dir}) and resume the copy"
-        )
-    resumed, notes = resumed_config(ckpt.train_config, wanted)
-    for note in notes:
-        emit({"kind": "note", "text": f"resume changes {note}"})
-    return _train(resumed, run_dir, ckpt, emit)
-
-
-def _train(
-    config: TrainConfig, run_dir: Path, ckpt: LoadedRun | None, emit: Callable[[Event], None]
-) -> FitResult:
-    set_threads(config.threads)
-    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
+    config, ckpt, emit = begin(KIND, config, resume, changes, on_event)
+    launch, device = start_process(config)
     check_divisible(config.batch_size, launch.world_size, resuming=ckpt is not None)
-    device = rank_device(config.device, launch)
     if ckpt is None:
         corpus = prepare_corpus(config.input, byte_level=config.byte_level, errors=config.errors,
                                 split=_split(config))  # fmt: skip
     else:
-        saved_input = ckpt.train_config.input if ckpt.train_config else ""
-        given = config.input if config.input != saved_input else None  # --input on resume
-        corpus = training_corpus(config, ckpt.corpus, given, ckpt.vocab)
-        if ckpt.vocab.tokens != corpus.vocab.tokens:
-            raise DataError(f"vocabulary mismatch on resume: {ckpt.vocab.diff(corpus.vocab)}; "
-                            "resume with the file the run was trained on")  # fmt: skip
-        if config.max_steps <= ckpt.step:
-            text = (f"the checkpoint is at step {ckpt.step} and max_steps is {config.max_steps}: "
-                    "nothing to train; give a larger --max-steps")  # fmt: skip
-            emit({"kind": "note", "text": text})
+        corpus = _resumed_corpus(config, ckpt, emit)
     if config.backend in ("auto", "fused"):
         # Build (or wait for another process's build of) the C++ engine before SIGTERM/Ctrl-C
         # are deferred to step boundaries, so a signal during a first-use build acts at once.
         extension_status()
-    # Signals stay deferred until the process group is closed: when one rank exits, torchrun
-    # stops the others, and rank 0 must not die between its last checkpoint and the end.
-    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
-        task = CharLMTask(config, corpus, dp)
-        dp.open_run_directory(run_dir, ckpt is None, own)  # rank 0 creates and locks it
-        resume = None
-        if ckpt is not None:
-            resume = Resume(ckpt.path, ckpt.model.state_dict(), ckpt.trainer_tensors, ckpt.trainer)
-        return fit(task, run_dir.resolve(), dp, stop, emit, resume)
+    run_dir = ckpt.run_dir if ckpt else Path(config.out_dir or f"runs/{Path(config.input).stem}"
+                                             f"-{config.cell}")  # fmt: skip
+    return run_task(lambda dp: CharLMTask(config, corpus, dp), launch, device, run_dir, emit, ckpt)
+
+
+def _resumed_corpus(config: TrainConfig, ckpt: LoadedRun, emit: Callable[[Event], None]) -> Corpus:
+    """The corpus a resumed run trains on: found by ``training_corpus`` (``--input`` names a moved
+    file), its vocabulary the run's."""
+    saved_input = ckpt.train_config.input if ckpt.train_config else ""
+    given = config.input if config.input != saved_input else None  # --input on resume
+    corpus = training_corpus(config, ckpt.corpus, given, ckpt.vocab)
+    if ckpt.vocab.tokens != corpus.vocab.tokens:
+        raise DataError(f"vocabulary mismatch on resume: {ckpt.vocab.diff(corpus.vocab)}; "
+                        "resume with the file the run was trained on")  # fmt: skip
+    if config.max_steps <= ckpt.step:
+        text = (f"the checkpoint is at step {ckpt.step} and max_steps is {config.max_steps}: "
+                "nothing to train; give a larger --max-steps")  # fmt: skip
+        emit({"kind": "note", "text": text})
+    return corpus
 
 
 # -- pieces ---------------------------------------------------------------------------------------
@@ -389,15 +346,13 @@ def read_model_config(data: dict[str, Any], source: str) -> CharLMConfig:
 
 
 KIND = RunKind(
-    name="char_lm",
-    train_config=TrainConfig,
-    model_config=read_model_config,
-    build=CharLM,
+    "char_lm", TrainConfig, CharLMConfig, CharLM,
     vocabs=lambda data, source: {"vocab": Vocab.from_json(data)},
     sizes=lambda config: {"vocab": config.vocab_size},
+    read_model=read_model_config,  # bounds first: CharLMConfig is not a validated dataclass
     record_key="corpus",
     train_required=False,  # a model-only checkpoint samples and evaluates on files
-)
+)  # fmt: skip
 
 
 def training_corpus(

@@ -11,9 +11,8 @@ guard, stop rules and checkpoints are ``rnnlab.training.loop.fit``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,38 +21,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.data import pairs
 from rnnlab.data.errors import DataError
-from rnnlab.data.pairs import (
-    Pair,
-    Symbols,
-    Tokenizer,
-    check_known,
-    length_batches,
-    pad_batch,
-    read_labeled,
-)
+from rnnlab.data.pairs import PairData, Symbols
 from rnnlab.data.split import hash_split
 from rnnlab.data.text import sha256_file
-from rnnlab.loading import RunKind, load_run_of
+from rnnlab.loading import RunKind
 from rnnlab.metrics.classification import ClassificationReport, classification_report
 from rnnlab.models.classifier import CellName, ClassifierConfig, SequenceClassifier
-from rnnlab.runtime import set_threads
-from rnnlab.training.config import Backend, RunConfig, resumed_config
-from rnnlab.training.distributed import DataParallel, launch_from_env, main_reports, rank_device
-from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
-from rnnlab.training.tools import GracefulStop
-from rnnlab.validation import ConfigError, from_mapping, retuned, setting
+from rnnlab.training.config import Backend, RunConfig, retune
+from rnnlab.training.distributed import DataParallel
+from rnnlab.training.loop import Evaluation, FitResult, Score, Task
+from rnnlab.training.session import Changes, OnEvent, RunPath, begin, run_task, start_process
+from rnnlab.validation import ConfigError, setting
 
 TEXT_SPECIALS = ("<pad>", "<unk>")
 
 
 @dataclass
+@retune(max_steps=1000, warmup_steps=20, min_lr_frac=0.05, seed=1234)
 class ClassifyTrainConfig(RunConfig):
     """Everything that defines a classification run; CLI flags are these names in kebab-case."""
 
     data: str = setting("", "training rows: TSV or CSV of text, label")
     val_data: str = setting("", "validation rows (default: a hash split of --data)")
-    tokens: Tokenizer = setting("char", "text symbols: characters or space-separated tokens")
+    tokens: pairs.Tokenizer = setting("char", "text symbols: characters or space-separated tokens")
     header: bool = setting(False, "the files start with a header row")
     val_frac: float = setting(0.1, "hash split of --data held out for validation", low=0.0,
                               high=0.5)  # fmt: skip
@@ -67,11 +59,6 @@ class ClassifyTrainConfig(RunConfig):
     backend: Backend = setting("auto", "recurrence engine (all compute the same function)",
                                resume="inexact")  # fmt: skip
     batch_size: int = setting(32, "rows per step", low=1, high=65536)
-    # shared settings this task tunes
-    max_steps: int = retuned(RunConfig, "max_steps", 1000)
-    warmup_steps: int = retuned(RunConfig, "warmup_steps", 20)
-    min_lr_frac: float = retuned(RunConfig, "min_lr_frac", 0.05)
-    seed: int = retuned(RunConfig, "seed", 1234)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,30 +66,20 @@ class ClassifyTrainConfig(RunConfig):
             raise ConfigError("data", "a TSV/CSV file of text, label rows", self.data)
 
     def model_config(self, vocab_size: int, num_classes: int) -> ClassifierConfig:
-        names = {f.name for f in dataclasses.fields(ClassifierConfig)}
-        kept = {k: v for k, v in self.to_dict().items() if k in names}
-        return ClassifierConfig(vocab_size=vocab_size, num_classes=num_classes, **kept)
+        return ClassifierConfig(vocab_size=vocab_size, num_classes=num_classes,
+                                **self.values_for(ClassifierConfig))  # fmt: skip
 
 
-@dataclass
-class LabeledData:
-    train: list[Pair]
-    val: list[Pair]
-    vocab: Symbols
-    labels: Symbols
-    record: dict[str, Any]
-
-
-def load_labeled(config: ClassifyTrainConfig) -> LabeledData:
+def load_labeled(config: ClassifyTrainConfig) -> PairData:
     """The rows, vocabulary and label set of a run (see the module docstring)."""
-    rows = read_labeled(config.data, tokens=config.tokens, header=config.header)
+    rows = pairs.read_labeled(config.data, tokens=config.tokens, header=config.header)
     try:
         digest = sha256_file(config.data)
     except OSError as e:
         raise DataError(f"{config.data}: cannot read ({e.strerror})") from None
     if config.val_data:
         train = rows
-        val = read_labeled(config.val_data, tokens=config.tokens, header=config.header)
+        val = pairs.read_labeled(config.val_data, tokens=config.tokens, header=config.header)
     else:
         train, val = hash_split(rows, lambda r: " ".join(r.source), config.val_frac)
         if not val or not train:
@@ -111,14 +88,14 @@ def load_labeled(config: ClassifyTrainConfig) -> LabeledData:
     vocab = Symbols.build((r.source for r in rows), TEXT_SPECIALS)  # all training-file text
     labels = Symbols.build((r.target for r in train), ())
     if config.val_data:
-        check_known(val, vocab, labels, config.val_data, "label")
+        pairs.check_known(val, vocab, labels, config.val_data, "label")
     else:  # one file: a label only in the held-out rows is still the user's label set
         labels = Symbols.build((r.target for r in rows), ())
-    return LabeledData(train, val, vocab, labels, {"data": str(Path(config.data).resolve()),
+    return PairData(train, val, vocab, labels, {"data": str(Path(config.data).resolve()),
                                                    "data_sha256": digest})  # fmt: skip
 
 
-def encode_rows(rows: Sequence[Pair], vocab: Symbols, labels: Symbols | None,
+def encode_rows(rows: Sequence[pairs.Pair], vocab: Symbols, labels: Symbols | None,
                 unknown: str = "error") -> tuple[list[list[int]], list[int]]:  # fmt: skip
     ids = [vocab.encode(r.source, unknown) for r in rows]  # type: ignore[arg-type]
     ys = [labels.id(r.target[0]) for r in rows] if labels is not None else []
@@ -133,7 +110,7 @@ class ClassifyEval:
 
 
 @torch.no_grad()
-def evaluate_rows(model: SequenceClassifier, rows: Sequence[Pair], vocab: Symbols,
+def evaluate_rows(model: SequenceClassifier, rows: Sequence[pairs.Pair], vocab: Symbols,
                   labels: Symbols, *, batch_size: int = 256,
                   device: torch.device | str = "cpu") -> ClassifyEval:  # fmt: skip
     """Loss (nats per row), accuracy, macro-F1 and the confusion matrix over ``rows``."""
@@ -143,7 +120,7 @@ def evaluate_rows(model: SequenceClassifier, rows: Sequence[Pair], vocab: Symbol
         ids, ys = encode_rows(rows, vocab, labels)
         total, predicted = 0.0, []
         for start in range(0, len(ids), batch_size):
-            x, n = pad_batch(ids[start : start + batch_size])
+            x, n = pairs.pad_batch(ids[start : start + batch_size])
             y = torch.tensor(ys[start : start + batch_size], device=device)
             logits = model(x.to(device), n)
             total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
@@ -162,28 +139,26 @@ class ClassifyTask(Task):
     scores = (Score("val_accuracy", "best_accuracy", higher_is_better=True),
               Score("val_loss", "best_val_loss"))  # fmt: skip
 
-    def __init__(self, config: ClassifyTrainConfig, data: LabeledData, dp: DataParallel) -> None:
+    def __init__(self, config: ClassifyTrainConfig, data: PairData, dp: DataParallel) -> None:
         self.config, self.data = config, data
-        self.num_classes = max(len(data.labels), 2)
-        self.ids, self.ys = encode_rows(data.train, data.vocab, data.labels)
+        self.num_classes = max(len(data.target), 2)
+        self.ids, self.ys = encode_rows(data.train, data.source, data.target)
         self.lengths = [len(i) for i in self.ids]
 
     def build_model(self) -> nn.Module:
-        vocab, labels = len(self.data.vocab), len(self.data.labels)
+        vocab, labels = len(self.data.source), len(self.data.target)
         self.model = SequenceClassifier(self.config.model_config(vocab, labels))
         return self.model
 
     def start_epoch(self, epoch: int, boundary: bool) -> None:
-        gen = torch.Generator().manual_seed((self.config.seed * 1_000_003 + epoch) % 2**63)
-        self.batches = length_batches(self.lengths, self.config.batch_size, gen)
-
-    def steps_per_epoch(self) -> int:
-        return len(self.batches)
+        self.batches = pairs.epoch_batches(
+            self.lengths, self.config.batch_size, self.config.seed, epoch
+        )
 
     def train_loss(self, net: nn.Module, cursor: int, dp: DataParallel) -> tuple[Tensor, int]:
         chosen = self.batches[cursor]
         mine, weight = dp.shard_examples(chosen)  # this rank's block of the batch's rows
-        x, n = pad_batch([self.ids[i] for i in mine])
+        x, n = pairs.pad_batch([self.ids[i] for i in mine])
         y = torch.tensor([self.ys[i] for i in mine], device=dp.device)
         if dp.active:  # this rank's summed loss over the batch's rows, times W (DDP averages)
             scale = weight * dp.world_size / len(chosen)
@@ -196,59 +171,39 @@ class ClassifyTask(Task):
         if not dp.is_main:  # rank 0 evaluates (it alone writes the best checkpoint)
             return None
         d = self.data
-        found = evaluate_rows(model, d.val, d.vocab, d.labels, device=dp.device)  # type: ignore[arg-type]
+        found = evaluate_rows(model, d.val, d.source, d.target, device=dp.device)  # type: ignore[arg-type]
         return Evaluation({"val_loss": found.loss, "val_accuracy": found.report.accuracy,
                            "val_macro_f1": found.report.macro_f1})  # fmt: skip
 
-    def checkpoint_files(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-        d = self.data
-        return ({"model": self.model.config.to_dict(), "train": self.config.to_dict(),
-                 "data": d.record},
-                {"text": d.vocab.to_json(), "labels": d.labels.to_json()})  # fmt: skip
+    def checkpoint_files(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        text, labels = self.data.source.to_json(), self.data.target.to_json()
+        return {"train": self.config.to_dict(), "data": self.data.record}, {
+            "text": text,
+            "labels": labels,
+        }
 
     def start_fields(self) -> dict[str, Any]:
         d = self.data
-        return {"data": f"{len(d.train):,} training / {len(d.val):,} validation rows, "
-                f"{len(d.labels)} labels, vocab {len(d.vocab)}", "train_rows": len(d.train),
-                "val_rows": len(d.val), "vocab": len(d.vocab), "labels": len(d.labels)}  # fmt: skip
+        return {"data": f"{d.sizes('rows')}, {len(d.target)} labels, vocab {len(d.source)}"}
 
 
-def train_classifier(
-    config: ClassifyTrainConfig | None = None,
-    *,
-    resume: str | Path | None = None,
-    changes: Mapping[str, Any] | None = None,
-    on_event: Callable[[Event], None] | None = None,
-) -> FitResult:
-    """Train a SequenceClassifier, or resume ``resume`` with ``changes`` (the resume rules of
-    ``rnnlab.training.config``). Events and signals as in ``rnnlab.training.loop.fit``."""
-    emit = main_reports(on_event or (lambda event: None), launch_from_env())
-    resume_from = None
-    if resume is None:
-        if config is None:
-            raise TypeError("train_classifier() needs a ClassifyTrainConfig or resume=RUN_DIR")
-        run_dir = Path(config.out_dir or Path("runs") / f"{Path(config.data).stem}-classify")
+def train_classifier(config: ClassifyTrainConfig | None = None, *, resume: RunPath = None,
+                     changes: Changes = None, on_event: OnEvent = None) -> FitResult:  # fmt: skip
+    """Train a SequenceClassifier, or resume ``resume`` with ``changes``
+    (``rnnlab.training.session.begin``). Events and signals as in ``rnnlab.training.loop.fit``."""
+    config, ckpt, emit = begin(KIND, config, resume, changes, on_event)
+    if ckpt is None:  # absolute paths, so a resume from another directory finds the same files
         config = dataclasses.replace(config, data=str(Path(config.data).resolve()),
                                      val_data=str(Path(config.val_data).resolve())
                                      if config.val_data else "")  # fmt: skip
-    else:
-        ckpt = load_run_of([KIND], resume, "latest", need_trainer=True)
-        config, notes = resumed_config(ckpt.train_config, dict(changes or {}))
-        for note in notes:
-            emit({"kind": "note", "text": f"resume changes {note}"})
-        run_dir = ckpt.run_dir
-        resume_from = Resume(ckpt.path, ckpt.model.state_dict(), ckpt.trainer_tensors,
-                             ckpt.trainer)  # fmt: skip
-    set_threads(config.threads)
-    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
-    device = rank_device(config.device, launch)
+    launch, device = start_process(config)
     data = load_labeled(config)
-    config.model_config(len(data.vocab), len(data.labels))  # refuse a bad model up front
-    if resume is not None and ckpt.record.get("data_sha256") != data.record["data_sha256"]:
+    config.model_config(len(data.source), len(data.target))  # refuse a bad model up front
+    if ckpt is not None and ckpt.record.get("data_sha256") != data.record["data_sha256"]:
         raise DataError(f"{config.data}: not the file the run was trained on")
-    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
-        dp.open_run_directory(run_dir, resume is None, own)  # rank 0 creates and locks it
-        return fit(ClassifyTask(config, data, dp), run_dir.resolve(), dp, stop, emit, resume_from)
+    run_dir = ckpt.run_dir if ckpt else Path(config.out_dir or f"runs/{Path(config.data).stem}"
+                                             "-classify")  # fmt: skip
+    return run_task(lambda dp: ClassifyTask(config, data, dp), launch, device, run_dir, emit, ckpt)
 
 
 # -- its run directories --------------------------------------------------------------------------
@@ -259,11 +214,5 @@ def _vocabs(data: Any, source: str) -> dict[str, Symbols]:
             "labels": Symbols.from_json(data.get("labels"), f"{source}: labels")}  # fmt: skip
 
 
-KIND = RunKind(
-    name="classify",
-    train_config=ClassifyTrainConfig,
-    model_config=lambda data, source: from_mapping(ClassifierConfig, data, source),
-    build=SequenceClassifier,
-    vocabs=_vocabs,
-    sizes=lambda c: {"vocab": c.vocab_size, "labels": c.num_classes},
-)
+KIND = RunKind("classify", ClassifyTrainConfig, ClassifierConfig, SequenceClassifier, _vocabs,
+               sizes=lambda c: {"vocab": c.vocab_size, "labels": c.num_classes})  # fmt: skip

@@ -6,7 +6,7 @@ validation file or a hash split of the training file by source text (``val_frac`
 are built from the training pairs; a symbol that a validation file has and training does not is a
 DataError naming the file and line.
 
-Each step trains on one batch of pairs of similar length (``rnnlab.data.pairs.length_batches``;
+Each step trains on one batch of pairs of similar length (``rnnlab.data.pairs.epoch_batches``;
 an epoch's order follows from ``seed`` and the epoch number, so the data cursor is the batch
 index). Loss: cross entropy per target token (``</s>`` included, padding excluded). Validation
 decodes ``eval_size`` held-out sources greedily and reports PER and WER; the best checkpoint has
@@ -16,9 +16,8 @@ the lowest validation WER (then loss). The step, guard, stop rules and checkpoin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,16 +32,17 @@ from rnnlab.data.pairs import (
     SOURCE_SPECIALS,
     TARGET_SPECIALS,
     Pair,
+    PairData,
     Symbols,
     Tokenizer,
     check_known,
-    length_batches,
+    epoch_batches,
     pad_batch,
     read_pairs,
 )
 from rnnlab.data.split import hash_split
 from rnnlab.data.text import sha256_file
-from rnnlab.loading import LoadedRun, RunKind, load_run_of
+from rnnlab.loading import LoadedRun, RunKind
 from rnnlab.metrics.edit_distance import ErrorRates, error_rates
 from rnnlab.models.seq2seq import (
     BOS,
@@ -55,15 +55,15 @@ from rnnlab.models.seq2seq import (
     Seq2SeqConfig,
     translate,
 )
-from rnnlab.runtime import set_threads
-from rnnlab.training.config import BIG, Backend, RunConfig, resumed_config
-from rnnlab.training.distributed import DataParallel, launch_from_env, main_reports, rank_device
-from rnnlab.training.loop import Evaluation, Event, FitResult, Resume, Score, Task, fit
-from rnnlab.training.tools import GracefulStop
-from rnnlab.validation import ConfigError, from_mapping, retuned, setting
+from rnnlab.training.config import BIG, Backend, RunConfig, retune
+from rnnlab.training.distributed import DataParallel
+from rnnlab.training.loop import Evaluation, FitResult, Score, Task
+from rnnlab.training.session import Changes, OnEvent, RunPath, begin, run_task, start_process
+from rnnlab.validation import ConfigError, setting
 
 
 @dataclass
+@retune(max_steps=5000, lr=2e-3, warmup_steps=100, min_lr_frac=0.05, eval_every=500, seed=1234)
 class Seq2SeqTrainConfig(RunConfig):
     """Everything that defines a seq2seq run; CLI flags are these names in kebab-case."""
 
@@ -95,13 +95,6 @@ class Seq2SeqTrainConfig(RunConfig):
     batch_size: int = setting(64, "pairs per step", low=1, high=65536)
     eval_size: int = setting(1000, "validation sources decoded per evaluation (0: all)", low=0,
                              high=BIG, resume="free")  # fmt: skip
-    # shared settings this task tunes
-    max_steps: int = retuned(RunConfig, "max_steps", 5000)
-    lr: float = retuned(RunConfig, "lr", 2e-3)
-    warmup_steps: int = retuned(RunConfig, "warmup_steps", 100)
-    min_lr_frac: float = retuned(RunConfig, "min_lr_frac", 0.05)
-    eval_every: int = retuned(RunConfig, "eval_every", 500)
-    seed: int = retuned(RunConfig, "seed", 1234)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,23 +104,11 @@ class Seq2SeqTrainConfig(RunConfig):
             self.source_tokens, self.target_tokens = "char", "space"
 
     def model_config(self, source_size: int, target_size: int) -> Seq2SeqConfig:
-        names = {f.name for f in dataclasses.fields(Seq2SeqConfig)}
-        kept = {k: v for k, v in self.to_dict().items() if k in names}
-        return Seq2SeqConfig(source_vocab_size=source_size, target_vocab_size=target_size, **kept)
+        return Seq2SeqConfig(source_vocab_size=source_size, target_vocab_size=target_size,
+                             **self.values_for(Seq2SeqConfig))  # fmt: skip
 
 
 # -- data -------------------------------------------------------------------------------------
-
-
-@dataclass
-class TaskData:
-    """Training and validation pairs with the vocabularies built from training."""
-
-    train: list[Pair]
-    val: list[Pair]
-    source: Symbols
-    target: Symbols
-    record: dict[str, Any]  # what the data was (file, sha256), stored with checkpoints
 
 
 def _file_sha256(path: str) -> str:
@@ -137,7 +118,7 @@ def _file_sha256(path: str) -> str:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def load_task(config: Seq2SeqTrainConfig) -> TaskData:
+def load_task(config: Seq2SeqTrainConfig) -> PairData:
     """The pairs and vocabularies of a run (see the module docstring)."""
     if config.task == "g2p":
         from rnnlab.data.cmudict import cmudict_path, g2p_splits
@@ -169,7 +150,7 @@ def load_task(config: Seq2SeqTrainConfig) -> TaskData:
         source = Symbols.build((p.source for p in [*train, *val]), SOURCE_SPECIALS)
         target = Symbols.build((p.target for p in [*train, *val]), TARGET_SPECIALS)
     # CMUdict: a symbol seen only outside train maps to <unk>, as it would for a user
-    return TaskData(train, val, source, target, record)
+    return PairData(train, val, source, target, record)
 
 
 def encode_pairs(
@@ -282,7 +263,7 @@ class Seq2SeqTask(Task):
     unit = "tokens"
     scores = (Score("val_wer", "best_wer"), Score("val_loss", "best_val_loss"))
 
-    def __init__(self, config: Seq2SeqTrainConfig, data: TaskData, dp: DataParallel) -> None:
+    def __init__(self, config: Seq2SeqTrainConfig, data: PairData, dp: DataParallel) -> None:
         self.config, self.data, self.dp = config, data, dp
         self.num_classes = len(data.target)
         self.src, self.tgt = encode_pairs(data.train, data.source, data.target)
@@ -294,11 +275,7 @@ class Seq2SeqTask(Task):
         return self.model
 
     def start_epoch(self, epoch: int, boundary: bool) -> None:
-        gen = torch.Generator().manual_seed((self.config.seed * 1_000_003 + epoch) % 2**63)
-        self.batches = length_batches(self.lengths, self.config.batch_size, gen)
-
-    def steps_per_epoch(self) -> int:
-        return len(self.batches)
+        self.batches = epoch_batches(self.lengths, self.config.batch_size, self.config.seed, epoch)
 
     def check_resume(self, state: Mapping[str, Any], source: str) -> None:
         self.start_epoch(state["epoch"], boundary=False)
@@ -331,66 +308,41 @@ class Seq2SeqTask(Task):
         return Evaluation({"val_loss": found.loss, "val_wer": found.rates.wer,
                            "val_per": found.rates.per}, {"example": example})  # fmt: skip
 
-    def checkpoint_files(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-        d = self.data
-        return ({"model": self.model.config.to_dict(), "train": self.config.to_dict(),
-                 "data": d.record},
-                {"source": d.source.to_json(), "target": d.target.to_json()})  # fmt: skip
+    def checkpoint_files(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        d, train = self.data, self.config.to_dict()
+        return {"train": train, "data": d.record}, {"source": d.source.to_json(),
+                                                    "target": d.target.to_json()}  # fmt: skip
 
     def start_fields(self) -> dict[str, Any]:
         d = self.data
-        return {"data": f"{len(d.train):,} training / {len(d.val):,} validation pairs, vocab "
-                f"{len(d.source)} -> {len(d.target)}", "train_pairs": len(d.train),
-                "val_pairs": len(d.val), "source_vocab": len(d.source),
-                "target_vocab": len(d.target)}  # fmt: skip
+        return {"data": f"{d.sizes('pairs')}, vocab {len(d.source)} -> {len(d.target)}"}
 
 
-def train_seq2seq(
-    config: Seq2SeqTrainConfig | None = None,
-    *,
-    resume: str | Path | None = None,
-    changes: Mapping[str, Any] | None = None,
-    on_event: Callable[[Event], None] | None = None,
-) -> FitResult:
+def train_seq2seq(config: Seq2SeqTrainConfig | None = None, *, resume: RunPath = None,
+                  changes: Changes = None, on_event: OnEvent = None) -> FitResult:  # fmt: skip
     """Train a Seq2Seq, or resume the run directory ``resume`` (its latest checkpoint) with
-    ``changes`` (the resume rules of ``rnnlab.training.config``). ``on_event`` receives progress
-    dicts (``kind``: start, note, step, eval, checkpoint, nonfinite, end); the library never
-    prints. SIGTERM or Ctrl-C finishes the step, checkpoints and returns
-    ``stopped="interrupted"``."""
-    emit = main_reports(on_event or (lambda event: None), launch_from_env())
-    resume_from = None
-    if resume is None:
-        if config is None:
-            raise TypeError("train_seq2seq() needs a Seq2SeqTrainConfig, or resume=RUN_DIR")
-        run_dir = Path(config.out_dir or Path("runs") / f"{config.task}-{config.encoder_cell}")
-        # absolute paths, so a resume from another directory finds the same files
+    ``changes`` (``rnnlab.training.session.begin``). ``on_event`` receives progress dicts
+    (``kind``: start, note, step, eval, checkpoint, nonfinite, end). SIGTERM or Ctrl-C finishes
+    the step, checkpoints and returns ``stopped="interrupted"``."""
+    config, ckpt, emit = begin(KIND, config, resume, changes, on_event)
+    if ckpt is None:  # absolute paths, so a resume from another directory finds the same files
         config = dataclasses.replace(config, pairs=_absolute(config.pairs),
                                      val_pairs=_absolute(config.val_pairs))  # fmt: skip
-    else:
-        ckpt = load_run_of([KIND], resume, "latest", need_trainer=True)
-        config, notes = resumed_config(ckpt.train_config, dict(changes or {}))
-        for note in notes:
-            emit({"kind": "note", "text": f"resume changes {note}"})
-        run_dir = ckpt.run_dir
-        resume_from = Resume(ckpt.path, ckpt.model.state_dict(), ckpt.trainer_tensors,
-                             ckpt.trainer)  # fmt: skip
-    set_threads(config.threads)
-    launch = launch_from_env()  # torchrun's WORLD_SIZE/RANK/LOCAL_RANK, or one process
-    device = rank_device(config.device, launch)
+    launch, device = start_process(config)
     data = load_task(config)
-    if resume is not None:
+    if ckpt is not None:
         _check_same_data(ckpt, data)
     config.model_config(len(data.source), len(data.target))  # refuse a bad model up front
-    with GracefulStop() as stop, DataParallel(launch, device) as dp, contextlib.ExitStack() as own:
-        dp.open_run_directory(run_dir, resume is None, own)  # rank 0 creates and locks it
-        return fit(Seq2SeqTask(config, data, dp), run_dir.resolve(), dp, stop, emit, resume_from)
+    run_dir = ckpt.run_dir if ckpt else Path(config.out_dir or f"runs/{config.task}-"
+                                             f"{config.encoder_cell}")  # fmt: skip
+    return run_task(lambda dp: Seq2SeqTask(config, data, dp), launch, device, run_dir, emit, ckpt)
 
 
 def _absolute(path: str) -> str:
     return str(Path(path).resolve()) if path else ""
 
 
-def _check_same_data(ckpt: LoadedRun, data: TaskData) -> None:
+def _check_same_data(ckpt: LoadedRun, data: PairData) -> None:
     if ckpt.record != data.record or ckpt.source != data.source or ckpt.target != data.target:
         raise DataError(
             f"the training data differ from the run's ({ckpt.path}); resume with the same files"
@@ -416,10 +368,10 @@ def _vocabs(data: Any, source: str) -> dict[str, Symbols]:
 
 
 KIND = RunKind(
-    name="seq2seq",
-    train_config=Seq2SeqTrainConfig,
-    model_config=lambda data, source: from_mapping(Seq2SeqConfig, data, source),
-    build=Seq2Seq,
-    vocabs=_vocabs,
+    "seq2seq",
+    Seq2SeqTrainConfig,
+    Seq2SeqConfig,
+    Seq2Seq,
+    _vocabs,
     sizes=lambda c: {"source": c.source_vocab_size, "target": c.target_vocab_size},
 )

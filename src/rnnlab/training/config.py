@@ -1,8 +1,8 @@
 """The settings every task's run shares (RunConfig), declared once, and the resume rules.
 
 A task's config subclasses ``RunConfig`` and adds its own fields (data, model, evaluation size);
-where a task tunes a shared setting's default (its learning rate, its evaluation cadence) it
-redeclares the field with ``retuned``, which keeps the shared help, range and resume rule. So every
+where a task tunes a shared setting's default (its learning rate, its evaluation cadence) it says
+so with ``@retune(lr=2e-3)``, which keeps the shared help, range and resume rule. So every
 task's train command has the same flags with the same help, and every task's resume follows one
 table, generated from the fields' ``resume`` metadata (``resume_table``):
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -93,6 +94,36 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def values_for(self, cls: type) -> dict[str, Any]:
+        """This config's values of the fields it shares with the dataclass ``cls`` (a model's
+        config): how a task builds its model config from its run config."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {k: v for k, v in self.to_dict().items() if k in names}
+
+
+def retune(**defaults: Any) -> Callable[[type], type]:
+    """A class decorator, placed under ``@dataclass``, giving shared settings a task's own
+    defaults while their help, range and resume rule stay the shared ones::
+
+        @dataclass
+        @retune(lr=2e-3, eval_every=500)
+        class Seq2SeqTrainConfig(RunConfig): ...
+    """
+
+    def apply(cls: type) -> type:
+        annotations = cls.__dict__.get("__annotations__", {})
+        for name, default in defaults.items():
+            shared = next((c.__dataclass_fields__[name] for c in cls.__mro__[1:]
+                           if name in getattr(c, "__dataclass_fields__", {})), None)  # fmt: skip
+            if shared is None:
+                raise TypeError(f"retune: {cls.__name__} inherits no setting named {name!r}")
+            annotations[name] = shared.type
+            setattr(cls, name, dataclasses.field(default=default, metadata=shared.metadata))
+        cls.__annotations__ = annotations
+        return cls
+
+    return apply
 
 
 def resume_rule(cls: type, name: str) -> str:

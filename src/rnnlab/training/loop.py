@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnlab.checkpoint import CheckpointError, list_checkpoints, save_checkpoint
+from rnnlab.loading import LoadedRun
 from rnnlab.runtime import capture_rng, restore_rng, seed_everything
 from rnnlab.training.config import RunConfig
 from rnnlab.training.distributed import DataParallel, rank_rng_fields, rank_seed, saved_rng
@@ -72,16 +73,6 @@ class Evaluation:
 
 
 @dataclass
-class Resume:
-    """The checkpoint a run continues from: its directory, model tensors and trainer state."""
-
-    path: Path
-    model: Mapping[str, Tensor]
-    trainer_tensors: Mapping[str, Tensor]
-    trainer: Mapping[str, Any]
-
-
-@dataclass
 class FitResult:
     """How a run ended. ``best`` is the best evaluation's metrics (None: no evaluation ran)."""
 
@@ -109,9 +100,11 @@ class Task(ABC):
     def build_model(self) -> nn.Module:
         """A fresh model (the loop seeds every RNG first, so every rank builds the same one)."""
 
-    @abstractmethod
+    batches: Sequence[Any]  # the current epoch's batches, for a task that lists them
+
     def steps_per_epoch(self) -> int:
-        """Batches in the current epoch."""
+        """Batches in the current epoch (default: those ``start_epoch`` put in ``batches``)."""
+        return len(self.batches)
 
     def start_epoch(self, epoch: int, boundary: bool) -> None:  # noqa: B027 (an optional hook)
         """Called for the epoch a run starts or resumes in (``boundary`` False) and whenever the
@@ -144,11 +137,12 @@ class Task(ABC):
         """Refuse a checkpoint whose cursor or extra state does not fit this run's data."""
 
     @abstractmethod
-    def checkpoint_files(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(config.json, vocab.json) contents of a checkpoint."""
+    def checkpoint_files(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(config.json's parts besides its task and model config: the train config and the
+        data record; vocab.json) of a checkpoint."""
 
     def start_fields(self) -> dict[str, Any]:
-        """Extra fields of the start event (data sizes)."""
+        """Extra fields of the start event: ``data``, what it trains on, in words."""
         return {}
 
 
@@ -158,7 +152,7 @@ def fit(
     dp: DataParallel,
     stop: GracefulStop,
     emit: Callable[[Event], None],
-    resume: Resume | None = None,
+    resume: LoadedRun | None = None,
 ) -> FitResult:
     """Train ``task.build_model()`` in ``run_dir`` (created and locked by the caller through
     ``dp.open_run_directory``), from ``resume`` when given. Raises TrainingError when
@@ -201,9 +195,9 @@ def fit(
                    "evaluated": best is not None, **_best_fields(task, best), **extra,
                    **rank_rng_fields(rngs), "elapsed": speed.elapsed()}  # fmt: skip
         tensors, tree = pack_trainer_state(trainer)
-        config_json, vocab_json = task.checkpoint_files(model)
+        parts, vocab_json = task.checkpoint_files()
         path = save_checkpoint(run_dir, step, model=model.state_dict(),
-                               config={"task": task.name, **config_json},
+                               config={"task": task.name, "model": model.config.to_dict(), **parts},
                                vocab=vocab_json, trainer_tensors=tensors, trainer=tree,
                                keep_last=config.keep_last, is_best=is_best)  # fmt: skip
         emit({"kind": "checkpoint", "step": step, "path": str(path), "best": is_best})
@@ -332,7 +326,7 @@ def _resumed_state(
     task: Task,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    resume: Resume,
+    resume: LoadedRun,
     dp: DataParallel,
     emit: Callable[[Event], None],
 ) -> tuple[int, int, int, float, dict[str, float] | None, int]:
@@ -340,7 +334,7 @@ def _resumed_state(
     (step, cursor, epoch, elapsed seconds, best metrics or None, evaluations since the best)."""
     source = str(resume.path / "trainer.json")
     try:
-        model.load_state_dict(dict(resume.model))
+        model.load_state_dict(resume.model.state_dict())
     except RuntimeError as e:
         msg = " ".join(str(e).split())[:300]
         raise CheckpointError(f"{resume.path}/model.safetensors: does not fit the model its "
