@@ -321,3 +321,29 @@ def test_a_non_finite_step_stays_in_metrics_jsonl_across_a_resume(tmp_path, monk
     steps = read_metrics(tmp_path / "run" / "metrics.jsonl", damaged="error")
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert math.isnan(steps[1]["grad_norm"]) and steps[1]["nonfinite_skips"] == 1
+
+
+def test_the_docs_print_each_tasks_resume_table_from_its_settings():
+    """Every setting declares its resume rule; the docs' tables are printed from them, so a new
+    setting (or a changed rule) shows up in the table or this test fails."""
+    from rnnlab.training.config import resume_table_markdown
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    pages = {"char_lm": "char-lm.md"}
+    for case in TASKS:
+        text = (docs / pages.get(case.name, "training.md")).read_text(encoding="utf-8")
+        assert resume_table_markdown(_config_type(case)) in text, case.name
+
+
+def _config_type(case: TaskCase) -> type:
+    import importlib
+
+    module = importlib.import_module(f"rnnlab.tasks.{case.name}")
+    return next(
+        v
+        for k, v in vars(module).items()
+        if k.endswith("TrainConfig")
+        and isinstance(v, type)
+        and issubclass(v, RunConfig)
+        and v is not RunConfig
+    )

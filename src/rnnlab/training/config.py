@@ -140,6 +140,29 @@ def resume_table(cls: type) -> dict[str, tuple[str, ...]]:
     return {rule: tuple(names) for rule, names in table.items()}
 
 
+_RULE_WORDS = {
+    "free": "may change; results stay bit-exact",
+    "inexact": "may change; the run is then no longer bit-identical to an uninterrupted one",
+    "fixed": "may not change (they define the model, its data or its optimizer state)",
+}
+
+
+def resume_table_markdown(cls: type) -> str:
+    """The resume table of config ``cls`` as a Markdown table of its flags (the docs print it;
+    a test holds them to it)."""
+
+    def flag(f: dataclasses.Field) -> str:
+        aliases = f.metadata.get("aliases", ())
+        return f"`{aliases[0] if aliases else '--' + f.name.replace('_', '-')}`"
+
+    table = resume_table(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    rows = ["| on resume | settings |", "|---|---|"]
+    for rule, words in _RULE_WORDS.items():
+        rows.append(f"| {words} | {', '.join(flag(by_name[n]) for n in table[rule])} |")
+    return "\n".join(rows)
+
+
 def resumed_config(saved: C, changes: dict[str, Any]) -> tuple[C, list[str]]:
     """``saved`` with ``changes`` applied; returns it and one note per applied change.
 
