@@ -347,3 +347,27 @@ def _config_type(case: TaskCase) -> type:
         and issubclass(v, RunConfig)
         and v is not RunConfig
     )
+
+
+@pytest.mark.parametrize("case", TASKS, ids=IDS)
+def test_a_checkpoint_whose_cursor_is_past_its_epoch_is_refused(case, tmp_path):
+    import hashlib
+
+    from rnnlab.checkpoint import CheckpointError
+
+    case.train(config(case, tmp_path, max_steps=3))
+    for ckpt in (tmp_path / "run" / "best", tmp_path / "run" / "step-3"):
+        trainer = json.loads((ckpt / "trainer.json").read_text())
+        trainer["state"]["$dict"]["cursor"] = 10**9
+        raw = json.dumps(trainer).encode()
+        (ckpt / "trainer.json").unlink()
+        (ckpt / "trainer.json").write_bytes(raw)
+        manifest = json.loads((ckpt / "manifest.json").read_text())
+        manifest["files"]["trainer.json"] = {"sha256": hashlib.sha256(raw).hexdigest(),
+                                             "size": len(raw)}  # fmt: skip
+        (ckpt / "manifest.json").unlink()
+        (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        CheckpointError, match=r"trainer.json: cursor: expected <= \d+, found 1000000000"
+    ):
+        case.train(resume=tmp_path / "run", changes={"max_steps": 4})

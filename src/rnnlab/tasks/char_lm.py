@@ -181,12 +181,6 @@ class CharLMTask(Task):
         whole = dp.gather_state(self.carried)  # every rank sends its streams' state
         return {"carried": _to_device(whole, torch.device("cpu"))}  # (L, B, H): every stream
 
-    def check_resume(self, state: Mapping[str, Any], source: str) -> None:
-        if state["cursor"] > self.train_data.num_batches:
-            batches = self.train_data.num_batches
-            raise CheckpointError(f"{source}: cursor: expected <= {batches}, found "
-                                  f"{state['cursor']}")  # fmt: skip
-
     def load_trainer_state(self, state: Mapping[str, Any], dp: DataParallel, source: str) -> None:
         carried = _checked_state(state.get("carried"), self.model, self.config.batch_size, source)
         self.carried = _to_device(dp.shard_state(carried), dp.device)

@@ -17,7 +17,7 @@ the lowest validation WER (then loss). The step, guard, stop rules and checkpoin
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.checkpoint import CheckpointError
 from rnnlab.data.errors import DataError
 from rnnlab.data.pairs import (
     SOURCE_SPECIALS,
@@ -276,12 +275,6 @@ class Seq2SeqTask(Task):
 
     def start_epoch(self, epoch: int, boundary: bool) -> None:
         self.batches = epoch_batches(self.lengths, self.config.batch_size, self.config.seed, epoch)
-
-    def check_resume(self, state: Mapping[str, Any], source: str) -> None:
-        self.start_epoch(state["epoch"], boundary=False)
-        if state["cursor"] > len(self.batches):
-            raise CheckpointError(f"{source}: cursor: expected <= {len(self.batches)}, found "
-                                  f"{state['cursor']}")  # fmt: skip
 
     def train_loss(self, net: nn.Module, cursor: int, dp: DataParallel) -> tuple[Tensor, int]:
         chosen = self.batches[cursor]

@@ -133,9 +133,6 @@ class Task(ABC):
     def load_trainer_state(self, state: Mapping[str, Any], dp: DataParallel, source: str) -> None:  # noqa: B027 (an optional hook)
         """Restore the fields ``trainer_state`` saved."""
 
-    def check_resume(self, state: Mapping[str, Any], source: str) -> None:  # noqa: B027 (an optional hook)
-        """Refuse a checkpoint whose cursor or extra state does not fit this run's data."""
-
     @abstractmethod
     def checkpoint_files(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(config.json's parts besides its task and model config: the train config and the
@@ -166,10 +163,11 @@ def fit(
         step, cursor, epoch, elapsed, best, evals_since_best = _resumed_state(
             task, model, optimizer, resume, dp, emit
         )
-    elif dp.rank:
-        seed_everything(rank_seed(config.seed, dp.rank))  # each rank its own dropout masks
+    else:
+        task.start_epoch(epoch, boundary=False)
+        if dp.rank:
+            seed_everything(rank_seed(config.seed, dp.rank))  # each rank its own dropout masks
     net = dp.wrap(model)  # DistributedDataParallel for several processes, the model for one
-    task.start_epoch(epoch, boundary=False)
     metrics = MetricsLog(  # rank 0 writes metrics.jsonl; the other ranks keep no log
         run_dir / "metrics.jsonl" if dp.is_main else None, resume_step=step if resume else None
     )
@@ -347,7 +345,10 @@ def _resumed_state(
         optimizer.load_state_dict(t["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{source}: optimizer: does not fit this model ({e})") from None
-    task.check_resume(t, source)
+    task.start_epoch(t["epoch"], boundary=False)  # the epoch it resumes in: is the cursor in it?
+    if t["cursor"] > task.steps_per_epoch():
+        raise CheckpointError(f"{source}: cursor: expected <= {task.steps_per_epoch()}, found "
+                              f"{t['cursor']}")  # fmt: skip
     task.load_trainer_state(t, dp, source)
     dp.check_same("the checkpoint step", t["step"], "every node must read the same run directory")
     if saved_world != dp.world_size:
