@@ -12,13 +12,7 @@ from rnnlab import decoding
 from rnnlab.models.captioner import Captioner, CaptionerConfig, generate_captions
 from rnnlab.models.seq2seq import EOS, DecodeConfig, Seq2Seq, Seq2SeqConfig, translate
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -- rnnlab.decoding: per-row limits and per-row generators ------------------------------------
