@@ -189,7 +189,7 @@ def test_batch_not_divisible_under_torchrun_is_one_line_and_writes_nothing(
     assert code == 2 and "Traceback" not in err, err
     assert lines == [
         "rnnlab: error: batch_size: expected a multiple of the 2 processes (each trains "
-        "batch_size / 2 rows; e.g. 4 or 6), found 5"
+        "batch_size / 2 rows; e.g. 4 or 6), or run on 1, 5 processes, found 5"
     ]
     assert not (tmp_path / "run").exists()
 

@@ -131,6 +131,7 @@ class CharLMTask(Task):
 
     name = "char_lm"
     unit = "chars"
+    sharded = "streams"
     scores = (Score("val_loss", "best_val_loss"),)
     check_val_divergence = True  # a char-LM worse than guessing is a diverged model
 

@@ -90,7 +90,10 @@ class Task(ABC):
     abstract methods; the others have defaults that fit a task without carried state."""
 
     name: str  # config.json's "task": which kind of run the loader reads it as
-    unit: str = "tokens"  # what throughput counts: f"{unit}_per_s" in records
+    unit: str = "tokens"  # what throughput counts
+    sharded: str = (
+        "batches"  # what data parallel splits between the ranks: f"{unit}_per_s" in records
+    )
     scores: tuple[Score, ...] = ()  # compared in order; the first decides, the next break ties
     check_val_divergence: bool = False  # an evaluation whose val_loss > ln(V) + 1 is unhealthy
     config: RunConfig
@@ -352,8 +355,9 @@ def _resumed_state(
     task.load_trainer_state(t, dp, source)
     dp.check_same("the checkpoint step", t["step"], "every node must read the same run directory")
     if saved_world != dp.world_size:
-        emit({"kind": "note", "text": f"resuming a {saved_world}-process run on {dp.world_size}: "
-              "it continues, but not bit-identically"})  # fmt: skip
+        text = (f"resuming a {saved_world}-process run on {dp.world_size}: the {task.sharded} "
+                "are re-sharded; it continues, but not bit-identically")  # fmt: skip
+        emit({"kind": "note", "text": text})
     try:
         if rng is not None:
             restore_rng(rng)
