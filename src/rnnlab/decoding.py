@@ -260,8 +260,12 @@ def _run_rows(
     choose: Callable[[Tensor, Tensor], Tensor],
     on_token: TokenFn | None,
     keep_steps: bool,
+    score: bool = True,
 ) -> list[Hypothesis]:
     """One token per row until ``eos`` or the row's own limit; finished rows leave the batch.
+    Without ``score`` the chosen tokens' log-probabilities are not gathered or summed (a
+    hypothesis's ``logprob`` and ``score`` are NaN): a sampler that only wants text saves that
+    work at every step.
 
     Tokens are kept on the device in one (B, T) tensor and read back once at the end, so a batch
     that never drops a row (no ``eos``, one limit: a char-LM's streams) costs per step only the
@@ -289,14 +293,12 @@ def _run_rows(
             logprobs, state = step(current, state)  # (b, V)
         _check_logprobs(logprobs, rows.shape[0], t)
         chosen = choose(logprobs, rows).to(device)  # (b,)
-        picked = logprobs.gather(1, chosen[:, None].to(logprobs.device))[:, 0].double()
         if everyone:
             out[:, t] = chosen
-            total += picked.to(device)
-            if logps is not None:
-                logps[:, t] = picked
         else:
             out[rows, t] = chosen
+        if score:
+            picked = logprobs.gather(1, chosen[:, None].to(logprobs.device))[:, 0].double()
             total.index_add_(0, rows, picked.to(device))
             if logps is not None:
                 logps[rows, t] = picked.to(device)
@@ -318,7 +320,7 @@ def _run_rows(
             break
         state, current, rows = reorder(state, keep), chosen[keep], rows[keep]
         everyone = False
-    tokens, totals = out.tolist(), total.tolist()
+    tokens, totals = out.tolist(), total.tolist() if score else [math.nan] * B
     steps = logps.tolist() if logps is not None else None
     found = []
     for r in range(B):
@@ -340,6 +342,7 @@ def greedy(
     first: Tensor | None = None,
     on_token: TokenFn | None = None,
     keep_steps: bool = True,
+    score: bool = True,
 ) -> list[Hypothesis]:
     """The most likely token at every step, for each of B rows.
 
@@ -349,12 +352,13 @@ def greedy(
     steps). Ties go to the lowest token id (torch's argmax). ``first`` (B, V): log-probabilities
     of the first token, already computed (then ``start`` may be None). ``on_token(t, tokens)``
     sees the tokens (b,) of the rows still decoding after each step. ``keep_steps=False`` leaves
-    ``Hypothesis.steps`` empty (long outputs: a float per token saved)."""
+    ``Hypothesis.steps`` empty (long outputs: a float per token saved); ``score=False`` skips the
+    log-probability sums (``logprob`` and ``score`` are then NaN)."""
     _check_eos(eos)
     device = start.device if isinstance(start, Tensor) else None
     ids = _start(start, batch_size, device, first)
     return _run_rows(step, reorder, state, ids, first, _limits(max_length, ids.shape[0]), eos,
-                     lambda lp, rows: lp.argmax(-1), on_token, keep_steps)  # fmt: skip
+                     lambda lp, rows: lp.argmax(-1), on_token, keep_steps, score)  # fmt: skip
 
 
 def sample(
@@ -373,6 +377,7 @@ def sample(
     first: Tensor | None = None,
     on_token: TokenFn | None = None,
     keep_steps: bool = True,
+    score: bool = True,
 ) -> list[Hypothesis]:
     """Draw each token from the model's distribution: log-probabilities divided by
     ``temperature`` (0: argmax), then ``top_k`` and ``top_p`` filtering (:func:`choose_tokens`).
@@ -403,7 +408,7 @@ def sample(
         return _draw_per_row(probs, generator, rows)  # type: ignore[arg-type]
 
     return _run_rows(step, reorder, state, ids, first, _limits(max_length, ids.shape[0]), eos,
-                     choose, on_token, keep_steps)  # fmt: skip
+                     choose, on_token, keep_steps, score)  # fmt: skip
 
 
 # -- beam search ------------------------------------------------------------------------------

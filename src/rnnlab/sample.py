@@ -172,6 +172,7 @@ def decode(
     *,
     on_token: TokenCallback | None = None,
     prime_chunk: int = PRIME_CHUNK,
+    score: bool = True,
 ) -> list[Hypothesis]:
     """``config.num_samples`` continuations of ``config.length`` tokens after ``prime``, as
     ``rnnlab.decoding`` hypotheses (tokens exclude the prime; ``logprob`` is their summed
@@ -182,7 +183,8 @@ def decode(
     (:func:`step_protocol`). ``on_token(step, ids)`` is called as each token is produced, steps
     0..length-1 in order, with ids a (B,) int64 tensor on the model's device; beam search replays
     its best beams through it once the search has finished. The model runs in eval mode (its
-    previous mode is restored) on its own device.
+    previous mode is restored) on its own device. ``score=False``: sampled and greedy
+    hypotheses carry no log-probability (NaN), which saves a gather and a sum per character.
     """
     ids = _prime_tensor(model, prime)  # (1, P), validated before anything runs
     B, length = config.num_samples, config.length
@@ -204,7 +206,8 @@ def decode(
             return found
         every = torch.zeros(B, dtype=torch.long, device=logits.device)
         state, first = reorder(state, every), first[every]  # the prime's state in B streams
-        common = {"max_length": length, "first": first, "on_token": on_token, "keep_steps": False}
+        common = {"max_length": length, "first": first, "on_token": on_token,
+                  "keep_steps": False, "score": score}  # fmt: skip
         if config.greedy:
             return decoding.greedy(step, reorder, state, None, **common)
         generator = torch.Generator(device=logits.device)
@@ -228,7 +231,7 @@ def generate(
     prime_chunk: int = PRIME_CHUNK,
 ) -> list[list[int]]:
     """The token ids of :func:`decode`'s hypotheses: one list per stream (prime excluded)."""
-    found = decode(model, prime, config, on_token=on_token, prime_chunk=prime_chunk)
+    found = decode(model, prime, config, on_token=on_token, prime_chunk=prime_chunk, score=False)
     return [h.tokens for h in found]
 
 
