@@ -182,12 +182,33 @@ def test_an_abort_keeps_the_last_healthy_checkpoint(case, tmp_path, monkeypatch)
         return math.nan if len(calls) > 4 else real(*args, **kwargs)
 
     monkeypatch.setattr(loop, "clip_gradients", failing_after_four)
-    with pytest.raises(TrainingError, match="2 non-finite steps in a row at step 5"):
+    with pytest.raises(TrainingError, match="2 non-finite steps in a row at step 6"):
         case.train(config(case, tmp_path, max_steps=20, max_nonfinite=2))
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("step-")) == ["step-3"]
     assert [r["step"] for r in records(run)] == [1, 2, 3, 4, 5, 6]
     assert records(run)[-1]["verdict"] == "nonfinite"
+    assert (run / "loss.png").exists()  # the curve that led there
+
+
+@pytest.mark.parametrize("case", TASKS, ids=IDS)
+def test_an_evaluation_worse_than_guessing_writes_no_checkpoint(case, tmp_path, monkeypatch):
+    """The divergence rule (a loss above ln(V) + 1) judges every task's evaluations: a diverged
+    model never becomes best/ nor an evaluation's checkpoint."""
+    from rnnlab.training.loop import Evaluation
+
+    kind = type(_task_of(case))
+    real = kind.evaluate
+
+    def diverged(self, model, dp):
+        found = real(self, model, dp)
+        return Evaluation({**found.metrics, "val_loss": 1e3}, found.extra)
+
+    monkeypatch.setattr(kind, "evaluate", diverged)
+    result = case.train(config(case, tmp_path, max_steps=4, eval_every=2))
+    run = tmp_path / "run"
+    assert result.best is None and not (run / "best").exists()
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("step-")) == ["step-4"]
 
 
 @pytest.mark.parametrize("case", TASKS, ids=IDS)
@@ -371,3 +392,15 @@ def test_a_checkpoint_whose_cursor_is_past_its_epoch_is_refused(case, tmp_path):
         CheckpointError, match=r"trainer.json: cursor: expected <= \d+, found 1000000000"
     ):
         case.train(resume=tmp_path / "run", changes={"max_steps": 4})
+
+
+def _task_of(case: TaskCase) -> Any:
+    """An (unbuilt) instance's class is all the test needs: the task module's Task subclass."""
+    import importlib
+
+    from rnnlab.training.loop import Task
+
+    module = importlib.import_module(f"rnnlab.tasks.{case.name}")
+    kind = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Task)
+                and v is not Task)  # fmt: skip
+    return kind.__new__(kind)

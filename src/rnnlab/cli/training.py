@@ -34,22 +34,21 @@ def duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def format_metrics(metrics: Mapping[str, Any], unit: str) -> str:
-    """Validation metrics as one phrase: ``val 1.4821 nats/char (2.138 bits/char)``,
-    ``val loss 0.3120 nats/token  WER 12.50%  PER 3.10%``."""
+def format_metrics(metrics: Mapping[str, Any], noun: str) -> str:
+    """Validation metrics as one phrase, in the order given: ``val 1.4821 nats/char (2.138
+    bits/char)``, ``val WER 12.50%  PER 3.10%  loss 0.3120 nats/symbol``; ``noun`` is what a
+    loss is per."""
     parts = []
-    if "val_loss" in metrics:
-        noun = unit.rstrip("s")
-        if "val_bpc" in metrics:
-            parts.append(f"val {metrics['val_loss']:.4f} nats/{noun} "
-                         f"({metrics['val_bpc']:.3f} bits/{noun})")  # fmt: skip
-        else:
-            parts.append(f"val loss {metrics['val_loss']:.4f} nats/{noun}")
-    for key, (label, percent, decimals) in _METRICS.items():
-        if key in metrics:
-            value = 100 * metrics[key] if percent else metrics[key]
-            parts.append(f"{label} {value:.{decimals}f}{'%' if percent else ''}")
-    return "  ".join(parts)
+    for key, value in metrics.items():
+        if key == "val_loss" and "val_bpc" in metrics:
+            parts.append(f"{value:.4f} nats/{noun} ({metrics['val_bpc']:.3f} bits/{noun})")
+        elif key == "val_loss":
+            parts.append(f"loss {value:.4f} nats/{noun}")
+        elif key in _METRICS:
+            label, percent, decimals = _METRICS[key]
+            shown = 100 * value if percent else value
+            parts.append(f"{label} {shown:.{decimals}f}{'%' if percent else ''}")
+    return "val " + "  ".join(parts) if parts else ""
 
 
 class Reporter:
@@ -58,7 +57,7 @@ class Reporter:
     start event names the task's own."""
 
     def __init__(self, progress: bool, unit: str = "chars") -> None:
-        self.progress, self.unit = progress, unit
+        self.progress, self.unit, self.noun = progress, unit, unit.rstrip("s")
         self.start = time.perf_counter()
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -66,6 +65,7 @@ class Reporter:
         elapsed = time.perf_counter() - self.start
         if kind == "start":
             self.unit = event.get("unit", self.unit)
+            self.noun = event.get("loss_unit", self.unit.rstrip("s"))
             verb = "resuming" if event["resumed"] else "training"
             ranks = event.get("world_size", 1)
             backend = f", backend {event['backend']}" if "backend" in event else ""
@@ -86,19 +86,21 @@ class Reporter:
             prefix = "\r" if self.progress else ""
             mark = " *" if event["best"] else ""
             example = f"  | {event['example']}" if event.get("example") else ""
-            print(f"{prefix}step {event['step']:>6}  {format_metrics(event, self.unit)}{mark}  "
+            metrics = {k: v for k, v in event.items() if k.startswith("val_")}
+            print(f"{prefix}step {event['step']:>6}  {format_metrics(metrics, self.noun)}{mark}  "
                   f"{duration(elapsed)}{example}", file=err)  # fmt: skip
         elif kind == "sample":
             print("  | " + event["text"].replace("\n", "\n  | "), file=err)
         elif kind == "nonfinite":
             what = "non-finite loss/gradient" if event["reason"] == "nonfinite" else "diverged loss"
-            print(f"\nstep {event['step']}: {what} ({event['loss']:.4g}), step skipped "
+            print(f"{chr(10) if self.progress else ''}step {event['step']}: {what} "
+                  f"({event['loss']:.4g}), step skipped "
                   f"({event['in_a_row']} in a row)", file=err)  # fmt: skip
         elif kind == "end":
             if self.progress:
                 print(file=err)
             best = event["best"]
-            found = (f"best {format_metrics(best, self.unit)}" if best
+            found = (f"best {format_metrics(best, self.noun)}" if best
                      else "no evaluation ran (no best checkpoint yet)")  # fmt: skip
             print(f"stopped at step {event['step']} ({event['stopped']}); {found}", file=err)
 

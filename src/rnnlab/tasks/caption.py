@@ -167,6 +167,7 @@ class CaptionTask(Task):
 
     name = "caption"
     unit = "captions"
+    loss_unit = "word"  # per caption word, <end> included
     scores = (Score("val_cider", "best_cider", higher_is_better=True),)
 
     def __init__(self, config: CaptionTrainConfig, data: CaptionData, vocab: CaptionVocab,

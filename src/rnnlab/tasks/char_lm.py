@@ -133,7 +133,7 @@ class CharLMTask(Task):
     unit = "chars"
     sharded = "streams"
     scores = (Score("val_loss", "best_val_loss"),)
-    check_val_divergence = True  # a char-LM worse than guessing is a diverged model
+    loss_unit = "char"
 
     def __init__(self, config: TrainConfig, corpus: Corpus, dp: DataParallel) -> None:
         self.config, self.corpus, self.dp = config, corpus, dp

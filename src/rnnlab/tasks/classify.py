@@ -136,6 +136,7 @@ class ClassifyTask(Task):
 
     name = "classify"
     unit = "rows"
+    loss_unit = "row"
     scores = (Score("val_accuracy", "best_accuracy", higher_is_better=True),
               Score("val_loss", "best_val_loss"))  # fmt: skip
 

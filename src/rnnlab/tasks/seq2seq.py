@@ -260,6 +260,7 @@ class Seq2SeqTask(Task):
 
     name = "seq2seq"
     unit = "tokens"
+    loss_unit = "symbol"  # per target symbol, </s> included, as seq2seq eval reports it
     scores = (Score("val_wer", "best_wer"), Score("val_loss", "best_val_loss"))
 
     def __init__(self, config: Seq2SeqTrainConfig, data: PairData, dp: DataParallel) -> None:

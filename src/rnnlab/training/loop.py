@@ -12,8 +12,8 @@ same for every task, top to bottom:
 
 Rules every task gets alike: a bad step (loss or gradient norm NaN/inf, or, after warm-up, a loss
 above ln(V) + 1 nats) is skipped, ``max_nonfinite`` in a row abort (the aborting step is in the
-log); an evaluation is *healthy* when all its numbers are finite (and, for tasks that ask, its loss
-is not diverged): only healthy evaluations checkpoint and only they can be best; a run stopped by
+log); an evaluation is *healthy* when all its numbers are finite and its loss is not above
+ln(V) + 1 either: only healthy evaluations checkpoint and only they can be best; a run stopped by
 ``max_minutes`` evaluates and writes ``best/`` like any other; a signal (SIGTERM, Ctrl-C) finishes
 the step and checkpoints without evaluating; a run that never evaluated reports ``best=None``,
 never a placeholder score.
@@ -95,7 +95,7 @@ class Task(ABC):
         "batches"  # what data parallel splits between the ranks: f"{unit}_per_s" in records
     )
     scores: tuple[Score, ...] = ()  # compared in order; the first decides, the next break ties
-    check_val_divergence: bool = False  # an evaluation whose val_loss > ln(V) + 1 is unhealthy
+    loss_unit: str = "token"  # what a loss in nats is per (nats/char, nats/word...)
     config: RunConfig
     num_classes: int  # V of the guard: a loss above ln(V) + 1 after warm-up is diverged
 
@@ -180,7 +180,8 @@ def fit(
     emit({"kind": "start", "run_dir": str(run_dir), "step": step, "max_steps": config.max_steps,
           "device": str(device), "parameters": _parameters(model),
           "steps_per_epoch": task.steps_per_epoch(), "resumed": resume is not None,
-          "world_size": W, "unit": task.unit, **task.start_fields()})  # fmt: skip
+          "world_size": W, "unit": task.unit, "loss_unit": task.loss_unit,
+          **task.start_fields()})  # fmt: skip
 
     saved_steps: list[int] = []
 
@@ -225,7 +226,7 @@ def fit(
             optimizer.step()
             task.accept_step()
         else:  # non-finite or diverged: skip the update, keep the parameters, count it
-            emit({"kind": "nonfinite", "step": step, "loss": loss_value, "reason": verdict,
+            emit({"kind": "nonfinite", "step": step + 1, "loss": loss_value, "reason": verdict,
                   "in_a_row": guard.in_a_row})  # fmt: skip
         step, cursor = step + 1, cursor + 1
         speed.add(units)
@@ -237,6 +238,8 @@ def fit(
         if verdict != "ok" and guard.give_up():  # the aborting step is in the log too
             metrics.write({**record, "verdict": verdict})
             metrics.close()
+            if dp.is_main:  # the curve that led there
+                plot_history(metrics.history, run_dir / "loss.png", task.loss_unit)
             raise TrainingError(_abort_message(guard, verdict, step, run_dir))
         if step % config.log_every == 0 or step == config.max_steps:
             seconds_per_step = (speed.elapsed() - elapsed) / max(step - steps_at_start, 1)
@@ -265,7 +268,7 @@ def fit(
         checkpoint(False)  # the final state is always saved, unless it diverged
     metrics.close()
     if dp.is_main:
-        plot_history(metrics.history, run_dir / "loss.png", task.unit,
+        plot_history(metrics.history, run_dir / "loss.png", task.loss_unit,
                      [s.key for s in task.scores if s.key != "val_loss"])  # fmt: skip
     dp.wait_for_all()  # no rank exits (torchrun would stop the rest) before rank 0 is done
     emit({"kind": "end", "step": step, "stopped": stopped, "best": best,
@@ -318,7 +321,7 @@ def _eta(config: RunConfig, step: int, seconds_per_step: float, elapsed: float) 
 
 def _abort_message(guard: StepGuard, verdict: str, step: int, run_dir: Path) -> str:
     return (f"{guard.in_a_row} {verdict.replace('nonfinite', 'non-finite')} steps in a row at "
-            f"step {step - 1} (rule: loss NaN/inf, or above ln(V)+1 = {guard.limit:.2f} nats "
+            f"step {step} (rule: loss NaN/inf, or above ln(V)+1 = {guard.limit:.2f} nats "
             f"after warm-up); the last good checkpoint is {_last_good(run_dir)}; lower --lr or "
             "--grad-clip")  # fmt: skip
 
@@ -389,7 +392,7 @@ def _unhealthy(task: Task, found: Evaluation, guard: StepGuard) -> str:
     if bad:
         return f"the evaluation is not finite ({_shown(bad)})"
     loss = found.metrics.get("val_loss", 0.0)
-    if task.check_val_divergence and guard.diverged(loss):
+    if guard.diverged(loss):
         return f"validation loss {loss:.4g} is worse than guessing (> {guard.limit:.2f})"
     return ""
 
