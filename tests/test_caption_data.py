@@ -232,3 +232,23 @@ def test_a_zero_width_feature_file_stops_training_before_the_run_directory(tmp_p
     err = capsys.readouterr().err
     assert "f.npy" in err and "(2, 0)" in err and "F=0" in err and err.count("\n") == 1
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [('{"images": [], "images": []}', "images: expected each key once"),
+     ('{"images": [{"imgid": ' + "9" * 5000 + "}]}", "imgid: expected an integer of at most"),
+     ('{"images": [{"imgid": NaN}]}', "imgid: expected a finite number"),
+     ("[" * 50_000 + "]" * 50_000, "not valid JSON")],
+    ids=["duplicate-key", "5000-digits", "nan", "deep"],
+)  # fmt: skip
+def test_a_hostile_caption_json_is_one_line_naming_the_file(tmp_path, text, fragment):
+    """The caption set is read by the one strict JSON reader, as a run directory's files are."""
+    from rnnlab.data.captions import read_caption_json
+    from rnnlab.data.errors import DataError
+
+    path = tmp_path / "captions.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=fragment) as caught:
+        read_caption_json(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

@@ -321,6 +321,7 @@ def test_the_run_directory_files_are_never_written_through_a_link(tmp_path):
         with pytest.raises(ValueError, match="link"):  # rnnlab.io.UnsafePathError
             train(config(case, tmp_path, run.name, max_steps=3))
         assert outside.read_text() == "keep me\n"
+        assert not list(run.glob("step-*"))  # refused before training, not after it
 
 
 def test_a_non_finite_step_stays_in_metrics_jsonl_across_a_resume(tmp_path, monkeypatch):
@@ -404,3 +405,77 @@ def _task_of(case: TaskCase) -> Any:
     kind = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Task)
                 and v is not Task)  # fmt: skip
     return kind.__new__(kind)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["classify", "eval", "RUN", "/dev/zero"],
+     ["classify", "predict", "RUN", "--input", "/dev/zero"], ["classify", "eval", "RUN", "FIFO"],
+     ["classify", "train", "/dev/urandom"],
+     ["seq2seq", "train", "--pairs", "/dev/zero"]],
+    ids=["eval-zero", "predict-zero", "eval-fifo", "train-urandom", "pairs-zero"],
+)  # fmt: skip
+def test_line_inputs_that_are_not_regular_files_are_one_line_errors(argv, tmp_path, capsys):
+    """/dev/zero would be read until memory runs out, a FIFO would block: refused by name."""
+    import os
+
+    from rnnlab.cli import main
+
+    if "RUN" in argv:
+        TASKS[2].train(config(TASKS[2], tmp_path, max_steps=2))
+    os.mkfifo(tmp_path / "fifo")
+    args = [a.replace("RUN", str(tmp_path / "run")).replace("FIFO", str(tmp_path / "fifo"))
+            for a in argv]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a regular file" in err, err
+
+
+def test_positional_predict_sources_have_the_input_files_length_limit(tmp_path, capsys):
+    from rnnlab.cli import main
+
+    TASKS[2].train(config(TASKS[2], tmp_path, max_steps=2))
+    TASKS[1].train(config(TASKS[1], tmp_path, "s2s", max_steps=2))
+    long = "a" * 10_001
+    for argv in (["classify", "predict", str(tmp_path / "run"), long],
+                 ["seq2seq", "predict", str(tmp_path / "s2s"), long]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "10,001 characters, more than the 10,000" in err, err
+
+
+def test_seq2seq_eval_of_a_pairs_run_needs_no_flag(tmp_path, capsys):
+    """The command the training summary suggests works as printed: a pairs run's split is val."""
+    from rnnlab.cli import main
+
+    TASKS[1].train(config(TASKS[1], tmp_path, max_steps=2))
+    assert main(["seq2seq", "eval", str(tmp_path / "run")]) == 0
+    assert "val split: WER" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("task", [["char_lm"], {}, 5, None, "pwn"])
+def test_a_task_in_config_json_of_any_type_is_one_line(task, tmp_path):
+    import hashlib
+
+    from rnnlab.checkpoint import CheckpointError
+    from rnnlab.runs import load_run
+    from rnnlab.validation import ConfigError
+
+    TASKS[0].train(config(TASKS[0], tmp_path, max_steps=2))
+    ckpt = tmp_path / "run" / "step-2"
+    data = json.loads((ckpt / "config.json").read_text())
+    data["task"] = task
+    raw = json.dumps(data).encode()
+    (ckpt / "config.json").write_bytes(raw)
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["files"]["config.json"] = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises((ConfigError, CheckpointError), match="config.json: task: expected one of"):
+        load_run(ckpt)
+
+
+def test_a_huge_value_in_an_error_is_cut_to_its_start():
+    from rnnlab.validation import ConfigError
+
+    message = str(ConfigError("seed", "an integer in [0, 2**63)", 10**4000))
+    assert len(message) < 200 and "characters)" in message

@@ -184,7 +184,7 @@ def _task_of(config: dict[str, Any], directory: Path) -> str:
     """The task a checkpoint's config.json belongs to."""
     source = str(directory / "config.json")
     if "task" in config:
-        if config["task"] not in _TITLES:
+        if not isinstance(config["task"], str) or config["task"] not in _TITLES:
             raise ConfigError("task", f"one of {', '.join(_TITLES)}", config["task"], source)
         return config["task"]
     if not isinstance(config.get("model"), dict):

@@ -30,7 +30,9 @@ class ConfigError(ValueError):
     def __init__(self, field: str, expected: str, found: Any, source: str = "") -> None:
         self.field, self.expected, self.found, self.source = field, expected, found, source
         where = f"{source}: " if source else ""
-        shown = repr(found) if not isinstance(found, str) or len(found) < 80 else repr(found[:80])
+        shown = repr(found) if not isinstance(found, str) else repr(found[:80])
+        if len(shown) > 90:  # a 5000-digit number, a long list: the start says what it was
+            shown = shown[:80] + f"... ({len(shown):,} characters)"
         super().__init__(f"{where}{field}: expected {expected}, found {shown}")
 
 

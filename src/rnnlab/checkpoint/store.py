@@ -38,6 +38,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from rnnlab import strictjson
 from rnnlab.checkpoint.state import CheckpointError
 from rnnlab.io import fsync_dir
 
@@ -360,74 +361,10 @@ def resolve_checkpoint(path: str | os.PathLike[str], which: str = "latest") -> P
     return latest
 
 
-MAX_INT_DIGITS = 40  # rnnlab writes seeds and sizes below 2**64 (20 digits)
-
-
-class _Refused:
-    """A value the parser met that strict JSON refuses; reported with the key that holds it."""
-
-    __slots__ = ("expected", "found")
-
-    def __init__(self, expected: str, found: str) -> None:
-        self.expected, self.found = expected, found
-
-
-def _refuse_constant(name: str) -> _Refused:
-    return _Refused("a finite number", name)
-
-
-def _parse_float(text: str) -> float | _Refused:
-    value = float(text)
-    return value if math.isfinite(value) else _Refused("a finite number", text)
-
-
-def _parse_int(text: str) -> int | _Refused:
-    digits = len(text.lstrip("-"))
-    if digits > MAX_INT_DIGITS:
-        return _Refused(f"an integer of at most {MAX_INT_DIGITS} digits", f"{digits} digits")
-    return int(text)
-
-
 def parse_json(data: bytes | str, source: str, *, nonfinite: bool = False) -> Any:
-    """Strict JSON, the one reader of every JSON file in a run directory: UTF-8, no NaN or
-    Infinity (unless ``nonfinite``: metrics.jsonl keeps a non-finite loss as NaN, by design),
-    no number that overflows a float (``1e999``), no integer longer than MAX_INT_DIGITS, no key
-    twice in one object (which value wins differs between parsers). Every refusal is a
-    CheckpointError "source: key: expected ..., found ..."."""
-
-    def check(value: Any, key: str) -> None:
-        stack = [value]
-        while stack:  # lists only: nested objects were checked when they were built
-            x = stack.pop()
-            if isinstance(x, _Refused):
-                raise CheckpointError(f"{source}: {key}: expected {x.expected}, found {x.found}")
-            if type(x) is list:
-                stack.extend(x)
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                raise CheckpointError(f"{source}: {key}: expected each key once, found it twice")
-            check(value, key)
-            out[key] = value
-        return out
-
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        value = json.loads(
-            text,
-            object_pairs_hook=pairs,
-            parse_constant=float if nonfinite else _refuse_constant,
-            parse_float=_parse_float,
-            parse_int=_parse_int,
-        )
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{source}: not valid JSON ({e})") from None
-    check(value, "(top level)")
-    return value
+    """``rnnlab.strictjson.parse_json`` with its refusals as CheckpointErrors: the one reader of
+    every JSON file in a run directory."""
+    return strictjson.parse_json(data, source, nonfinite=nonfinite, error=CheckpointError)
 
 
 def _read_json_bytes(data: bytes, file: Path) -> Any:

@@ -125,6 +125,9 @@ def run_eval(args: argparse.Namespace) -> int:
     _check_decoding(args)
     if args.max_images < 0:
         raise ValueError(f"--max-images: expected >= 0, got {args.max_images}")
+    if args.report and Path(args.report).is_symlink():  # said before the evaluation, not after
+        raise ValueError(f"--report: {args.report} is a symbolic link; write the report to a "
+                         "file of its own")  # fmt: skip
     run = load_run(args.run_dir, args.checkpoint, args.device, tasks=("caption",),
                    command="rnnlab caption eval")  # fmt: skip
     dataset = report.dataset_of(run, args.data, args.images)

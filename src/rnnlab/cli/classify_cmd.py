@@ -97,7 +97,9 @@ def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     run = load_run(args.run_dir, args.checkpoint, str(device), tasks=("classify",),
                    command="rnnlab classify predict")  # fmt: skip
-    texts = list(args.texts)
+    from rnnlab.data.text import check_length
+
+    texts = [check_length(t, f"text {i + 1}", "text") for i, t in enumerate(args.texts)]
     where = [f"text {i + 1} ({t!r})" for i, t in enumerate(texts)]
     if args.input:
         from rnnlab.cli.seq2seq_cmd import read_lines

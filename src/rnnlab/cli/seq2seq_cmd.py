@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--split",
         choices=("val", "test"),
-        default="test",
-        help="the run's split (default: test; a pairs run needs --pairs for test)",
+        default=None,
+        help="the run's split (default: test for g2p; a pairs run has only val, or --pairs)",
     )
     e.add_argument("--pairs", default=None, help="evaluate on this TSV/CSV file instead")
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best",
@@ -99,8 +99,9 @@ def run_eval(args: argparse.Namespace) -> int:
     elif config.task == "g2p":
         from rnnlab.data.cmudict import g2p_splits
 
-        pairs, where = g2p_splits(stress=config.stress)[args.split], f"CMUdict {args.split} split"
-    elif args.split == "val":
+        split = args.split or "test"
+        pairs, where = g2p_splits(stress=config.stress)[split], f"CMUdict {split} split"
+    elif args.split in (None, "val"):
         pairs, where = load_task(config).val, "val split"
     else:
         raise ValueError(
@@ -144,7 +145,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
     decode = DecodeConfig(**given(args, DecodeConfig))
     device = resolve_device(args.device)
-    sources, source_at = list(args.sources), []
+    from rnnlab.data.text import check_length
+
+    sources, source_at = [check_length(s, f"source {i + 1}", "source")
+                          for i, s in enumerate(args.sources)], []  # fmt: skip
     if args.g2p_en:
         from rnnlab.models.g2p_en import MAX_STEPS, load_g2p_en
 

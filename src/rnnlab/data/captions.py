@@ -28,7 +28,6 @@ threshold, most frequent first. A batch of captions is laid out for teacher forc
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -41,6 +40,7 @@ import numpy as np
 from rnnlab.data.errors import DataError
 from rnnlab.data.images import inside_folder, load_image
 from rnnlab.data.vocab import Vocab
+from rnnlab.strictjson import parse_json
 
 __all__ = [
     "CaptionDataset",
@@ -108,12 +108,7 @@ def read_caption_json(path: str | Path, image_dir: str | Path | None = None) -> 
         raise DataError(f"{path}: no such caption file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the caption file ({_reason(e)})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-        ) from None
+    data = parse_json(text, str(path), error=DataError)  # strict: duplicate keys, NaN, bigints
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f'{path}: expected an object with an "images" list (Karpathy format)')
     root = Path(image_dir) if image_dir is not None else path.parent

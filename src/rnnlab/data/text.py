@@ -95,7 +95,9 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, *, name: str | None = N
     """The UTF-8 text of a file (a path, or an open binary stream such as stdin's buffer).
 
     ``name`` is what errors call the file (default: the path; a stream needs it). A missing or
-    unreadable file, a directory, more than ``max_bytes`` bytes or invalid UTF-8 is a DataError.
+    unreadable file, a directory, anything but a regular file (a device such as /dev/zero, a
+    FIFO: they would be read forever or block), more than ``max_bytes`` bytes or invalid UTF-8
+    is a DataError.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -103,10 +105,15 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, *, name: str | None = N
         try:
             if path.is_dir():
                 raise DataError(f"{name}: is a directory, expected a text file")
+            if path.exists() and not path.is_file():
+                raise DataError(f"{name}: is not a regular file; pass a text file")
             size = path.stat().st_size
             if size > max_bytes:
                 raise DataError(f"{name}: {size} bytes, more than the {max_bytes} this reads")
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(max_bytes + 1)  # a file that grows meanwhile is still bounded
+            if len(data) > max_bytes:
+                raise DataError(f"{name}: more than the {max_bytes} bytes this reads")
         except OSError as e:
             raise DataError(f"{name}: cannot read ({e.strerror})") from None
     else:

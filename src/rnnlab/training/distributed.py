@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from rnnlab.cells import State
 from rnnlab.checkpoint import CheckpointError, flatten_state, list_checkpoints, unflatten_state
+from rnnlab.io import UnsafePathError
 from rnnlab.runtime import resolve_device
 from rnnlab.training.tools import RunLock, TrainingError
 from rnnlab.validation import ConfigError
@@ -433,6 +434,7 @@ class DataParallel:
         with self.together("opening the run directory"):
             if self.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
+                refuse_links(run_dir)
                 stack.enter_context(RunLock(run_dir))
                 if fresh and list_checkpoints(run_dir):
                     raise ValueError(
@@ -448,6 +450,20 @@ class DataParallel:
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
+
+
+RUN_FILES = (".lock", "metrics.jsonl", "loss.png", "best")  # what training writes into a run
+
+
+def refuse_links(run_dir: Path) -> None:
+    """Refuse, before any work, a run directory in which what training writes (its lock, log,
+    plot and checkpoints) is a symbolic link: a run directory may come from anyone, and every
+    write stays inside it (``rnnlab.io``) - better said now than after an hour of training."""
+    names = [*RUN_FILES, *(p.name for p in run_dir.glob("step-*"))]
+    for name in names:
+        if (run_dir / name).is_symlink():
+            raise UnsafePathError(f"{run_dir / name}: is a symbolic link; the files of a run "
+                                  "directory must be its own (remove the link)")  # fmt: skip
 
 
 def rank_rng_fields(states: list[Any]) -> dict[str, Any]:
