@@ -149,6 +149,14 @@ def check_length(text: str, where: str, what: str = "field",
     return text
 
 
+def data_sha256(path: str | os.PathLike[str]) -> str:
+    """``sha256_file`` of a data file a task trained on, an unreadable one a DataError naming it."""
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in ``chunk_size`` pieces (memory stays one chunk,
     whatever the file's size). ``OSError`` propagates: each caller names its own failure."""

@@ -37,7 +37,7 @@ from rnnlab.data.captions import (
     read_features,
 )
 from rnnlab.data.errors import DataError
-from rnnlab.data.text import sha256_file
+from rnnlab.data.text import data_sha256
 from rnnlab.loading import RunKind
 from rnnlab.metrics.captioning import score_captions
 from rnnlab.models.captioner import Captioner, CaptionerConfig, caption_loss, generate_captions
@@ -264,11 +264,8 @@ def _record(config: CaptionTrainConfig, data: CaptionData, run_dir: Path) -> dic
         "images": str(data.dataset.image_dir.resolve()),
         "features": str(Path(config.features).resolve()) if config.features else "",
     }
-    try:
-        digest = sha256_file(data.dataset.source)
-    except OSError as e:
-        raise DataError(f"{data.dataset.source}: cannot read ({e.strerror})") from None
-    return {"train": train, "data": {"source": train["data"], "sha256": digest}}
+    return {"train": train, "data": {"source": train["data"],
+                                     "sha256": data_sha256(data.dataset.source)}}  # fmt: skip
 
 
 # -- its run directories --------------------------------------------------------------------------

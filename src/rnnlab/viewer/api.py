@@ -8,7 +8,6 @@ duplicate keys, no NaN) and ``sample_request`` (each field through ``rnnlab.vali
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -20,6 +19,7 @@ import torch
 from rnnlab.analysis.trace import iter_trace
 from rnnlab.models import CharLM
 from rnnlab.sample import SampleConfig
+from rnnlab.strictjson import parse_json
 from rnnlab.validation import ConfigError, from_mapping
 
 MAX_SAMPLE = 2000  # characters per live sample
@@ -36,9 +36,17 @@ class RequestError(Exception):
         self.status = status
 
 
+class _BadBody(RequestError):
+    """A body strict JSON refuses: a 400."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(HTTPStatus.BAD_REQUEST, message)
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     """A request body: a UTF-8 JSON object, nested at most ``MAX_DEPTH`` deep, no duplicate keys,
-    no NaN/Infinity, no integer over 4300 digits; anything else is a 400 ``RequestError``."""
+    no NaN/Infinity, no integer over 40 digits (``rnnlab.strictjson``); anything else is a 400
+    ``RequestError``."""
     depth = 0
     in_string = escaped = False
     for byte in raw:  # the nesting, counted before the recursive parser could overflow the stack
@@ -56,21 +64,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         elif byte in (0x5D, 0x7D):
             depth -= 1
 
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) != len(pairs):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "body: a key occurs twice")
-        return obj
-
-    def no_constant(name: str) -> Any:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"body: {name} is not JSON")
-
-    try:
-        obj = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constant
-        )
-    except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, a 5000-digit integer
-        raise RequestError(HTTPStatus.BAD_REQUEST, "body: expected JSON") from None
+    obj = parse_json(raw, "body", error=_BadBody)  # the one strict reader, as for run files
     if not isinstance(obj, dict):
         raise RequestError(HTTPStatus.BAD_REQUEST, "body: expected a JSON object")
     return obj
