@@ -97,8 +97,13 @@ def sample_scene(rng: np.random.Generator) -> tuple[list[Shape], str | None]:
     return [a, b], relation
 
 
-def render(shapes: list[Shape], size: int, background: int = 128) -> np.ndarray:
-    """The image as uint8 (size, size, 3)."""
+def render(
+    shapes: list[Shape],
+    size: int,
+    background: int = 128,
+    colours: dict[str, tuple[int, int, int]] = COLOURS,
+) -> np.ndarray:
+    """The image as uint8 (size, size, 3); ``colours`` maps each shape's colour name to RGB."""
     from PIL import Image, ImageDraw
 
     big = size * _SUPERSAMPLE
@@ -108,11 +113,11 @@ def render(shapes: list[Shape], size: int, background: int = 128) -> np.ndarray:
         cx, cy, r = s.x * big, s.y * big, s.radius * big
         box = (cx - r, cy - r, cx + r, cy + r)
         if s.kind == "circle":
-            draw.ellipse(box, fill=COLOURS[s.colour])
+            draw.ellipse(box, fill=colours[s.colour])
         elif s.kind == "square":
-            draw.rectangle(box, fill=COLOURS[s.colour])
+            draw.rectangle(box, fill=colours[s.colour])
         else:  # an upward triangle inscribed in the same box
-            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=COLOURS[s.colour])
+            draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=colours[s.colour])
     return np.asarray(im.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
 
 
