@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import functools
 import math
+import typing
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+# Every cell's name, once: the configs of every task (``cell: CellName``), the CLI's choices and
+# ``Recurrent`` read it from here, so a cell added below appears in every command.
+CellName = Literal["rnn", "lstm", "gru", "mut1", "mut2", "mut3"]
+CELL_NAMES: tuple[str, ...] = typing.get_args(CellName)
 State = Tensor | tuple[Tensor, Tensor]
 Gates = dict[str, Tensor]
 Params = Mapping[str, Tensor]
@@ -422,6 +428,7 @@ class MUT3Cell(_MUTCell):
 CELLS: dict[str, type[Cell]] = {
     c.name: c for c in (RNNCell, LSTMCell, GRUCell, MUT1Cell, MUT2Cell, MUT3Cell)
 }
+assert tuple(CELLS) == CELL_NAMES, "CellName and CELLS list the same cells in the same order"
 
 
 StepFunction = Callable[[Tensor, State, Params], tuple[State, Gates]]

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rnnlab.cells import CELL_NAMES
 from rnnlab.validation import ConfigError, setting, validate
 
 MAX_SEED = 2**63 - 1
 MAX_GRADIENT_ELEMENTS = 2**26  # steps * batch_size * hidden_size
-CELL_NAMES = ("rnn", "lstm", "gru", "mut1", "mut2", "mut3")
 
 
 @dataclass

@@ -43,11 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.cells import CellName
 from rnnlab.models.vision import SmallCNN
 from rnnlab.recurrent import Recurrent
 from rnnlab.validation import from_mapping, setting, validate
-
-Cell = Literal["lstm", "gru", "rnn", "mut1", "mut2", "mut3"]
 
 
 @dataclass
@@ -56,7 +55,7 @@ class CaptionerConfig:
 
     vocab_size: int = setting(0, "V: words in the vocabulary, specials included", low=5,
                               high=1_000_000)  # fmt: skip
-    cell: Cell = setting("lstm", "recurrent cell of the decoder")
+    cell: CellName = setting("lstm", "recurrent cell of the decoder")
     embedding_size: int = setting(64, "E: word embedding size", low=1, high=65536)
     hidden_size: int = setting(256, "H: hidden units per layer", low=1, high=65536)
     num_layers: int = setting(1, "L: recurrent layers", low=1, high=64)

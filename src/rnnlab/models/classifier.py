@@ -24,11 +24,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from rnnlab.cells import ShapeError
+from rnnlab.cells import CellName, ShapeError
 from rnnlab.recurrent import Recurrent
 from rnnlab.validation import setting, validate
-
-CellName = Literal["lstm", "gru", "rnn", "mut1", "mut2", "mut3"]
 
 
 @dataclass

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from rnnlab.cells import ShapeError, State
+from rnnlab.cells import CellName, ShapeError, State
 from rnnlab.decoding import (
     Hypothesis,
     beam_search,
@@ -52,7 +52,6 @@ from rnnlab.decoding import (
 from rnnlab.recurrent import Recurrent
 from rnnlab.validation import setting, validate
 
-CellName = Literal["lstm", "gru", "rnn", "mut1", "mut2", "mut3"]
 PAD, UNK, SOURCE_EOS = 0, 1, 2  # source specials
 BOS, EOS = 2, 3  # target specials (pad and unk as in the source)
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.cells import CellName
 from rnnlab.data.captions import (
     PAD,
     CaptionDataset,
@@ -41,7 +42,7 @@ from rnnlab.data.text import data_sha256
 from rnnlab.loading import RunKind
 from rnnlab.metrics.captioning import score_captions
 from rnnlab.models.captioner import Captioner, CaptionerConfig, caption_loss, generate_captions
-from rnnlab.training.config import BIG, Cell, RunConfig, retune
+from rnnlab.training.config import BIG, RunConfig, retune
 from rnnlab.training.distributed import DataParallel
 from rnnlab.training.loop import Evaluation, FitResult, Score, Task
 from rnnlab.training.session import Changes, OnEvent, RunPath, begin, run_task, start_process
@@ -66,7 +67,7 @@ class CaptionTrainConfig(RunConfig):
                              low=1, high=10**9)  # fmt: skip
     max_length: int = setting(16, "captions are cut to this many words", low=1, high=1000)
     # model (see CaptionerConfig)
-    cell: Cell = setting("lstm", "decoder cell")
+    cell: CellName = setting("lstm", "decoder cell")
     embedding_size: int = setting(64, "word embedding size", low=1, high=65536)
     hidden_size: int = setting(256, "decoder hidden units per layer", low=1, high=65536)
     num_layers: int = setting(1, "decoder layers", low=1, high=64)

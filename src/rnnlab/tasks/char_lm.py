@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.cells import CellName, cell_class
 from rnnlab.checkpoint import CheckpointError
 from rnnlab.data import Corpus, DataError, StreamBatcher, Vocab, cached_corpus, prepare_corpus
 from rnnlab.evaluate import evaluate_tokens
@@ -32,7 +33,7 @@ from rnnlab.kernels import extension_status
 from rnnlab.loading import MAX_PARAMETERS, LoadedRun, RunKind
 from rnnlab.models import CharLM, CharLMConfig
 from rnnlab.sample import DecodingError, SampleConfig, generate
-from rnnlab.training.config import BIG, MAX_WIDTH, Backend, Cell, RunConfig
+from rnnlab.training.config import BIG, MAX_WIDTH, Backend, RunConfig
 from rnnlab.training.distributed import (
     DataParallel,
     check_divisible,
@@ -60,7 +61,7 @@ class TrainConfig(RunConfig):
     val_frac: float = setting(0.05, "fraction of the text held out for validation", low=0, high=0.9)
     test_frac: float = setting(0.05, "fraction of the text held out for testing", low=0, high=0.9)
     # model
-    cell: Cell = setting("gru", "recurrent cell")
+    cell: CellName = setting("gru", "recurrent cell")
     hidden_size: int = setting(384, "units per layer", low=1, high=MAX_WIDTH)
     num_layers: int = setting(1, "stacked recurrent layers", low=1, high=64)
     embedding_size: int = setting(0, "embedding width (0: hidden_size)", low=0, high=MAX_WIDTH)
@@ -308,7 +309,7 @@ class _ModelSchema:
     """The bounds of CharLMConfig's fields as read from a run directory."""
 
     vocab_size: int = setting(1, "vocabulary size", low=1, high=MAX_VOCAB)
-    cell: Cell = setting("lstm", "cell")
+    cell: CellName = setting("lstm", "cell")
     hidden_size: int = setting(256, "units per layer", low=1, high=MAX_WIDTH)
     num_layers: int = setting(1, "layers", low=1, high=64)
     embedding_size: int = setting(0, "embedding width", low=0, high=MAX_WIDTH)
@@ -332,9 +333,10 @@ def read_model_config(data: dict[str, Any], source: str) -> CharLMConfig:
     except (TypeError, ValueError) as e:
         raise ConfigError("(fields)", "consistent values", str(e), source) from None
     # An estimate first: building even on the meta device costs time for an absurd config.
-    G = {"lstm": 4, "gru": 3, "mut1": 3, "mut2": 3, "mut3": 3}.get(config.cell, 1)
     H, E, L, V = config.hidden_size, config.embedding_size, config.num_layers, config.vocab_size
-    estimate = V * E + G * H * (E + H) + (L - 1) * G * H * 2 * H + V * H
+    shapes = cell_class(config.cell).parameter_shapes  # counted from the shapes, nothing built
+    estimate = V * E + V * H + sum(math.prod(s) for s in shapes(E, H).values())
+    estimate += (L - 1) * sum(math.prod(s) for s in shapes(H, H).values())
     if estimate > MAX_PARAMETERS:
         raise ConfigError("(size)", f"at most {MAX_PARAMETERS:,} parameters", estimate, source)
     return config

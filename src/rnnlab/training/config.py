@@ -24,7 +24,6 @@ from typing import Any, Literal, TypeVar
 
 from rnnlab.validation import ConfigError, setting, validate
 
-Cell = Literal["rnn", "lstm", "gru", "mut1", "mut2", "mut3"]
 Optimizer = Literal["adam", "adamw", "rmsprop", "adagrad", "sgd"]
 Schedule = Literal["cosine", "step", "constant"]
 Backend = Literal["auto", "reference", "native", "fused"]
