@@ -480,8 +480,9 @@ def unroll(
     steps: list[Gates] = []
     if lengths is not None:
         lengths = lengths.to(u.device)
-    for t in range(u.shape[0]):
-        new_state, gates = recurrent_step(cell, u[t], state, p, nonlinearity)
+    # unbind, not u[t]: the backward of T selects would add T full-size (T, B, G) zero tensors.
+    for t, u_t in enumerate(u.unbind(0)):
+        new_state, gates = recurrent_step(cell, u_t, state, p, nonlinearity)
         h = new_state[0] if isinstance(new_state, tuple) else new_state
         if lengths is not None:
             live = (lengths > t).unsqueeze(1)  # (B, 1): still inside its sequence
