@@ -18,11 +18,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     **dict.fromkeys(
         ["CELLS", "Cell", "RNNCell", "LSTMCell", "GRUCell", "MUT1Cell", "MUT2Cell", "MUT3Cell",
-         "ShapeError", "cell_class"],
+         "MinGRUCell", "MinLSTMCell", "ShapeError", "cell_class"],
         "rnnlab.cells",
     ),
     **dict.fromkeys(
-        ["Recurrent", "RNN", "LSTM", "GRU", "MUT1", "MUT2", "MUT3"], "rnnlab.recurrent"
+        ["Recurrent", "RNN", "LSTM", "GRU", "MUT1", "MUT2", "MUT3", "MinGRU", "MinLSTM"],
+        "rnnlab.recurrent",
     ),
     **dict.fromkeys(["CharLM", "CharLMConfig"], "rnnlab.models.char_lm"),
     **dict.fromkeys(["Seq2Seq", "Seq2SeqConfig"], "rnnlab.models.seq2seq"),
@@ -44,6 +45,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         Cell,
         GRUCell,
         LSTMCell,
+        MinGRUCell,
+        MinLSTMCell,
         MUT1Cell,
         MUT2Cell,
         MUT3Cell,
@@ -56,7 +59,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from rnnlab.models.char_lm import CharLM, CharLMConfig  # noqa: F401
     from rnnlab.models.classifier import ClassifierConfig, SequenceClassifier  # noqa: F401
     from rnnlab.models.seq2seq import Seq2Seq, Seq2SeqConfig  # noqa: F401
-    from rnnlab.recurrent import GRU, LSTM, MUT1, MUT2, MUT3, RNN, Recurrent  # noqa: F401
+    from rnnlab.recurrent import (  # noqa: F401
+        GRU,
+        LSTM,
+        MUT1,
+        MUT2,
+        MUT3,
+        RNN,
+        MinGRU,
+        MinLSTM,
+        Recurrent,
+    )
     from rnnlab.runs import load_run  # noqa: F401
     from rnnlab.sample import SampleConfig  # noqa: F401
     from rnnlab.train import TrainConfig  # noqa: F401

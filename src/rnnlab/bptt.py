@@ -25,13 +25,14 @@ against central differences. Shapes: T time, B batch, I input, H hidden, V vocab
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnlab.cells import CELLS, gru_step, lstm_step, mut1_step, mut2_step, mut3_step, rnn_step
+from rnnlab.cells import CELLS, cell_step
 
 Arrays = dict[str, np.ndarray]
 PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ho", "bias_o")
@@ -271,14 +272,7 @@ def clip_gradients(
 # Gradient checks: NumPy BPTT vs central differences vs torch autograd through rnnlab.cells.
 # ---------------------------------------------------------------------------------------------
 
-STEPS = {
-    "rnn": rnn_step,
-    "lstm": lstm_step,
-    "gru": gru_step,
-    "mut1": mut1_step,
-    "mut2": mut2_step,
-    "mut3": mut3_step,
-}
+STEPS = {name: functools.partial(cell_step, name) for name in CELLS}  # every cell's equations
 
 
 def finite_difference_grads(

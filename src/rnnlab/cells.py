@@ -1,4 +1,4 @@
-"""The six recurrent cells: parameters in torch.nn naming and the equations, written once.
+"""The recurrent cells: parameters in torch.nn naming and the equations, written once.
 
 Shape letters used throughout rnnlab: B batch, T time, I input size, H hidden size, L layers,
 G gate width (k*H), C conditioning size, V vocabulary.
@@ -12,6 +12,11 @@ Every cell is two pure functions of its parameters ``p`` (a mapping named as in 
 - ``recurrent_step(cell, u_t, state, p)`` -> ``(new_state, gates)``: one step from the projected
   input; the biases and every h-dependent term live here. ``gates`` names every intermediate
   activation, so analysis traces them without a second copy of the equations.
+
+The minimal cells (minGRU, minLSTM; Feng et al. 2024) have no h in their gates: their step is
+``h' = a ⊙ h + b`` with ``(a, b)`` functions of u alone (``min_coefficients``), so a whole sequence
+is also a linear recurrence that ``rnnlab.scan`` solves in parallel over time from
+``min_log_coefficients``, the same equations in log space.
 
 ``cell_step`` composes the two (one step from raw x). The cell modules below, ``Recurrent`` (all
 backends' Python paths), the C++ engine's tests and the BPTT oracle's tests use exactly these.
@@ -33,13 +38,19 @@ from torch import Tensor
 
 # Every cell's name, once: the configs of every task (``cell: CellName``), the CLI's choices and
 # ``Recurrent`` read it from here, so a cell added below appears in every command.
-CellName = Literal["rnn", "lstm", "gru", "mut1", "mut2", "mut3"]
+CellName = Literal["rnn", "lstm", "gru", "mut1", "mut2", "mut3", "mingru", "minlstm"]
 CELL_NAMES: tuple[str, ...] = typing.get_args(CellName)
+CELL_HELP = (
+    "recurrent cell: rnn (Elman 1990), lstm (Hochreiter & Schmidhuber 1997), gru (Cho et al. "
+    "2014), mut1|mut2|mut3 (Jozefowicz et al. 2015), mingru|minlstm (Feng et al. 2024, 'Were "
+    "RNNs All We Needed?': gates of x alone, so a parallel scan can run a sequence)"
+)
 State = Tensor | tuple[Tensor, Tensor]
 Gates = dict[str, Tensor]
 Params = Mapping[str, Tensor]
 NONLINEARITIES = ("tanh", "relu")
 NATIVE_CELLS = ("rnn", "lstm", "gru")  # the cells torch.nn implements itself (oneDNN / cuDNN)
+SCAN_CELLS = ("mingru", "minlstm")  # gates of x alone: a parallel scan runs the sequence
 
 
 class ShapeError(ValueError, RuntimeError):
@@ -145,6 +156,60 @@ def _mut3(u: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
     return h_new, {"z": z, "r": r, "n": n, "h": h_new}
 
 
+def candidate(a: Tensor) -> Tensor:
+    """The minimal cells' candidate activation g(a) = a + 0.5 for a >= 0, σ(a) otherwise
+    (Feng et al. 2024, appendix B): continuous, positive (so its log exists) and unbounded above."""
+    return torch.where(a >= 0, a + 0.5, torch.sigmoid(a))
+
+
+def log_candidate(a: Tensor) -> Tensor:
+    """log g(a), stably: log(a + 0.5) for a >= 0, -softplus(-a) = log σ(a) otherwise. Both
+    branches are finite everywhere (relu keeps the log's argument >= 0.5), so gradients are too."""
+    return torch.where(a >= 0, torch.log(torch.relu(a) + 0.5), -F.softplus(-a))
+
+
+def min_coefficients(cell: str, u: Tensor, p: Params) -> tuple[Tensor, Tensor, Gates]:
+    """``(a, b, gates)`` of the minimal cells' step ``h' = a ⊙ h + b``, from u (..., G) of any
+    leading shape (one step (B, G) or a whole sequence (T, B, G)); each (..., H).
+
+    minGRU (u = [W_z x, W_h x]): z = σ(W_z x + b_z), ñ = g(W_h x + b_h); a = 1 - z, b = z ⊙ ñ.
+    minLSTM (u = [W_f x, W_i x, W_h x]): f = σ(..), i = σ(..), g̃ = g(W_h x + b_h);
+    f' = f / (f + i), i' = i / (f + i); a = f', b = i' ⊙ g̃. ``gates`` names z, n (minGRU) or the
+    normalised f, i and the candidate g (minLSTM).
+    """
+    if cell == "mingru":
+        a_z, a_n = _biased(u, p.get("bias_ih")).chunk(2, dim=-1)
+        z, n = torch.sigmoid(a_z), candidate(a_n)
+        return torch.sigmoid(-a_z), z * n, {"z": z, "n": n}  # 1 - z as σ(-a): no cancellation
+    a_f, a_i, a_g = _biased(u, p.get("bias_ih")).chunk(3, dim=-1)
+    f, i, g = torch.sigmoid(a_f), torch.sigmoid(a_i), candidate(a_g)
+    f, i = f / (f + i), i / (f + i)
+    return f, i * g, {"f": f, "i": i, "g": g}
+
+
+def min_log_coefficients(cell: str, u: Tensor, p: Params) -> tuple[Tensor, Tensor]:
+    """``(log a, log b)`` of ``min_coefficients``, computed in log space without forming a or b
+    (Feng et al. 2024, appendix B), so a scan multiplying T coefficients stays finite in float32.
+
+    minGRU: log(1 - z) = -softplus(a_z), log z = -softplus(-a_z). minLSTM: with
+    d = log i - log f = softplus(-a_f) - softplus(-a_i), log f' = -softplus(d) and
+    log i' = -softplus(-d). Both add log g of the candidate to log b.
+    """
+    if cell == "mingru":
+        a_z, a_n = _biased(u, p.get("bias_ih")).chunk(2, dim=-1)
+        return -F.softplus(a_z), -F.softplus(-a_z) + log_candidate(a_n)
+    a_f, a_i, a_g = _biased(u, p.get("bias_ih")).chunk(3, dim=-1)
+    d = F.softplus(-a_f) - F.softplus(-a_i)
+    return -F.softplus(d), -F.softplus(-d) + log_candidate(a_g)
+
+
+def _min_step(cell: str, u: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+    """minGRU / minLSTM, one step: h' = a ⊙ h + b (see ``min_coefficients``)."""
+    a, b, gates = min_coefficients(cell, u, p)
+    h_new = a * h + b
+    return h_new, {**gates, "h": h_new}
+
+
 def recurrent_step(
     cell: str, u: Tensor, state: State, p: Params, nonlinearity: str = "tanh"
 ) -> tuple[State, Gates]:
@@ -165,7 +230,8 @@ def _biased(u: Tensor, bias: Tensor | None) -> Tensor:
     return u if bias is None else u + bias
 
 
-_RECURRENCES = {"lstm": _lstm, "gru": _gru, "mut1": _mut1, "mut2": _mut2, "mut3": _mut3}
+_RECURRENCES = {"lstm": _lstm, "gru": _gru, "mut1": _mut1, "mut2": _mut2, "mut3": _mut3,
+                **{c: functools.partial(_min_step, c) for c in SCAN_CELLS}}  # fmt: skip
 
 # The per-cell names the lecture and the BPTT oracle use: (x, state, p) -> (new_state, gates).
 rnn_step = functools.partial(cell_step, "rnn")
@@ -174,6 +240,8 @@ gru_step = functools.partial(cell_step, "gru")
 mut1_step = functools.partial(cell_step, "mut1")
 mut2_step = functools.partial(cell_step, "mut2")
 mut3_step = functools.partial(cell_step, "mut3")
+mingru_step = functools.partial(cell_step, "mingru")
+minlstm_step = functools.partial(cell_step, "minlstm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,8 +493,65 @@ class MUT3Cell(_MUTCell):
     gates_hh = 3
 
 
+class _MinCell(Cell):
+    """Shared layout of the minimal cells (Feng, Tung, Ahmed, Bengio & Hajimirsadeghi 2024, "Were
+    RNNs All We Needed?", arXiv:2410.01201): every gate is a linear function of x alone, so there
+    is no ``weight_hh``; ``weight_ih`` (k*H, I) stacks the k blocks and ``bias_ih`` (k*H,) their
+    biases (the paper's ``nn.Linear`` layers, initialised as every rnnlab weight).
+
+    One definition, both modes: the candidate state passes through the paper's g (``candidate``),
+    as in its log-space version, in the one-step recurrence as well (the paper's sequential listing
+    uses g too), so the parallel scan (``rnnlab.scan``, training) and the step (sampling) compute
+    the same function. The initial state h_0 is used as it is, of either sign (the paper's listing
+    takes log g(h_0), which changes a given h_0): the scan adds its term A_t h_0 outside the log.
+    """
+
+    gates_hh = 0
+
+    @classmethod
+    def parameter_shapes(
+        cls, input_size: int, hidden_size: int, bias: bool = True
+    ) -> dict[str, tuple[int, ...]]:
+        G = cls.gates_ih * hidden_size
+        return {"weight_ih": (G, input_size), **({"bias_ih": (G,)} if bias else {})}
+
+
+class MinGRUCell(_MinCell):
+    r"""minGRU (Feng et al. 2024): the GRU without h in its gates and without a reset gate.
+
+    .. math::
+        z = \sigma(W_z x + b_z), \quad \tilde h = g(W_h x + b_h), \quad
+        h' = (1 - z) \odot h + z \odot \tilde h, \qquad
+        g(a) = a + \tfrac12 \ (a \ge 0), \ \sigma(a) \ (a < 0)
+
+    ``weight_ih`` = [W_z; W_h] (2H, I); gates traced: z, n (the candidate h̃), h.
+    """
+
+    name = "mingru"
+    gates_ih = 2
+
+
+class MinLSTMCell(_MinCell):
+    r"""minLSTM (Feng et al. 2024): the LSTM without h in its gates, without an output gate
+    (h = c), its forget and input gates normalised to sum to one (the paper's time-independent
+    scale).
+
+    .. math::
+        f = \sigma(W_f x + b_f), \ i = \sigma(W_i x + b_i), \ \tilde h = g(W_h x + b_h) \\
+        f' = \frac{f}{f + i}, \quad i' = \frac{i}{f + i}, \quad
+        h' = f' \odot h + i' \odot \tilde h
+
+    ``weight_ih`` = [W_f; W_i; W_h] (3H, I); gates traced: f and i (normalised, f' and i'), g (the
+    candidate h̃), h. The state is h alone.
+    """
+
+    name = "minlstm"
+    gates_ih = 3
+
+
 CELLS: dict[str, type[Cell]] = {
-    c.name: c for c in (RNNCell, LSTMCell, GRUCell, MUT1Cell, MUT2Cell, MUT3Cell)
+    c.name: c
+    for c in (RNNCell, LSTMCell, GRUCell, MUT1Cell, MUT2Cell, MUT3Cell, MinGRUCell, MinLSTMCell)
 }
 assert tuple(CELLS) == CELL_NAMES, "CellName and CELLS list the same cells in the same order"
 
@@ -444,7 +569,7 @@ def step_function(name: str, nonlinearity: str = "tanh") -> StepFunction:
 
 
 def cell_class(name: str) -> type[Cell]:
-    """The Cell class for a name in ``rnn|lstm|gru|mut1|mut2|mut3``; ValueError otherwise."""
+    """The Cell class for a name in ``CELL_NAMES``; ValueError otherwise."""
     try:
         return CELLS[name.lower()]
     except (KeyError, AttributeError):

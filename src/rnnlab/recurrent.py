@@ -29,7 +29,9 @@ Backends compute the same function (tests prove it):
   input projection of all steps hoisted into one GEMM.
 - ``native``: torch's own RNN/LSTM/GRU kernels (oneDNN / cuDNN) over our parameters.
 - ``fused``: rnnlab's C++ engine (``rnnlab.kernels``) for every cell, MUT1-3, bidirectional layers,
-  padded batches and conditioning included (``proj_size`` runs on reference/native).
+  padded batches and conditioning included (``proj_size`` runs on reference/native); for minGRU and
+  minLSTM, whose gates depend on x alone, the log-space parallel scan over time (``rnnlab.scan``,
+  torch ops, any device), while ``step`` runs their one-step recurrence.
 - ``auto``: the fastest backend proven equal for this cell, device and input.
 """
 
@@ -47,10 +49,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnlab import kernels
+from rnnlab import kernels, scan
 from rnnlab.cells import (
     NATIVE_CELLS,
     NONLINEARITIES,
+    SCAN_CELLS,
     Cell,
     Gates,
     ShapeError,
@@ -79,7 +82,8 @@ class Recurrent(nn.Module):
     """A multilayer, optionally bidirectional recurrent network of any rnnlab cell.
 
     Args:
-        cell: ``rnn | lstm | gru | mut1 | mut2 | mut3``.
+        cell: a name in ``rnnlab.cells.CELL_NAMES`` (``rnn | lstm | gru | mut1 | mut2 | mut3 |
+            mingru | minlstm``).
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             proj_size (LSTM only), nonlinearity (rnn only), device, dtype: as in torch.nn;
             ``dropout`` applies to the outputs of every layer but the last, in training mode.
@@ -216,12 +220,14 @@ class Recurrent(nn.Module):
                 self.cell, self.hidden_size, device, lookup_input=lookup,
                 conditioned=conditioned, proj_size=self.proj_size,
             )  # fmt: skip
+        if self.backend == "fused" and self.cell in SCAN_CELLS:
+            return "fused"  # the scan: torch ops, any device
         if self.backend == "fused" and (self.proj_size or device.type != "cpu"):
             return "native" if native_ok and device.type == "cuda" else "reference"
         return self.backend
 
     def _device(self) -> torch.device:
-        return getattr(self, self._layer_names[0]["weight_hh"]).device
+        return getattr(self, self._layer_names[0]["weight_ih"]).device  # every cell has W_ih
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -300,6 +306,7 @@ class Recurrent(nn.Module):
         )
         device = self._device()
         engine = (not graph and self.backend in ("auto", "fused") and not self.proj_size
+                  and self.cell not in SCAN_CELLS
                   and kernels.fused_available(device, _dtype(self)))  # fmt: skip
         if weight_dtype is not None and weight_dtype != _dtype(self):
             if weight_dtype != torch.bfloat16 or not engine or _dtype(self) != torch.float32:
@@ -340,6 +347,9 @@ class Recurrent(nn.Module):
                     x = input_projection(self.cell, x, self.layer_params(0), self._cond(batch, 0))
             return kernels.step_layers(self.cell, self.nonlinearity, x, batch.state, weights,
                                        projected)  # fmt: skip
+        if self.cell in SCAN_CELLS:  # sampling: the one-step recurrence, not a scan of length 1
+            output, state, _ = self._forward_layers(batch, fused=False, record=False)
+            return output[0], state
         output, state, _ = self._run(batch, record=False)
         return output[0], state
 
@@ -380,6 +390,8 @@ class Recurrent(nn.Module):
         conditioned = batch.condition is not None
         device = self._device()
         backend = self.resolved_backend(device, lookup=lookup, conditioned=conditioned)
+        if self.cell in SCAN_CELLS:  # the scan records its gates, differentiably
+            return self._forward_layers(batch, fused=backend == "fused", record=record)
         if record:  # the engine records gates without autograd; with it, the reference loop does
             fused_ok = not torch.is_grad_enabled() and self.backend in ("auto", "fused")
             backend = "fused" if fused_ok and not self.proj_size else "reference"
@@ -434,11 +446,13 @@ class Recurrent(nn.Module):
                 extra = self._cond(batch, k, d)
                 if k == 0 and batch.embedding is not None:
                     u, projected = self._lookup(xd, batch.embedding, p, extra), True
-                elif extra is not None or not fused:
+                elif extra is not None or not fused or self.cell in SCAN_CELLS:
                     u, projected = input_projection(self.cell, xd, p, extra), True
                 else:
                     u, projected = xd, False  # the engine projects all steps itself
-                if fused:
+                if fused and self.cell in SCAN_CELLS:
+                    out, final, g = scan.run_layer(self.cell, u, state, p, lengths, record)
+                elif fused:
                     weights = kernels.layer_weights(self.cell, p)
                     if projected:
                         weights[0] = weights[4] = None  # applied already: u is the projection
@@ -716,6 +730,19 @@ class MUT3(_GRUStyle):
     cell_name = "mut3"
 
 
+class MinGRU(_GRUStyle):
+    """minGRU (Feng et al. 2024) in ``torch.nn.GRU``'s constructor style (state h alone)."""
+
+    cell_name = "mingru"
+
+
+class MinLSTM(_GRUStyle):
+    """minLSTM (Feng et al. 2024) in ``torch.nn.GRU``'s constructor style (state h alone: the
+    minimal LSTM has no separate cell state)."""
+
+    cell_name = "minlstm"
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers.
 # ---------------------------------------------------------------------------------------------
@@ -830,9 +857,9 @@ def _stack(states: list[State]) -> State:
 
 
 def _dtype(module: Recurrent) -> torch.dtype:
-    return getattr(module, module._layer_names[0]["weight_hh"]).dtype
+    return getattr(module, module._layer_names[0]["weight_ih"]).dtype
 
 
 def _zero(module: Recurrent) -> Tensor:
-    w = getattr(module, module._layer_names[0]["weight_hh"])
+    w = getattr(module, module._layer_names[0]["weight_ih"])
     return w.new_zeros(())

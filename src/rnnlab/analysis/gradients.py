@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnlab.cells import SCAN_CELLS
 from rnnlab.models import CharLM
 from rnnlab.recurrent import Recurrent
 
@@ -129,8 +130,11 @@ def one_unit_gradients(w: float, steps: int) -> np.ndarray:
 
 
 def largest_singular_values(rnn: Recurrent) -> list[dict[str, float]]:
-    """Per layer: ``{"W_hh": sigma_max, "<gate>": sigma_max of that gate's H-row block}``."""
+    """Per layer: ``{"W_hh": sigma_max, "<gate>": sigma_max of that gate's H-row block}``.
+    minGRU and minLSTM have no W_hh (h enters only through h' = a ⊙ h + b): ``{"W_hh": 0.0}``."""
     H = rnn.hidden_size
+    if rnn.cell in SCAN_CELLS:
+        return [{"W_hh": 0.0} for _ in range(rnn.num_layers)]
     gate_names = {
         "lstm": "ifgo",
         "gru": "rzn",

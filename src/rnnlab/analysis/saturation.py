@@ -6,8 +6,8 @@ figure 3): a gate unit is *left-saturated* at a step when its activation is belo
 steps left-saturated, fraction right-saturated). Forget gates that are right-saturated most of the
 time are the cells that remember for long; the first layer's gates sit near the middle.
 
-Only sigmoid gates, whose range is (0, 1), are counted: LSTM i f o, GRU r z, MUT z r. The vanilla
-RNN has none. Counting streams over trace chunks.
+Only sigmoid gates, whose range is (0, 1), are counted: LSTM i f o, GRU r z, MUT z r, minGRU z,
+minLSTM f i (normalised to sum to one). The vanilla RNN has none. Counting streams over trace chunks.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ SIGMOID_GATES = {
     "mut1": ("z", "r"),
     "mut2": ("z", "r"),
     "mut3": ("z", "r"),
+    "mingru": ("z",),
+    "minlstm": ("f", "i"),  # normalised: f + i = 1
     "rnn": (),
 }
 LEFT, RIGHT = 0.1, 0.9

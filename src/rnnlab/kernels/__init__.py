@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnlab.cells import NATIVE_CELLS
+from rnnlab.cells import NATIVE_CELLS, SCAN_CELLS
 from rnnlab.kernels import fused
 from rnnlab.kernels.extension import ExtensionStatus, extension_status
 from rnnlab.kernels.fused import run_layer, step_layers, trace_layer
@@ -46,13 +46,19 @@ layer_weights = fused.layer_weights
 # (torch 2.13.0 CPU; bench/RESULTS.md) at H = 128, 256 and 512: the winner did not change with
 # size. oneDNN's LSTM is well tuned (fused reaches 0.8-0.94x of it); its GRU and RNN are not
 # (fused is 1.1-1.8x faster), and it has no MUT cells.
+# minGRU / minLSTM: "fused" is the log-space parallel scan (rnnlab.scan, torch ops, any device).
+# On these 2 CPU cores it never paid: a training step (forward + backward, 1 thread) took 2.5-3x the
+# reference loop's at T=64-100, B=32, H=256-384, and 1.1-1.4x at T=256, B=8, H=128 (its
+# logcumsumexp alone costs more than the loop's T small elementwise steps). Off the CPU, where its
+# O(log T)-deep ops run in parallel over T, auto takes the scan.
 CPU_FASTEST = {"rnn": "fused", "lstm": "native", "gru": "fused",
-               "mut1": "fused", "mut2": "fused", "mut3": "fused"}  # fmt: skip
+               "mut1": "fused", "mut2": "fused", "mut3": "fused",
+               "mingru": "reference", "minlstm": "reference"}  # fmt: skip
 # With a lookup-table input (a char-LM's embedding) folded into layer 0's input projection, the
 # engine skips its largest GEMMs and also beats oneDNN's LSTM: char-LM training 1.2x the baseline
 # at H128 L1 and H256 L2, 1.16x at H512 L2, where oneDNN is 0.97-1.0x (same machine,
 # bench/RESULTS.md). So a lookup input on CPU runs every cell fused.
-CPU_FASTEST_LOOKUP = dict.fromkeys(CPU_FASTEST, "fused")
+CPU_FASTEST_LOOKUP = {c: "fused" for c in CPU_FASTEST if c not in SCAN_CELLS}
 
 
 def fused_available(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -80,6 +86,8 @@ def choose_backend(
     enters layer 0 (torch's kernels cannot take one). ``proj_size``: an LSTM with projections
     (the C++ engine has none)."""
     device = torch.device(device)
+    if cell in SCAN_CELLS:  # no C++ engine and no torch kernel: the loop or the scan
+        return CPU_FASTEST[cell] if device.type == "cpu" else "fused"
     native_ok = cell in NATIVE_CELLS and not conditioned
     if proj_size:
         return "native" if native_ok else "reference"
@@ -103,10 +111,12 @@ def describe_backend(module: torch.nn.Module, device: torch.device | str | None 
     how = {
         "native": "torch's cuDNN kernels" if device.type == "cuda" else "torch's oneDNN kernels",
         "reference": "Python loop over the cell's step equations",
-        "fused": "cuDNN" if device.type == "cuda" and module.cell in NATIVE_CELLS else
+        "fused": "log-space parallel scan" if module.cell in SCAN_CELLS else
+                 "cuDNN" if device.type == "cuda" and module.cell in NATIVE_CELLS else
                  "hoisted torch ops" if device.type == "cuda" else "rnnlab C++ engine",
     }[backend]  # fmt: skip
-    if backend == "fused" and device.type == "cpu" and not extension_status().available:
+    if (backend == "fused" and device.type == "cpu" and not extension_status().available
+            and module.cell not in SCAN_CELLS):  # fmt: skip
         backend, how = "reference", f"fused unavailable: {extension_status().reason}"
     chosen = ", auto" if module.backend == "auto" else ""
     size = f"{module.num_layers}x{module.hidden_size}"

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.cells import CellName, cell_class
+from rnnlab.cells import CELL_HELP, CellName, cell_class
 from rnnlab.checkpoint import CheckpointError
 from rnnlab.data import Corpus, DataError, StreamBatcher, Vocab, cached_corpus, prepare_corpus
 from rnnlab.evaluate import evaluate_tokens
@@ -61,7 +61,7 @@ class TrainConfig(RunConfig):
     val_frac: float = setting(0.05, "fraction of the text held out for validation", low=0, high=0.9)
     test_frac: float = setting(0.05, "fraction of the text held out for testing", low=0, high=0.9)
     # model
-    cell: CellName = setting("gru", "recurrent cell")
+    cell: CellName = setting("gru", CELL_HELP)
     hidden_size: int = setting(384, "units per layer", low=1, high=MAX_WIDTH)
     num_layers: int = setting(1, "stacked recurrent layers", low=1, high=64)
     embedding_size: int = setting(0, "embedding width (0: hidden_size)", low=0, high=MAX_WIDTH)
