@@ -17,10 +17,21 @@ def naive_step(cell, x, state):
     """The issue's equations, written with explicitly sliced weight matrices."""
     p = dict(cell.named_parameters())
     H = cell.hidden_size
-    W_ih, W_hh = p["weight_ih"], p["weight_hh"]
+    W_ih, W_hh = p["weight_ih"], p.get("weight_hh")
 
     def blk(W, k):
         return W[k * H : (k + 1) * H]
+
+    def g(a):  # Feng et al. 2024: a + 0.5 for a >= 0, else sigmoid(a)
+        return torch.where(a >= 0, a + 0.5, sig(a))
+
+    if cell.name in ("mingru", "minlstm"):
+        pre = [mm(blk(W_ih, k), x) + blk(p["bias_ih"], k) for k in range(W_ih.shape[0] // H)]
+        if cell.name == "mingru":
+            z = sig(pre[0])
+            return (1 - z) * state + z * g(pre[1])
+        f, i = sig(pre[0]), sig(pre[1])
+        return f / (f + i) * state + i / (f + i) * g(pre[2])
 
     if cell.name == "rnn":
         a = mm(W_ih, x) + p["bias_ih"] + mm(W_hh, state) + p["bias_hh"]
@@ -201,7 +212,7 @@ def test_mut_projection_only_when_sizes_differ():
     [
         (
             lambda: cell_class("lstmm"),
-            "cell: expected one of rnn|lstm|gru|mut1|mut2|mut3, got 'lstmm'",
+            f"cell: expected one of {'|'.join(CELLS)}, got 'lstmm'",
         ),
         (lambda: RNNCell(0, 4), "input_size: expected a positive integer, got 0"),
         (lambda: RNNCell(3, 4, nonlinearity="sigmoid"), "nonlinearity"),

@@ -414,15 +414,16 @@ def _gradcheck(
 def gradcheck_report(seed: int = 0) -> str:
     """``gradcheck(seed)`` as a printable table, with a verdict against ``TOLERANCE``."""
     rows = gradcheck(seed)
+    w = max(len(c) for c in CELLS) + 1  # the cell column
     lines = [
         f"Gradient check, float64, T=5 B=2 I=4 H=4 V=5, nonzero h0/c0, seed {seed}",
         "error = max|a-b| / max(max|a|, max|b|) per array, the worst array named",
-        f"{'cell':<6}{'check':<32}{'max rel error':>14}  worst in",
+        f"{'cell':<{w}}{'check':<32}{'max rel error':>14}  worst in",
     ]
     for r in rows:
         verdict = "ok" if r["max_rel_error"] < TOLERANCE else "FAIL"
         lines.append(
-            f"{r['cell']:<6}{r['check']:<32}{r['max_rel_error']:>14.2e}  "
+            f"{r['cell']:<{w}}{r['check']:<32}{r['max_rel_error']:>14.2e}  "
             f"{r['parameter']:<10}{verdict}"
         )
     passed = all(r["max_rel_error"] < TOLERANCE for r in rows)
