@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 TORCH_RNN = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-GATES = {"rnn": 1, "lstm": 4, "gru": 3, "mut1": 2, "mut2": 3, "mut3": 3}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3, "mut1": 2, "mut2": 3, "mut3": 3, "mingru": 2, "minlstm": 3}
 
 
 class BaselineCharLM(nn.Module):

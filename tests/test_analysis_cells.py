@@ -12,6 +12,7 @@ from rnnlab.analysis import analyze, iter_trace, trace_text
 from rnnlab.analysis.cellsearch import CellSearch
 from rnnlab.analysis.features import bracket_depth, in_quote
 from rnnlab.analysis.saturation import SaturationCounter
+from rnnlab.cells import CELLS
 from rnnlab.models import CharLM, CharLMConfig
 
 
@@ -168,7 +169,7 @@ def test_analyze_with_streams_finds_the_planted_units(planted):
     np.testing.assert_array_equal(result.loss, loss)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "mut1", "mut2", "mut3", "lstm"])
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_every_cell_analyses_and_exports(cell, tmp_path):
     import json
 

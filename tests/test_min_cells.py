@@ -250,3 +250,27 @@ def test_char_lm_trains_and_resumes_exactly(cell, backend, tmp_path):
     full, part = read_losses(tmp_path / "full"), read_losses(tmp_path / "part")
     assert len(full) == 8 and full == part
     assert full[-1] < full[0]  # it learns
+
+
+def test_cells_and_gradients_commands_read_a_mingru_run(tmp_path, capsys):
+    from rnnlab.cli import main
+
+    text = "".join(f'if (x > {i}) {{ return "s{i}"; }}\n' for i in range(300))
+    (tmp_path / "train.txt").write_text(text[:6000])
+    (tmp_path / "held.txt").write_text(text[6000:])
+    run, out = tmp_path / "run", tmp_path / "out"
+    assert main(["train", str(tmp_path / "train.txt"), "--out-dir", str(run), "--cell", "mingru",
+                 "--hidden-size", "8", "--batch-size", "4", "--seq-len", "16", "--max-steps", "8",
+                 "--eval-every", "4", "--sample-length", "0", "--threads", "1"]) == 0  # fmt: skip
+    assert main(["cells", str(run), "--text", str(tmp_path / "held.txt"), "--out", str(out),
+                 "--view-chars", "200"]) == 0  # fmt: skip
+    payload = json.loads((out / "cells.json").read_text())
+    assert set(payload["saturation"]["layers"]["L0"]) == {"z"}  # its one sigmoid gate
+    assert (out / "saturation.png").stat().st_size > 1000
+    assert main(["gradients", str(run), "--steps", "10", "--out", str(out)]) == 0
+    report = json.loads((out / "gradients.json").read_text())
+    assert [h["layers"] for h in report["singular_values"]] == [[{"W_hh": 0.0}]] * 2
+    assert main(["gradients", "--cells", "mingru,minlstm", "--steps", "10", "--hidden-size", "8",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert set(json.loads((out / "gradients.json").read_text())["fresh"]) == set(SCAN_CELLS)
+    assert "trained mingru" in capsys.readouterr().out
