@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
+from rnnlab import cells
 from rnnlab.models.captioner import Captioner, CaptionerConfig, caption_loss, generate_captions
 
-CELLS = ["lstm", "gru", "rnn", "mut1", "mut2", "mut3"]
+CELLS = list(cells.CELLS)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -30,8 +30,11 @@ def padded():
     return ids, lengths
 
 
+CASES = [(False, "lstm"), (True, "gru"), (True, "mut2"), (True, "mingru"), (False, "minlstm")]
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean", "max"])
-@pytest.mark.parametrize("bi,cell", [(False, "lstm"), (True, "gru"), (True, "mut2")])
+@pytest.mark.parametrize("bi,cell", CASES)
 def test_padded_batch_equals_each_sequence_alone(pooling, bi, cell):
     model = make(pooling, bi, cell)
     ids, lengths = padded()

@@ -18,6 +18,8 @@ COMBOS = [
     ("lstm", "gru", True, "bahdanau"),
     ("mut1", "rnn", False, "luong"),
     ("rnn", "mut3", True, "none"),
+    ("minlstm", "mingru", True, "luong"),
+    ("mingru", "minlstm", False, "bahdanau"),
 ]
 
 
