@@ -16,7 +16,8 @@ caller (every model reaches the engine through it). Public API:
 
 If the extension cannot be built it warns once and ``Recurrent`` computes with the reference loop.
 On CUDA, ``fused`` means cuDNN for rnn/lstm/gru and the reference loop (whose input projection is
-already one GEMM for all steps) for MUT1-3 and conditioned layers.
+already one GEMM for all steps) for MUT1-3 and conditioned layers. For minGRU/minLSTM, on every
+device, ``fused`` is the log-space parallel scan (``rnnlab.scan``), not the C++ engine.
 """
 
 from __future__ import annotations
