@@ -478,8 +478,8 @@ def test_step_equals_forward(cell, backend, grad):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert outs[-1].requires_grad == grad
     if grad:  # differentiable: backpropagation through the decoder's steps
-        g = torch.autograd.grad(torch.stack(outs).sum(), m.weight_hh_l0)[0]
-        torch.testing.assert_close(g, torch.autograd.grad(want.sum(), m.weight_hh_l0)[0])
+        g = torch.autograd.grad(torch.stack(outs).sum(), m.weight_ih_l0)[0]
+        torch.testing.assert_close(g, torch.autograd.grad(want.sum(), m.weight_ih_l0)[0])
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

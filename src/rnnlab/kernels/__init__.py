@@ -48,10 +48,10 @@ layer_weights = fused.layer_weights
 # size. oneDNN's LSTM is well tuned (fused reaches 0.8-0.94x of it); its GRU and RNN are not
 # (fused is 1.1-1.8x faster), and it has no MUT cells.
 # minGRU / minLSTM: "fused" is the log-space parallel scan (rnnlab.scan, torch ops, any device).
-# On these 2 CPU cores it never paid: a training step (forward + backward, 1 thread) took 2.5-3x the
-# reference loop's at T=64-100, B=32, H=256-384, and 1.1-1.4x at T=256, B=8, H=128 (its
-# logcumsumexp alone costs more than the loop's T small elementwise steps). Off the CPU, where its
-# O(log T)-deep ops run in parallel over T, auto takes the scan.
+# On these 2 CPU cores it never paid: a layer's training step (forward + backward, 1 thread) took
+# 2.5x the reference loop's at T=64, B=32, H=384 (137 vs 55 ms) and 1.5x at T=256, B=8, H=128
+# (59 vs 39 ms): its log2(T) rounds over the whole sequence cost more than the loop's T small
+# elementwise steps. Off the CPU, where each round runs in parallel over T, auto takes the scan.
 CPU_FASTEST = {"rnn": "fused", "lstm": "native", "gru": "fused",
                "mut1": "fused", "mut2": "fused", "mut3": "fused",
                "mingru": "reference", "minlstm": "reference"}  # fmt: skip
