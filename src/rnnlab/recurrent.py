@@ -266,9 +266,10 @@ class Recurrent(nn.Module):
     ) -> tuple[Tensor, State, list[Gates]]:
         """Like ``forward``, plus every gate at every step: ``gates[j][name]``
         is (T, B, H) for layer ``j // D``, direction ``j % D`` (unbatched: (T, H); batch_first:
-        (B, T, H)); names per cell as in ``rnnlab.cells`` (lstm: i f g o c h). Under
-        ``torch.no_grad()`` the C++ engine records them (the activations it keeps for backward);
-        otherwise the reference loop does, differentiably."""
+        (B, T, H)); names per cell as in ``rnnlab.cells`` (lstm: i f g o c h; mingru: z n h;
+        minlstm: f i g h). Under ``torch.no_grad()`` the C++ engine records them (the activations
+        it keeps for backward); otherwise the reference loop does, differentiably (minGRU and
+        minLSTM: the path ``forward`` takes, the scan included)."""
         batch = self._batch(input, hx, lengths, condition, embedding)
         output, state, gates = self._run(batch, record=True)
         output, state = self._finish(output, state, batch.unbatched)
