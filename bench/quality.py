@@ -4,6 +4,7 @@ loops, and the search that chose the default.
     .venv/bin/python bench/quality.py               # default vs 2 baselines, 1 and 3 min (~13 min)
     .venv/bin/python bench/quality.py --search      # every candidate preset too (~45 min)
     .venv/bin/python bench/quality.py --marks 0.2   # a quick look
+    .venv/bin/python bench/quality.py --marks 1 --cells mingru,minlstm   # other cells, default size
 
 Every run trains on tinyshakespeare with nanoGPT's 90/10 split for a wall-clock budget (its own
 run per budget: a user types ``rnnlab train --max-minutes 3``, and rnnlab's cosine anneals by that
@@ -140,6 +141,8 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--marks", default="1,3", help="training budgets, minutes, comma-separated")
     parser.add_argument("--search", action="store_true", help="also train every candidate preset")
+    parser.add_argument("--cells", default="", help="also train these cells (comma-separated) "
+                        "with the default preset's size and settings")  # fmt: skip
     args = parser.parse_args()
     if not args.data.is_file():
         parser.error(f"{args.data}: no such file; pass --data with a text corpus")
@@ -156,7 +159,9 @@ def main() -> int:
         rows.append((name, "baseline", [run_baseline(corpus, m, val, hidden) for m in marks]))
         print(f"  {name}: {rows[-1][2]}", file=sys.stderr, flush=True)
     default_model = None  # the default preset trained for the longest budget
-    for candidate in SEARCH if args.search else SEARCH[:1]:
+    others = [Candidate(f"{cell}, the default's size", {**PRESETS["small"], "cell": cell})
+              for cell in args.cells.split(",") if cell]  # fmt: skip
+    for candidate in [*(SEARCH if args.search else SEARCH[:1]), *others]:
         runs = [run_rnnlab(args.data, m, val, candidate.settings) for m in marks]
         results = [(loss, steps) for loss, steps, _ in runs]
         default_model = runs[-1][2] if default_model is None else default_model
