@@ -42,7 +42,7 @@ def walk(model, step_fn, steps=200, streams=3, seed=0):
     return worst
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn", "layernorm_lstm", "layernorm_gru"])
 def test_onnx_step_equals_the_pytorch_step(cell, tmp_path):
     model = model_for(cell)
     written = export_model(model, VOCAB, tmp_path, "onnx")
@@ -64,7 +64,9 @@ def test_onnx_step_equals_the_pytorch_step(cell, tmp_path):
     assert Vocab.load(written.vocab) == VOCAB
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mut1", "mut2", "mut3"])
+@pytest.mark.parametrize(
+    "cell", ["rnn", "lstm", "gru", "mut1", "mut2", "mut3", "indrnn", "layernorm_lstm", "layernorm_gru"]
+)
 def test_torch_export_step_equals_the_pytorch_step(cell, tmp_path):
     model = model_for(cell)
     written = export_model(model, VOCAB, tmp_path, "torch")

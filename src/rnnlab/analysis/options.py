@@ -22,7 +22,8 @@ from rnnlab.validation import ConfigError, setting, validate
 
 MAX_SEED = 2**63 - 1
 MAX_GRADIENT_ELEMENTS = 2**26  # steps * batch_size * hidden_size
-CELL_NAMES = ("rnn", "lstm", "gru", "mut1", "mut2", "mut3")
+CELL_NAMES = ("rnn", "lstm", "gru", "mut1", "mut2", "mut3", "indrnn", "layernorm_lstm",
+              "layernorm_gru")  # fmt: skip
 
 
 @dataclass

@@ -6,8 +6,8 @@ figure 3): a gate unit is *left-saturated* at a step when its activation is belo
 steps left-saturated, fraction right-saturated). Forget gates that are right-saturated most of the
 time are the cells that remember for long; the first layer's gates sit near the middle.
 
-Only sigmoid gates, whose range is (0, 1), are counted: LSTM i f o, GRU r z, MUT z r. The vanilla
-RNN has none. Counting streams over trace chunks.
+Only sigmoid gates, whose range is (0, 1), are counted: LSTM i f o, GRU r z, MUT z r (and the
+LayerNorm LSTM/GRU's the same). The vanilla RNN and IndRNN have none. Counting streams over trace chunks.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ SIGMOID_GATES = {
     "mut2": ("z", "r"),
     "mut3": ("z", "r"),
     "rnn": (),
+    "indrnn": (),
+    "layernorm_lstm": ("i", "f", "o"),
+    "layernorm_gru": ("r", "z"),
 }
 LEFT, RIGHT = 0.1, 0.9
 

@@ -60,7 +60,12 @@ class TrainConfig(RunConfig):
     val_frac: float = setting(0.05, "fraction of the text held out for validation", low=0, high=0.9)
     test_frac: float = setting(0.05, "fraction of the text held out for testing", low=0, high=0.9)
     # model
-    cell: Cell = setting("gru", "recurrent cell")
+    cell: Cell = setting(
+        "gru",
+        "recurrent cell: rnn (Elman 1990), lstm (Hochreiter & Schmidhuber 1997), gru (Cho et al. "
+        "2014), mut1-3 (Jozefowicz et al. 2015), indrnn (Li et al. 2018), layernorm_lstm and "
+        "layernorm_gru (Ba et al. 2016)",
+    )
     hidden_size: int = setting(384, "units per layer", low=1, high=MAX_WIDTH)
     num_layers: int = setting(1, "stacked recurrent layers", low=1, high=64)
     embedding_size: int = setting(0, "embedding width (0: hidden_size)", low=0, high=MAX_WIDTH)
@@ -332,7 +337,8 @@ def read_model_config(data: dict[str, Any], source: str) -> CharLMConfig:
     except (TypeError, ValueError) as e:
         raise ConfigError("(fields)", "consistent values", str(e), source) from None
     # An estimate first: building even on the meta device costs time for an absurd config.
-    G = {"lstm": 4, "gru": 3, "mut1": 3, "mut2": 3, "mut3": 3}.get(config.cell, 1)
+    G = {"lstm": 4, "gru": 3, "mut1": 3, "mut2": 3, "mut3": 3, "layernorm_lstm": 4,
+         "layernorm_gru": 3}.get(config.cell, 1)  # fmt: skip
     H, E, L, V = config.hidden_size, config.embedding_size, config.num_layers, config.vocab_size
     estimate = V * E + G * H * (E + H) + (L - 1) * G * H * 2 * H + V * H
     if estimate > MAX_PARAMETERS:

@@ -24,7 +24,9 @@ from typing import Any, Literal, TypeVar
 
 from rnnlab.validation import ConfigError, setting, validate
 
-Cell = Literal["rnn", "lstm", "gru", "mut1", "mut2", "mut3"]
+Cell = Literal[
+    "rnn", "lstm", "gru", "mut1", "mut2", "mut3", "indrnn", "layernorm_lstm", "layernorm_gru"
+]
 Optimizer = Literal["adam", "adamw", "rmsprop", "adagrad", "sgd"]
 Schedule = Literal["cosine", "step", "constant"]
 Backend = Literal["auto", "reference", "native", "fused"]
