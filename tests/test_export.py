@@ -65,7 +65,8 @@ def test_onnx_step_equals_the_pytorch_step(cell, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "cell", ["rnn", "lstm", "gru", "mut1", "mut2", "mut3", "indrnn", "layernorm_lstm", "layernorm_gru"]
+    "cell",
+    ["rnn", "lstm", "gru", "mut1", "mut2", "mut3", "indrnn", "layernorm_lstm", "layernorm_gru"],
 )
 def test_torch_export_step_equals_the_pytorch_step(cell, tmp_path):
     model = model_for(cell)

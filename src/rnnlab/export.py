@@ -2,7 +2,7 @@
 
 Both formats hold the same function, the one a sampler calls once per character:
 
-    (token (B,) int64, h (L, B, H) [, c (L, B, H) for the (LayerNorm) LSTM]) -> (logits, h_n [, c_n])
+    (token (B,) int64, h (L, B, H) [, c (L, B, H): (LayerNorm) LSTM]) -> (logits (B, V), h_n[, c_n])
 
 - ``onnx``: an ONNX graph (torch's exporter), for onnxruntime or any ONNX runtime, in any language.
 - ``torch``: a ``torch.export`` program (``model.pt2``), for ``torch.export.load`` without rnnlab.

@@ -7,7 +7,8 @@ steps left-saturated, fraction right-saturated). Forget gates that are right-sat
 time are the cells that remember for long; the first layer's gates sit near the middle.
 
 Only sigmoid gates, whose range is (0, 1), are counted: LSTM i f o, GRU r z, MUT z r (and the
-LayerNorm LSTM/GRU's the same). The vanilla RNN and IndRNN have none. Counting streams over trace chunks.
+LayerNorm LSTM/GRU's the same). The vanilla RNN and IndRNN have none. Counting streams over
+trace chunks.
 """
 
 from __future__ import annotations

@@ -63,7 +63,9 @@ CPU_FASTEST = {"rnn": "fused", "lstm": "native", "gru": "fused",
 # engine skips its largest GEMMs and also beats oneDNN's LSTM: char-LM training 1.2x the baseline
 # at H128 L1 and H256 L2, 1.16x at H512 L2, where oneDNN is 0.97-1.0x (same machine,
 # bench/RESULTS.md). So a lookup input on CPU runs every cell fused.
-CPU_FASTEST_LOOKUP = {c: "reference" if b == "reference" else "fused" for c, b in CPU_FASTEST.items()}
+CPU_FASTEST_LOOKUP = {
+    c: "reference" if b == "reference" else "fused" for c, b in CPU_FASTEST.items()
+}
 # The cells the C++ layer engine (layer_forward/step_layers) runs; IndRNN has its own loop.
 STEP_CELLS = tuple(c for c in CPU_FASTEST if c == "rnn" or c in CELL_IDS)
 
