@@ -110,7 +110,8 @@ def measure_rnnlab(a: argparse.Namespace) -> dict:
         config = TrainConfig(input=str(a.data), out_dir=str(out), cell=a.cell,
                              hidden_size=a.hidden, num_layers=a.layers, batch_size=a.batch,
                              seq_len=a.seq, max_steps=steps, eval_every=10**9, eval_batches=4,
-                             sample_length=0, val_frac=0.1, test_frac=0.0, lr=LR)  # fmt: skip
+                             sample_length=0, val_frac=0.1, test_frac=0.0, lr=LR,
+                             backend=a.backend)  # fmt: skip
         start = time.perf_counter()
         train(config)
         took = time.perf_counter() - start
@@ -265,6 +266,7 @@ def main() -> int:
         p.add_argument(f"--{name}", type=int, default=3 if name == "warmup" else 1,
                        help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--cell", help=argparse.SUPPRESS)
+    p.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--weights", default="float32", help=argparse.SUPPRESS)
     a = p.parse_args()

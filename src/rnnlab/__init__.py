@@ -22,6 +22,10 @@ _EXPORTS = {
         "rnnlab.cells",
     ),
     **dict.fromkeys(
+        ["IndRNNCell", "LayerNormLSTMCell", "LayerNormGRUCell", "indrnn_recurrent_bound"],
+        "rnnlab.cells",
+    ),
+    **dict.fromkeys(
         ["Recurrent", "RNN", "LSTM", "GRU", "MUT1", "MUT2", "MUT3"], "rnnlab.recurrent"
     ),
     **dict.fromkeys(["CharLM", "CharLMConfig"], "rnnlab.models.char_lm"),
@@ -50,6 +54,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         RNNCell,
         ShapeError,
         cell_class,
+    )
+    from rnnlab.cells import (  # noqa: F401
+        IndRNNCell,
+        LayerNormGRUCell,
+        LayerNormLSTMCell,
+        indrnn_recurrent_bound,
     )
     from rnnlab.data import prepare_corpus  # noqa: F401
     from rnnlab.models.captioner import Captioner, CaptionerConfig  # noqa: F401
