@@ -31,7 +31,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnlab.cells import CELLS, gru_step, lstm_step, mut1_step, mut2_step, mut3_step, rnn_step
+from rnnlab.cells import (
+    CELLS,
+    gru_step,
+    indrnn_step,
+    layernorm_gru_step,
+    layernorm_lstm_step,
+    lstm_step,
+    mut1_step,
+    mut2_step,
+    mut3_step,
+    rnn_step,
+)
 
 Arrays = dict[str, np.ndarray]
 PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ho", "bias_o")
@@ -278,6 +289,9 @@ STEPS = {
     "mut1": mut1_step,
     "mut2": mut2_step,
     "mut3": mut3_step,
+    "indrnn": indrnn_step,
+    "layernorm_lstm": layernorm_lstm_step,
+    "layernorm_gru": layernorm_gru_step,
 }
 
 
@@ -337,7 +351,7 @@ def torch_loss(
     params: the cell's parameters, ``weight_ho``, ``bias_o``, ``h0`` (B, H) and, for the LSTM,
     ``c0``; x: (T, B, I) floats; targets: (T, B) int64.
     """
-    state = (params["h0"], params["c0"]) if cell == "lstm" else params["h0"]
+    state = (params["h0"], params["c0"]) if CELLS[cell].has_cell_state else params["h0"]
     loss = x.new_zeros(())
     for t in range(x.shape[0]):
         state, gates = STEPS[cell](x[t], state, params)
@@ -384,7 +398,7 @@ def _gradcheck(
     for cell in CELLS:
         arrays = init_params(cell, input_size, H, vocab_size, rng)
         arrays["h0"] = rng.uniform(-0.5, 0.5, (B, H))
-        if cell == "lstm":
+        if CELLS[cell].has_cell_state:
             arrays["c0"] = rng.uniform(-0.5, 0.5, (B, H))
 
         def autograd(a: Arrays, cell: str = cell) -> Arrays:
@@ -420,16 +434,18 @@ def _gradcheck(
 def gradcheck_report(seed: int = 0) -> str:
     """``gradcheck(seed)`` as a printable table, with a verdict against ``TOLERANCE``."""
     rows = gradcheck(seed)
+    w = max(len(r["cell"]) for r in rows) + 2  # the cell column
+    p = max(len(r["parameter"]) for r in rows) + 2  # the worst-array column
     lines = [
         f"Gradient check, float64, T=5 B=2 I=4 H=4 V=5, nonzero h0/c0, seed {seed}",
         "error = max|a-b| / max(max|a|, max|b|) per array, the worst array named",
-        f"{'cell':<6}{'check':<32}{'max rel error':>14}  worst in",
+        f"{'cell':<{w}}{'check':<32}{'max rel error':>14}  worst in",
     ]
     for r in rows:
         verdict = "ok" if r["max_rel_error"] < TOLERANCE else "FAIL"
         lines.append(
-            f"{r['cell']:<6}{r['check']:<32}{r['max_rel_error']:>14.2e}  "
-            f"{r['parameter']:<10}{verdict}"
+            f"{r['cell']:<{w}}{r['check']:<32}{r['max_rel_error']:>14.2e}  "
+            f"{r['parameter']:<{p}}{verdict}"
         )
     passed = all(r["max_rel_error"] < TOLERANCE for r in rows)
     lines.append(f"{'all' if passed else 'NOT all'} errors < {TOLERANCE:g}")
