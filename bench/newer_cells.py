@@ -72,7 +72,8 @@ def main() -> int:
         dims = {"layers": L, "batch": B, "seq": T, "seconds": a.seconds, "data": a.data}
         label = f"H{H} L{L} B{B} T{T}"
 
-        def baseline(twin: str, hidden: int, dims: dict = dims) -> float:
+        def baseline(twin: str, hidden: int, dims: dict = dims, label: str = label,
+                     L: int = L) -> float:  # fmt: skip
             if (twin, hidden) not in cache:
                 r = median_of("baseline", a.repeats, cell=twin, hidden=hidden, **dims)
                 cache[(twin, hidden)] = r["chars_per_s"]

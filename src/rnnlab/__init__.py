@@ -43,10 +43,13 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from rnnlab.cells import (  # noqa: F401  # noqa: F401
+    from rnnlab.cells import (  # noqa: F401
         CELLS,
         Cell,
         GRUCell,
+        IndRNNCell,
+        LayerNormGRUCell,
+        LayerNormLSTMCell,
         LSTMCell,
         MUT1Cell,
         MUT2Cell,
@@ -54,11 +57,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         RNNCell,
         ShapeError,
         cell_class,
-    )
-    from rnnlab.cells import (  # noqa: F401
-        IndRNNCell,
-        LayerNormGRUCell,
-        LayerNormLSTMCell,
         indrnn_recurrent_bound,
     )
     from rnnlab.data import prepare_corpus  # noqa: F401
