@@ -1,5 +1,6 @@
 // rnnlab's fused recurrence (CPU): forward and backward of one layer over T steps, for all six
-// cells, plus a one-step multi-layer call for sampling.
+// cells, plus a one-step multi-layer call for sampling, and IndRNN's element-wise recurrence (at
+// the end: it needs none of the GEMM machinery).
 //
 // The structure follows Appleyard, Kocisky & Blunsom 2016, "Optimizing Performance of Recurrent
 // Neural Networks on GPUs" (the cuDNN RNN design), on a CPU:
