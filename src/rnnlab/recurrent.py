@@ -509,11 +509,16 @@ class Recurrent(nn.Module):
         """Whether ``forward(ids, embedding=E)`` folds the lookup into layer 0's input projection:
         on the C++ engine (``fused``, or ``auto`` where the engine with the fold is fastest) when
         the batch has more than 2V tokens, where the (V, G) table costs less than projecting every
-        token. ``fold_lookup = False`` turns it off (the benchmark's "fused-nofold")."""
+        token. ``fold_lookup = False`` turns it off (the benchmark's "fused-nofold"). The cells
+        without an engine (the LayerNorm cells) fold on ``auto``/``fused`` too: their loop then
+        starts from the gathered rows, as the engine would."""
         device = self._device()
-        return (self.fold_lookup and num_tokens > 2 * vocab_size
-                and self.resolved_backend(device, lookup=True) == "fused"
-                and kernels.fused_available(device, _dtype(self)))  # fmt: skip
+        if not (self.fold_lookup and num_tokens > 2 * vocab_size):
+            return False
+        backend = self.resolved_backend(device, lookup=True)
+        if backend == "reference":  # the loop standing in for a missing engine folds as well
+            return self.backend in ("auto", "fused") and not kernels.has_engine(self.cell)
+        return backend == "fused" and kernels.fused_available(device, _dtype(self))
 
     def _lookup(
         self, ids: Tensor, table: Tensor, p: dict[str, Tensor], extra: Tensor | None
