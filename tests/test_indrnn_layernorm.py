@@ -399,3 +399,21 @@ def test_train_cli_learns_and_resumes_exactly(cell, tmp_path, capsys):
     assert np.isfinite(full).all() and np.mean(full[4:]) < np.mean(full[:4])
     run = load_run(tmp_path / "full" / "step-8")  # the checkpoint rebuilds the same model
     assert run.model.rnn.cell == cell and run.step == 8
+
+
+def test_the_benchmark_matches_parameter_counts():
+    """bench/newer_cells.py's equal-parameter baseline: the hidden size whose char-LM count is
+    nearest the new cell's."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "newer_cells.py"
+    spec = importlib.util.spec_from_file_location("newer_cells", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    target = bench.parameters("indrnn", 65, 128, 1)
+    V, H = 65, 128
+    assert target == V * H + (H * H + 2 * H) + (H * V + V)  # embedding, IndRNN layer, head
+    h = bench.equal_parameters("gru", target, 65, 1)
+    gap = abs(bench.parameters("gru", 65, h, 1) - target)
+    assert all(gap <= abs(bench.parameters("gru", 65, k, 1) - target) for k in (h - 1, h + 1))
+    assert bench.equal_parameters("lstm", bench.parameters("lstm", 65, 200, 2), 65, 2) == 200
