@@ -417,3 +417,10 @@ def test_the_benchmark_matches_parameter_counts():
     gap = abs(bench.parameters("gru", 65, h, 1) - target)
     assert all(gap <= abs(bench.parameters("gru", 65, k, 1) - target) for k in (h - 1, h + 1))
     assert bench.equal_parameters("lstm", bench.parameters("lstm", 65, 200, 2), 65, 2) == 200
+
+
+@pytest.mark.parametrize("cell", NEW_CELLS)
+def test_reduced_precision_sampling_is_refused_by_name(cell):
+    m = Recurrent(cell, 3, 4)
+    with torch.no_grad(), pytest.raises(ValueError, match=f"the {cell} cell has no engine step"):
+        m.step(torch.randn(2, 3), weight_dtype=torch.bfloat16)

@@ -330,6 +330,9 @@ class Recurrent(nn.Module):
                   and self.cell in kernels.STEP_CELLS
                   and kernels.fused_available(device, _dtype(self)))  # fmt: skip
         if weight_dtype is not None and weight_dtype != _dtype(self):
+            if self.cell not in kernels.STEP_CELLS:
+                raise ValueError(f"weight_dtype: the {self.cell} cell has no engine step for "
+                                 f"reduced-precision weights; use float32")  # fmt: skip
             if weight_dtype != torch.bfloat16 or not engine or _dtype(self) != torch.float32:
                 raise ValueError(
                     f"weight_dtype: {weight_dtype} weights run on the CPU engine, for a float32 "
