@@ -199,7 +199,9 @@ class Recurrent(nn.Module):
     def reset_parameters(self) -> None:
         """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)) over the parameters in registration order
         (so with ``forget_bias=None`` the same seed gives torch's values), then the LSTM
-        forget-gate bias: ``bias_ih``'s f-block = forget_bias, ``bias_hh``'s = 0."""
+        forget-gate bias: ``bias_ih``'s f-block = forget_bias, ``bias_hh``'s = 0. IndRNN and the
+        LayerNorm cells take their papers' init instead (``cls.init_parameters``, see
+        ``rnnlab.cells``)."""
         cls = cell_class(self.cell)
         for names in self._layer_names:
             params = {n: getattr(self, f) for n, f in names.items()}
@@ -408,7 +410,7 @@ class Recurrent(nn.Module):
 
     def _constrain(self) -> None:
         """IndRNN's bound on every layer's recurrent weight (see ``recurrent_max_abs``)."""
-        if self.recurrent_max_abs is not None:
+        if getattr(self, "recurrent_max_abs", None) is not None:  # (absent in older pickles)
             for names in self._layer_names:
                 constrain_recurrent_(self, names["weight_hh"], self.recurrent_max_abs)
 
