@@ -183,7 +183,7 @@ def test_every_cell_analyses_and_exports(cell, tmp_path):
     ids = np.array([' "()ab'.index(c) for c in text])
     result = analyze(model, ids, text, ["bracket_depth", "in_quote"], view_chars=100)
     kinds = {u.split(".")[1] for u in result.cells.units}
-    assert kinds == ({"h", "c"} if cell == "lstm" else {"h"})
+    assert kinds == ({"h", "c"} if CELLS[cell].has_cell_state else {"h"})
     assert len(result.cells.units) == 2 * 6 * len(kinds)
     assert set(result.saturation.left.get("L1", {})) == set(SIGMOID_GATES[cell])
     payload = viewer_payload(result, list(' "()ab'), {"cell": cell})

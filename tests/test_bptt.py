@@ -197,7 +197,7 @@ def test_clip_both_rescales_then_clamps_and_rejects_bad_limits():
 # --- The report and the oracle's power to fail ---------------------------------------------------
 
 
-def test_report_covers_six_cells_and_passes():
+def test_report_covers_every_cell_and_passes():
     rows = bptt.gradcheck(seed=0)
     assert {r["cell"] for r in rows} == set(CELLS)
     assert len(rows) == len(CELLS) + 2  # rnn, lstm: two checks each; every other cell: one

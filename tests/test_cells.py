@@ -36,6 +36,27 @@ def naive_step(cell, x, state):
     if cell.name == "rnn":
         a = mm(W_ih, x) + p["bias_ih"] + mm(W_hh, state) + p["bias_hh"]
         return tanh(a) if cell.nonlinearity == "tanh" else torch.relu(a)
+    if cell.name == "indrnn":  # u = weight_hh, a vector
+        a = mm(W_ih, x) + W_hh * state + p["bias"]
+        return tanh(a) if cell.nonlinearity == "tanh" else torch.relu(a)
+
+    def ln(a, gain, shift=0.0):  # layer norm written out: biased variance, eps 1e-5
+        mu = a.mean(-1, keepdim=True)
+        return (a - mu) / torch.sqrt(((a - mu) ** 2).mean(-1, keepdim=True) + 1e-5) * gain + shift
+
+    if cell.name == "layernorm_lstm":
+        h, c = state
+        a = ln(mm(W_ih, x), p["ln_ih_weight"]) + ln(mm(W_hh, h), p["ln_hh_weight"]) + p["bias"]
+        i, f, g, o = sig(blk(a.T, 0).T), sig(blk(a.T, 1).T), tanh(blk(a.T, 2).T), sig(blk(a.T, 3).T)
+        c2 = f * c + i * g
+        return o * tanh(ln(c2, p["ln_c_weight"], p["ln_c_bias"])), c2
+    if cell.name == "layernorm_gru":
+        ax = ln(mm(W_ih, x), p["ln_ih_weight"]) + p["bias_ih"]
+        ah = ln(mm(W_hh, state), p["ln_hh_weight"]) + p["bias_hh"]
+        r = sig(blk(ax.T, 0).T + blk(ah.T, 0).T)
+        z = sig(blk(ax.T, 1).T + blk(ah.T, 1).T)
+        n = tanh(blk(ax.T, 2).T + r * blk(ah.T, 2).T)
+        return (1 - z) * n + z * state
     if cell.name == "lstm":
         h, c = state
         pre = [
@@ -75,7 +96,7 @@ def naive_step(cell, x, state):
 
 def random_state(cell, B, dtype=torch.float32):
     h = torch.randn(B, cell.hidden_size, dtype=dtype)
-    return (h, torch.randn_like(h)) if cell.name == "lstm" else h
+    return (h, torch.randn_like(h)) if cell.has_cell_state else h
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -111,7 +132,7 @@ def test_gradcheck_float64(name):
 
     def f(x, *rest):
         """Cell output as a function of input, state and every parameter."""
-        s, w = (rest[:2], rest[2:]) if name == "lstm" else (rest[0], rest[1:])
+        s, w = (rest[:2], rest[2:]) if cell.has_cell_state else (rest[0], rest[1:])
         return torch.func.functional_call(cell, dict(zip(names, w, strict=True)), (x, s))
 
     inputs = (x, *state) if isinstance(state, tuple) else (x, state)

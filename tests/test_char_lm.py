@@ -81,7 +81,7 @@ def test_folded_embedding_equals_reference(cell, num_layers, tie):
     state0 = [torch.randn_like(s) for s in _flat(ref.initial_state(4))]
     results = []
     for model in (folded, ref):
-        state = tuple(state0) if cell == "lstm" else state0[0]
+        state = tuple(state0) if CELLS[cell].has_cell_state else state0[0]
         loss, logits = 0.0, []
         for chunk in idx.split(5, dim=1):  # carried state, graph kept across chunks
             out, state = model(chunk, state)
@@ -133,7 +133,7 @@ def test_folded_embedding_gradcheck_float64(cell):
     state = [s.requires_grad_() for s in state]
 
     def f(*leaves):  # the state and every parameter (perturbed in place by gradcheck)
-        logits, new_state = model(idx, tuple(state) if cell == "lstm" else state[0])
+        logits, new_state = model(idx, tuple(state) if CELLS[cell].has_cell_state else state[0])
         return (logits, *_flat(new_state))
 
     assert torch.autograd.gradcheck(f, (*state, *model.parameters()), eps=1e-6, atol=1e-5)

@@ -43,7 +43,9 @@ def walk(model, step_fn, steps=200, streams=3, seed=0):
     return worst
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "mingru", "minlstm"])
+@pytest.mark.parametrize(
+    "cell", ["lstm", "gru", "mingru", "minlstm", "indrnn", "layernorm_lstm", "layernorm_gru"]
+)
 def test_onnx_step_equals_the_pytorch_step(cell, tmp_path):
     model = model_for(cell)
     written = export_model(model, VOCAB, tmp_path, "onnx")

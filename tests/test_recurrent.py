@@ -97,10 +97,11 @@ def test_gradcheck_every_cell_two_layers(cell):
     m = Recurrent(cell, 3, 3, num_layers=2, backend="reference").double()
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
-    state = (h0, torch.randn_like(h0).requires_grad_()) if cell == "lstm" else h0
+    lstm = CELLS[cell].has_cell_state
+    state = (h0, torch.randn_like(h0).requires_grad_()) if lstm else h0
 
     def f(x, *s):
-        return m(x, s if cell == "lstm" else s[0])[0]
+        return m(x, s if lstm else s[0])[0]
 
     assert torch.autograd.gradcheck(f, (x, *flat(state)))
 

@@ -22,6 +22,10 @@ _EXPORTS = {
         "rnnlab.cells",
     ),
     **dict.fromkeys(
+        ["IndRNNCell", "LayerNormLSTMCell", "LayerNormGRUCell", "indrnn_recurrent_bound"],
+        "rnnlab.cells",
+    ),
+    **dict.fromkeys(
         ["Recurrent", "RNN", "LSTM", "GRU", "MUT1", "MUT2", "MUT3", "MinGRU", "MinLSTM"],
         "rnnlab.recurrent",
     ),
@@ -40,10 +44,13 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from rnnlab.cells import (  # noqa: F401  # noqa: F401
+    from rnnlab.cells import (  # noqa: F401
         CELLS,
         Cell,
         GRUCell,
+        IndRNNCell,
+        LayerNormGRUCell,
+        LayerNormLSTMCell,
         LSTMCell,
         MinGRUCell,
         MinLSTMCell,
@@ -53,6 +60,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
         RNNCell,
         ShapeError,
         cell_class,
+        indrnn_recurrent_bound,
     )
     from rnnlab.data import prepare_corpus  # noqa: F401
     from rnnlab.models.captioner import Captioner, CaptionerConfig  # noqa: F401

@@ -331,7 +331,7 @@ def torch_loss(
     params: the cell's parameters, ``weight_ho``, ``bias_o``, ``h0`` (B, H) and, for the LSTM,
     ``c0``; x: (T, B, I) floats; targets: (T, B) int64.
     """
-    state = (params["h0"], params["c0"]) if cell == "lstm" else params["h0"]
+    state = (params["h0"], params["c0"]) if CELLS[cell].has_cell_state else params["h0"]
     loss = x.new_zeros(())
     for t in range(x.shape[0]):
         state, gates = STEPS[cell](x[t], state, params)
@@ -378,7 +378,7 @@ def _gradcheck(
     for cell in CELLS:
         arrays = init_params(cell, input_size, H, vocab_size, rng)
         arrays["h0"] = rng.uniform(-0.5, 0.5, (B, H))
-        if cell == "lstm":
+        if CELLS[cell].has_cell_state:
             arrays["c0"] = rng.uniform(-0.5, 0.5, (B, H))
 
         def autograd(a: Arrays, cell: str = cell) -> Arrays:
@@ -414,7 +414,8 @@ def _gradcheck(
 def gradcheck_report(seed: int = 0) -> str:
     """``gradcheck(seed)`` as a printable table, with a verdict against ``TOLERANCE``."""
     rows = gradcheck(seed)
-    w = max(len(c) for c in CELLS) + 1  # the cell column
+    w = max(len(r["cell"]) for r in rows) + 2  # the cell column
+    p = max(len(r["parameter"]) for r in rows) + 2  # the worst-array column
     lines = [
         f"Gradient check, float64, T=5 B=2 I=4 H=4 V=5, nonzero h0/c0, seed {seed}",
         "error = max|a-b| / max(max|a|, max|b|) per array, the worst array named",
@@ -424,7 +425,7 @@ def gradcheck_report(seed: int = 0) -> str:
         verdict = "ok" if r["max_rel_error"] < TOLERANCE else "FAIL"
         lines.append(
             f"{r['cell']:<{w}}{r['check']:<32}{r['max_rel_error']:>14.2e}  "
-            f"{r['parameter']:<10}{verdict}"
+            f"{r['parameter']:<{p}}{verdict}"
         )
     passed = all(r["max_rel_error"] < TOLERANCE for r in rows)
     lines.append(f"{'all' if passed else 'NOT all'} errors < {TOLERANCE:g}")

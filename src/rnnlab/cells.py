@@ -38,12 +38,25 @@ from torch import Tensor
 
 # Every cell's name, once: the configs of every task (``cell: CellName``), the CLI's choices and
 # ``Recurrent`` read it from here, so a cell added below appears in every command.
-CellName = Literal["rnn", "lstm", "gru", "mut1", "mut2", "mut3", "mingru", "minlstm"]
+CellName = Literal[
+    "rnn",
+    "lstm",
+    "gru",
+    "mut1",
+    "mut2",
+    "mut3",
+    "mingru",
+    "minlstm",
+    "indrnn",
+    "layernorm_lstm",
+    "layernorm_gru",
+]
 CELL_NAMES: tuple[str, ...] = typing.get_args(CellName)
 CELL_HELP = (
     "recurrent cell: rnn (Elman 1990), lstm (Hochreiter & Schmidhuber 1997), gru (Cho et al. "
     "2014), mut1|mut2|mut3 (Jozefowicz et al. 2015), mingru|minlstm (Feng et al. 2024, 'Were "
-    "RNNs All We Needed?': gates of x alone, so a parallel scan can run a sequence)"
+    "RNNs All We Needed?': gates of x alone, so a parallel scan can run a sequence), indrnn (Li "
+    "et al. 2018), layernorm_lstm|layernorm_gru (Ba et al. 2016, layer normalisation)"
 )
 State = Tensor | tuple[Tensor, Tensor]
 Gates = dict[str, Tensor]
@@ -51,6 +64,8 @@ Params = Mapping[str, Tensor]
 NONLINEARITIES = ("tanh", "relu")
 NATIVE_CELLS = ("rnn", "lstm", "gru")  # the cells torch.nn implements itself (oneDNN / cuDNN)
 SCAN_CELLS = ("mingru", "minlstm")  # gates of x alone: a parallel scan runs the sequence
+NONLINEAR_CELLS = ("rnn", "indrnn")  # the cells that take a ``nonlinearity``
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
 
 
 class ShapeError(ValueError, RuntimeError):
@@ -210,12 +225,53 @@ def _min_step(cell: str, u: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates
     return h_new, {**gates, "h": h_new}
 
 
+def _indrnn(u: Tensor, h: Tensor, p: Params, nonlinearity: str) -> tuple[Tensor, Gates]:
+    """IndRNN (Li et al. 2018): h' = act(W_ih x + w_hh ⊙ h + b), w_hh a vector (H,): each unit
+    sees only its own past, so the recurrence is element-wise."""
+    a = _biased(u, p.get("bias")) + p["weight_hh"] * h
+    h_new = torch.relu(a) if nonlinearity == "relu" else torch.tanh(a)
+    return h_new, {"h": h_new}
+
+
+def _layer_norm(a: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Layer normalisation over the last dimension (Ba et al. 2016), eps = LAYER_NORM_EPS."""
+    return F.layer_norm(a, a.shape[-1:], weight, bias, LAYER_NORM_EPS)
+
+
+def _layernorm_lstm(u: Tensor, state: tuple[Tensor, Tensor], p: Params) -> tuple[State, Gates]:
+    """LayerNorm LSTM (Ba et al. 2016, haste's form): the input and recurrent pre-activations are
+    normalised separately (gains only; one shared bias), and c' before the output tanh."""
+    h, c = state
+    a = _layer_norm(u, p["ln_ih_weight"]) + _layer_norm(F.linear(h, p["weight_hh"]),
+                                                         p["ln_hh_weight"])  # fmt: skip
+    ai, af, ag, ao = _biased(a, p.get("bias")).chunk(4, dim=-1)  # each (B, H)
+    i, f, g, o = torch.sigmoid(ai), torch.sigmoid(af), torch.tanh(ag), torch.sigmoid(ao)
+    c_new = f * c + i * g
+    h_new = o * torch.tanh(_layer_norm(c_new, p["ln_c_weight"], p.get("ln_c_bias")))
+    return (h_new, c_new), {"i": i, "f": f, "g": g, "o": o, "c": c_new, "h": h_new}
+
+
+def _layernorm_gru(u: Tensor, h: Tensor, p: Params) -> tuple[Tensor, Gates]:
+    """LayerNorm GRU (Ba et al. 2016, haste's form): W_ih x and W_hh h normalised separately,
+    then torch's GRU (reset applied after the recurrent matmul), gates (r, z, n)."""
+    i_r, i_z, i_n = _biased(_layer_norm(u, p["ln_ih_weight"]), p.get("bias_ih")).chunk(3, -1)
+    a_h = _layer_norm(F.linear(h, p["weight_hh"]), p["ln_hh_weight"])
+    h_r, h_z, h_n = _biased(a_h, p.get("bias_hh")).chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    h_new = (1 - z) * n + z * h
+    return h_new, {"r": r, "z": z, "n": n, "h": h_new}
+
+
 def recurrent_step(
     cell: str, u: Tensor, state: State, p: Params, nonlinearity: str = "tanh"
 ) -> tuple[State, Gates]:
     """One step from the projected input u (B, Gx [+ H]): ``(new_state, gates)``."""
     if cell == "rnn":
         return _rnn(u, state, p, nonlinearity)  # type: ignore[arg-type]
+    if cell == "indrnn":
+        return _indrnn(u, state, p, nonlinearity)  # type: ignore[arg-type]
     return _RECURRENCES[cell](u, state, p)
 
 
@@ -231,6 +287,7 @@ def _biased(u: Tensor, bias: Tensor | None) -> Tensor:
 
 
 _RECURRENCES = {"lstm": _lstm, "gru": _gru, "mut1": _mut1, "mut2": _mut2, "mut3": _mut3,
+                "layernorm_lstm": _layernorm_lstm, "layernorm_gru": _layernorm_gru,
                 **{c: functools.partial(_min_step, c) for c in SCAN_CELLS}}  # fmt: skip
 
 # The per-cell names the lecture and the BPTT oracle use: (x, state, p) -> (new_state, gates).
@@ -242,6 +299,9 @@ mut2_step = functools.partial(cell_step, "mut2")
 mut3_step = functools.partial(cell_step, "mut3")
 mingru_step = functools.partial(cell_step, "mingru")
 minlstm_step = functools.partial(cell_step, "minlstm")
+indrnn_step = functools.partial(cell_step, "indrnn", nonlinearity="relu")
+layernorm_lstm_step = functools.partial(cell_step, "layernorm_lstm")
+layernorm_gru_step = functools.partial(cell_step, "layernorm_gru")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +322,7 @@ class Cell(nn.Module):
     gates_hh: int = 1
     torch_biases: bool = True  # bias_ih + bias_hh (torch.nn); otherwise one `bias` of 3H
     has_cell_state: bool = False
+    own_init: bool = False  # Recurrent calls this class's init_parameters (else torch.nn's)
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
         super().__init__()
@@ -549,10 +610,226 @@ class MinLSTMCell(_MinCell):
     gates_ih = 3
 
 
+def indrnn_recurrent_bound(steps: int, largest_gradient: float = 2.0) -> float:
+    """Li et al. 2018 (section 3.1): through T steps of a ReLU IndRNN unit the gradient is scaled
+    by u^T on its active path, so |u| <= gamma^(1/T) keeps that factor at most gamma (the paper's
+    adding-problem setting is gamma = 2: |u| <= 2^(1/T)). A tanh unit's derivative is at most 1,
+    so the same bound holds for it. The value for ``recurrent_max_abs``."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    if not largest_gradient > 0:
+        raise ValueError(f"largest_gradient: expected a positive number, got {largest_gradient!r}")
+    return float(largest_gradient) ** (1.0 / steps)
+
+
+def check_recurrent_max_abs(value: float | None) -> None:
+    """ValueError unless ``value`` is None or a positive finite number."""
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):  # fmt: skip
+        raise ValueError(f"recurrent_max_abs: expected a positive number or None, got {value!r}")
+
+
+def constrain_recurrent_(module: nn.Module, name: str, max_abs: float | None) -> None:
+    """IndRNN's recurrent-weight bound, |u| <= ``max_abs``, applied to the stored parameter
+    ``module.<name>`` in place, as projected gradient descent (the paper's code clips u after each
+    update): called before every use, it clamps a u that an optimizer step moved past the bound,
+    so every forward uses a bounded u and no training loop needs to know about it. A clamp inside
+    the equations instead would have zero gradient beyond the bound and could leave u stuck there.
+    A parametrized or re-assigned (non-Parameter) weight is left alone."""
+    w = module._parameters.get(name)
+    if max_abs is None or w is None:
+        return
+    with torch.no_grad():
+        if bool(w.abs().max() > max_abs):  # only then: an unchanged version keeps step caches
+            w.clamp_(-max_abs, max_abs)
+
+
+class IndRNNCell(Cell):
+    r"""Independently recurrent neural network (Li, Li, Cook, Zhu & Gao 2018, "Independently
+    Recurrent Neural Network (IndRNN): Building A Longer and Deeper RNN", CVPR).
+
+    .. math:: h' = \mathrm{act}(W_{ih} x + w_{hh} \odot h + b)
+
+    ``weight_hh`` is a vector (H,): each unit recurs only on itself, so the recurrence is
+    element-wise and its gradient through time is u^T (times act'), which the bound controls.
+    ``nonlinearity`` is ``relu`` (the paper's default) or ``tanh``; one ``bias`` (H,) (a second
+    one would only duplicate it). Init as the paper's experiments: ``weight_hh`` ~ U(0, 1) (then
+    clamped to the bound), ``weight_ih`` and ``bias`` torch's U(-1/sqrt(H), 1/sqrt(H)).
+    ``recurrent_max_abs``: the bound |w_hh| <= value (see ``indrnn_recurrent_bound`` for the
+    paper's 2^(1/T)), kept by ``constrain_recurrent_`` before every use; None: unbounded.
+    """
+
+    name = "indrnn"
+    own_init = True
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "relu",
+        recurrent_max_abs: float | None = None,
+    ) -> None:
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        check_recurrent_max_abs(recurrent_max_abs)
+        self.nonlinearity = nonlinearity
+        self.recurrent_max_abs = recurrent_max_abs
+        super().__init__(input_size, hidden_size, bias)
+
+    @classmethod
+    def parameter_shapes(
+        cls, input_size: int, hidden_size: int, bias: bool = True
+    ) -> dict[str, tuple[int, ...]]:
+        shapes = {"weight_ih": (hidden_size, input_size), "weight_hh": (hidden_size,)}
+        if bias:
+            shapes["bias"] = (hidden_size,)
+        return shapes
+
+    @classmethod
+    def init_parameters(
+        cls,
+        params: Params,
+        hidden_size: int,
+        recurrent_max_abs: float | None = None,
+        **options: float | None,
+    ) -> None:
+        super().init_parameters(params, hidden_size)
+        with torch.no_grad():
+            params["weight_hh"].uniform_(0.0, 1.0)
+            if recurrent_max_abs is not None:
+                params["weight_hh"].clamp_(-recurrent_max_abs, recurrent_max_abs)
+
+    def reset_parameters(self) -> None:
+        self.init_parameters(
+            dict(self.named_parameters()), self.hidden_size, self.recurrent_max_abs
+        )
+
+    def forward(self, x: Tensor, state: State | None = None) -> State:
+        constrain_recurrent_(self, "weight_hh", self.recurrent_max_abs)
+        return super().forward(x, state)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
+        if self.recurrent_max_abs is not None:
+            s += f", recurrent_max_abs={self.recurrent_max_abs}"
+        return s
+
+
+def _haste_init(params: Params, hidden_size: int, blocks: int) -> None:
+    """haste's LayerNorm-cell init: ``weight_ih`` Xavier-uniform and ``weight_hh`` orthogonal per
+    H-row gate block, biases 0, layer-norm gains 1; anything else (``weight_ch``) torch.nn's."""
+    Cell.init_parameters(params, hidden_size)
+    H = hidden_size
+    with torch.no_grad():
+        for k in range(blocks):
+            nn.init.xavier_uniform_(params["weight_ih"][k * H : (k + 1) * H])
+            nn.init.orthogonal_(params["weight_hh"][k * H : (k + 1) * H])
+        for name, w in params.items():
+            if name.startswith("bias") or name == "ln_c_bias":
+                w.zero_()
+            elif name.startswith("ln_") and name.endswith("_weight"):
+                w.fill_(1.0)
+
+
+class LayerNormLSTMCell(Cell):
+    r"""LayerNorm LSTM (Ba, Kiros & Hinton 2016, "Layer Normalization", section 3.1 and
+    appendix), in the form haste's ``LayerNormLSTM`` implements.
+
+    .. math::
+        a = \mathrm{LN}(W_{ih} x; \gamma_{ih}) + \mathrm{LN}(W_{hh} h; \gamma_{hh}) + b \\
+        (i, f, g, o) = (\sigma, \sigma, \tanh, \sigma)(a), \qquad c' = f \odot c + i \odot g \\
+        h' = o \odot \tanh(\mathrm{LN}(c'; \gamma_c, \beta_c))
+
+    LN normalises a vector over its last dimension (mean 0, variance 1, eps 1e-5) and scales it
+    by a gain; the two gate-side norms (over all 4H pre-activations) carry gains only, since their
+    shifts would duplicate ``bias``; the state carried is the unnormalised c'. Gate blocks (i, f,
+    g, o) as torch.nn.LSTM. Parameters: ``weight_ih`` (4H, I), ``weight_hh`` (4H, H), ``bias``
+    (4H,), ``ln_ih_weight`` / ``ln_hh_weight`` (4H,), ``ln_c_weight`` / ``ln_c_bias`` (H,)
+    (``bias=False`` drops ``bias`` and ``ln_c_bias``). Init as haste: Xavier-uniform /
+    orthogonal per gate block, gains 1, shifts 0, the f-block of ``bias`` = ``forget_bias``.
+    """
+
+    name = "layernorm_lstm"
+    gates_ih = 4
+    gates_hh = 4
+    has_cell_state = True
+    own_init = True
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = 1.0
+    ) -> None:
+        self.forget_bias = forget_bias
+        super().__init__(input_size, hidden_size, bias)
+
+    @classmethod
+    def parameter_shapes(
+        cls, input_size: int, hidden_size: int, bias: bool = True
+    ) -> dict[str, tuple[int, ...]]:
+        H = hidden_size
+        shapes: dict[str, tuple[int, ...]] = {"weight_ih": (4 * H, input_size),
+                                              "weight_hh": (4 * H, H)}  # fmt: skip
+        if bias:
+            shapes["bias"] = (4 * H,)
+        shapes |= {"ln_ih_weight": (4 * H,), "ln_hh_weight": (4 * H,), "ln_c_weight": (H,)}
+        if bias:
+            shapes["ln_c_bias"] = (H,)
+        return shapes
+
+    @classmethod
+    def init_parameters(
+        cls, params: Params, hidden_size: int, forget_bias: float | None = 1.0, **options: float
+    ) -> None:
+        _haste_init(params, hidden_size, 4)
+        if forget_bias is not None and "bias" in params:
+            with torch.no_grad():
+                params["bias"][hidden_size : 2 * hidden_size].fill_(forget_bias)
+
+    def reset_parameters(self) -> None:
+        self.init_parameters(dict(self.named_parameters()), self.hidden_size, self.forget_bias)
+
+
+class LayerNormGRUCell(Cell):
+    r"""LayerNorm GRU (Ba, Kiros & Hinton 2016), in the form haste's ``LayerNormGRU`` implements,
+    on torch.nn.GRU's convention (reset applied after the recurrent matmul).
+
+    .. math::
+        (x_r, x_z, x_n) = \mathrm{LN}(W_{ih} x; \gamma_{ih}) + b_{ih}, \quad
+        (h_r, h_z, h_n) = \mathrm{LN}(W_{hh} h; \gamma_{hh}) + b_{hh} \\
+        r = \sigma(x_r + h_r), \quad z = \sigma(x_z + h_z), \quad
+        n = \tanh(x_n + r \odot h_n), \quad h' = (1 - z) \odot n + z \odot h
+
+    Each norm runs over all 3H pre-activations of its side and has a gain only; the shifts are
+    ``bias_ih`` / ``bias_hh``, both needed since r multiplies the recurrent n-block and its bias.
+    Parameters: ``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih`` / ``bias_hh`` (3H,),
+    ``ln_ih_weight`` / ``ln_hh_weight`` (3H,). Init as haste: Xavier-uniform / orthogonal per
+    gate block, biases 0, gains 1.
+    """
+
+    name = "layernorm_gru"
+    gates_ih = 3
+    gates_hh = 3
+    own_init = True
+
+    @classmethod
+    def parameter_shapes(
+        cls, input_size: int, hidden_size: int, bias: bool = True
+    ) -> dict[str, tuple[int, ...]]:
+        shapes = super().parameter_shapes(input_size, hidden_size, bias)
+        return shapes | {"ln_ih_weight": (3 * hidden_size,), "ln_hh_weight": (3 * hidden_size,)}
+
+    @classmethod
+    def init_parameters(cls, params: Params, hidden_size: int, **options: float | None) -> None:
+        _haste_init(params, hidden_size, 3)
+
+
 CELLS: dict[str, type[Cell]] = {
     c.name: c
-    for c in (RNNCell, LSTMCell, GRUCell, MUT1Cell, MUT2Cell, MUT3Cell, MinGRUCell, MinLSTMCell)
-}
+    for c in (RNNCell, LSTMCell, GRUCell, MUT1Cell, MUT2Cell, MUT3Cell, MinGRUCell, MinLSTMCell,
+              IndRNNCell, LayerNormLSTMCell, LayerNormGRUCell)
+}  # fmt: skip
 assert tuple(CELLS) == CELL_NAMES, "CellName and CELLS list the same cells in the same order"
 
 

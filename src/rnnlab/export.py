@@ -2,7 +2,7 @@
 
 Both formats hold the same function, the one a sampler calls once per character:
 
-    (token (B,) int64, h (L, B, H) [, c (L, B, H) for the LSTM]) -> (logits (B, V), h_n [, c_n])
+    (token (B,) int64, h (L, B, H) [, c (L, B, H): (LayerNorm) LSTM]) -> (logits (B, V), h_n[, c_n])
 
 - ``onnx``: an ONNX graph (torch's exporter), for onnxruntime or any ONNX runtime, in any language.
 - ``torch``: a ``torch.export`` program (``model.pt2``), for ``torch.export.load`` without rnnlab.
@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from rnnlab.cells import cell_step
+from rnnlab.cells import cell_class, cell_step
 from rnnlab.io import PathLike, mkdir_inside, split_root, write_inside
 from rnnlab.models.char_lm import CharLM
 
@@ -55,7 +55,7 @@ class OneStep(nn.Module):
             raise ExportError("export: a bidirectional model has no one-step function")
         self.model = model
         self.cell = model.rnn.cell
-        self.lstm = self.cell == "lstm"
+        self.lstm = cell_class(self.cell).has_cell_state  # state (h, c)
 
     def forward(self, token: Tensor, h: Tensor, c: Tensor | None = None) -> tuple[Tensor, ...]:
         rnn = self.model.rnn

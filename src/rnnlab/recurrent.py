@@ -28,10 +28,12 @@ Backends compute the same function (tests prove it):
 - ``reference``: a readable Python loop over the cell's equations (``rnnlab.cells.unroll``), the
   input projection of all steps hoisted into one GEMM.
 - ``native``: torch's own RNN/LSTM/GRU kernels (oneDNN / cuDNN) over our parameters.
-- ``fused``: rnnlab's C++ engine (``rnnlab.kernels``) for every cell, MUT1-3, bidirectional layers,
-  padded batches and conditioning included (``proj_size`` runs on reference/native); for minGRU and
-  minLSTM, whose gates depend on x alone, the log-space parallel scan over time (``rnnlab.scan``,
-  torch ops, any device), while ``step`` runs their one-step recurrence.
+- ``fused``: rnnlab's C++ engine (``rnnlab.kernels``) for rnn, lstm, gru and MUT1-3,
+  bidirectional layers, padded batches and conditioning included (``proj_size`` runs on
+  reference/native); for IndRNN its element-wise recurrence in C++ after the one input GEMM;
+  for minGRU and minLSTM, whose gates depend on x alone, the log-space parallel scan over time
+  (``rnnlab.scan``, torch ops, any device), while ``step`` runs their one-step recurrence; the
+  LayerNorm cells have no engine and run the reference loop.
 - ``auto``: the fastest backend proven equal for this cell, device and input.
 """
 
@@ -52,6 +54,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from rnnlab import kernels, scan
 from rnnlab.cells import (
     NATIVE_CELLS,
+    NONLINEAR_CELLS,
     NONLINEARITIES,
     SCAN_CELLS,
     Cell,
@@ -59,6 +62,8 @@ from rnnlab.cells import (
     ShapeError,
     State,
     cell_class,
+    check_recurrent_max_abs,
+    constrain_recurrent_,
     input_projection,
     unroll,
 )
@@ -83,10 +88,15 @@ class Recurrent(nn.Module):
 
     Args:
         cell: a name in ``rnnlab.cells.CELL_NAMES`` (``rnn | lstm | gru | mut1 | mut2 | mut3 |
-            mingru | minlstm``).
+            mingru | minlstm | indrnn | layernorm_lstm | layernorm_gru``).
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            proj_size (LSTM only), nonlinearity (rnn only), device, dtype: as in torch.nn;
-            ``dropout`` applies to the outputs of every layer but the last, in training mode.
+            proj_size (LSTM only), device, dtype: as in torch.nn; ``dropout`` applies to the
+            outputs of every layer but the last, in training mode.
+        nonlinearity: ``tanh | relu`` for rnn (default tanh) and indrnn (default relu, the
+            paper's).
+        recurrent_max_abs: IndRNN only: the bound |weight_hh| <= value of Li et al. 2018 (e.g.
+            ``rnnlab.cells.indrnn_recurrent_bound(T)`` = 2^(1/T)), kept in place before every use
+            (``rnnlab.cells.constrain_recurrent_``); None (default): unbounded.
         condition_size: C > 0 adds ``weight_ch_l0`` (G, C) and makes ``forward`` take
             ``condition=`` (B, C).
         backend: ``auto | reference | native | fused`` (see the module docstring).
@@ -109,15 +119,22 @@ class Recurrent(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = False,
         proj_size: int = 0,
-        nonlinearity: str = "tanh",
+        nonlinearity: str | None = None,
         condition_size: int = 0,
         backend: str = "auto",
         forget_bias: float | None = 1.0,
+        recurrent_max_abs: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         cls = cell_class(cell)
+        if nonlinearity is None:
+            nonlinearity = "relu" if cls.name == "indrnn" else "tanh"
+        check_recurrent_max_abs(recurrent_max_abs)
+        if recurrent_max_abs is not None and cls.name != "indrnn":
+            raise ValueError(f"recurrent_max_abs: only the indrnn cell has a bounded recurrent "
+                             f"weight, got cell {cls.name!r}")  # fmt: skip
         _check_arguments(cls.name, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, proj_size, nonlinearity, condition_size,
                          backend)  # fmt: skip
@@ -139,6 +156,7 @@ class Recurrent(nn.Module):
         self.condition_size = condition_size
         self.backend = backend
         self.forget_bias = forget_bias
+        self.recurrent_max_abs = recurrent_max_abs
         self.fold_lookup = True  # fold an ``embedding=`` lookup into the engine's projection
         self.num_directions = 2 if bidirectional else 1
         self.output_size = (proj_size or hidden_size) * self.num_directions
@@ -184,9 +202,17 @@ class Recurrent(nn.Module):
     def reset_parameters(self) -> None:
         """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)) over the parameters in registration order
         (so with ``forget_bias=None`` the same seed gives torch's values), then the LSTM
-        forget-gate bias: ``bias_ih``'s f-block = forget_bias, ``bias_hh``'s = 0."""
+        forget-gate bias: ``bias_ih``'s f-block = forget_bias, ``bias_hh``'s = 0. IndRNN and the
+        LayerNorm cells take their papers' init instead (``cls.init_parameters``, see
+        ``rnnlab.cells``)."""
+        cls = cell_class(self.cell)
         for names in self._layer_names:
-            Cell.init_parameters({n: getattr(self, f) for n, f in names.items()}, self.hidden_size)
+            params = {n: getattr(self, f) for n, f in names.items()}
+            if cls.own_init:  # the cell's paper's init (IndRNN, the LayerNorm cells)
+                cls.init_parameters(params, self.hidden_size, forget_bias=self.forget_bias,
+                                    recurrent_max_abs=self.recurrent_max_abs)  # fmt: skip
+            else:
+                Cell.init_parameters(params, self.hidden_size)
         if self.cell == "lstm" and self.forget_bias is not None and self.bias:
             H = self.hidden_size
             with torch.no_grad():
@@ -222,7 +248,8 @@ class Recurrent(nn.Module):
             )  # fmt: skip
         if self.backend == "fused" and self.cell in SCAN_CELLS:
             return "fused"  # the scan: torch ops, any device
-        if self.backend == "fused" and (self.proj_size or device.type != "cpu"):
+        if self.backend == "fused" and (self.proj_size or device.type != "cpu"
+                                        or not kernels.has_engine(self.cell)):  # fmt: skip
             return "native" if native_ok and device.type == "cuda" else "reference"
         return self.backend
 
@@ -306,10 +333,14 @@ class Recurrent(nn.Module):
             t.requires_grad for t in (*self.parameters(), batch.x, *_parts(batch.state))
         )
         device = self._device()
+        self._constrain()
         engine = (not graph and self.backend in ("auto", "fused") and not self.proj_size
-                  and self.cell not in SCAN_CELLS
+                  and self.cell in kernels.STEP_CELLS
                   and kernels.fused_available(device, _dtype(self)))  # fmt: skip
         if weight_dtype is not None and weight_dtype != _dtype(self):
+            if self.cell not in kernels.STEP_CELLS:
+                raise ValueError(f"weight_dtype: the {self.cell} cell has no engine step for "
+                                 f"reduced-precision weights; use float32")  # fmt: skip
             if weight_dtype != torch.bfloat16 or not engine or _dtype(self) != torch.float32:
                 raise ValueError(
                     f"weight_dtype: {weight_dtype} weights run on the CPU engine, for a float32 "
@@ -381,12 +412,22 @@ class Recurrent(nn.Module):
         """Zeros: (L*D, B, H_out), with c (L*D, B, H) for the LSTM."""
         shape = (self.num_layers * self.num_directions, batch)
         h = like.new_zeros(*shape, self.proj_size or self.hidden_size)
-        return (h, like.new_zeros(*shape, self.hidden_size)) if self.cell == "lstm" else h
+        return (h, like.new_zeros(*shape, self.hidden_size)) if self._has_cell_state() else h
+
+    def _has_cell_state(self) -> bool:
+        return cell_class(self.cell).has_cell_state
+
+    def _constrain(self) -> None:
+        """IndRNN's bound on every layer's recurrent weight (see ``recurrent_max_abs``)."""
+        if getattr(self, "recurrent_max_abs", None) is not None:  # (absent in older pickles)
+            for names in self._layer_names:
+                constrain_recurrent_(self, names["weight_hh"], self.recurrent_max_abs)
 
     # -- the layers ---------------------------------------------------------------------------
 
     def _run(self, batch: _Batch, record: bool) -> tuple[Tensor, State, list[Gates]]:
         """(T, B, D*H_out) outputs, final state and (if ``record``) gates, time-major."""
+        self._constrain()
         lookup = batch.embedding is not None
         conditioned = batch.condition is not None
         device = self._device()
@@ -394,7 +435,8 @@ class Recurrent(nn.Module):
         if self.cell in SCAN_CELLS:  # the scan records its gates, differentiably
             return self._forward_layers(batch, fused=backend == "fused", record=record)
         if record:  # the engine records gates without autograd; with it, the reference loop does
-            fused_ok = not torch.is_grad_enabled() and self.backend in ("auto", "fused")
+            fused_ok = (not torch.is_grad_enabled() and self.backend in ("auto", "fused")
+                        and self.cell in kernels.STEP_CELLS)  # fmt: skip
             backend = "fused" if fused_ok and not self.proj_size else "reference"
         if backend == "fused" and not kernels.fused_available(device, _dtype(self)):
             native_ok = self.cell in NATIVE_CELLS and not conditioned
@@ -453,6 +495,12 @@ class Recurrent(nn.Module):
                     u, projected = xd, False  # the engine projects all steps itself
                 if fused and self.cell in SCAN_CELLS:
                     out, final, g = scan.run_layer(self.cell, u, state, p, lengths, record)
+                elif fused and self.cell == "indrnn":  # C++ element-wise loop after the one GEMM
+                    if not projected:
+                        u = input_projection(self.cell, xd, p)
+                    out, final = kernels.run_indrnn(u, state, p["weight_hh"], p.get("bias"),
+                                                    self.nonlinearity, lengths)  # fmt: skip
+                    g = {}
                 elif fused:
                     weights = kernels.layer_weights(self.cell, p)
                     if projected:
@@ -479,11 +527,16 @@ class Recurrent(nn.Module):
         """Whether ``forward(ids, embedding=E)`` folds the lookup into layer 0's input projection:
         on the C++ engine (``fused``, or ``auto`` where the engine with the fold is fastest) when
         the batch has more than 2V tokens, where the (V, G) table costs less than projecting every
-        token. ``fold_lookup = False`` turns it off (the benchmark's "fused-nofold")."""
+        token. ``fold_lookup = False`` turns it off (the benchmark's "fused-nofold"). The cells
+        without an engine (the LayerNorm cells) fold on ``auto``/``fused`` too: their loop then
+        starts from the gathered rows, as the engine would."""
         device = self._device()
-        return (self.fold_lookup and num_tokens > 2 * vocab_size
-                and self.resolved_backend(device, lookup=True) == "fused"
-                and kernels.fused_available(device, _dtype(self)))  # fmt: skip
+        if not (self.fold_lookup and num_tokens > 2 * vocab_size):
+            return False
+        backend = self.resolved_backend(device, lookup=True)
+        if backend == "reference":  # the loop standing in for a missing engine folds as well
+            return self.backend in ("auto", "fused") and not kernels.has_engine(self.cell)
+        return backend == "fused" and kernels.fused_available(device, _dtype(self))
 
     def _lookup(
         self, ids: Tensor, table: Tensor, p: dict[str, Tensor], extra: Tensor | None
@@ -581,7 +634,7 @@ class Recurrent(nn.Module):
     def _state(self, hx: State | None, B: int, unbatched: bool, like: Tensor) -> State:
         if hx is None:
             return self.initial_state(B, like if like.is_floating_point() else _zero(self))
-        lstm = self.cell == "lstm"
+        lstm = self._has_cell_state()
         if lstm != isinstance(hx, tuple) or (lstm and len(hx) != 2):
             kind = "a tuple (h_0, c_0)" if lstm else "a tensor h_0"
             raise ShapeError(f"hx: expected {kind} for cell {self.cell!r}, got {type(hx).__name__}")
@@ -631,9 +684,11 @@ class Recurrent(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.cell!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        nonlinearity = "relu" if self.cell == "indrnn" else "tanh"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
                               ("bidirectional", False), ("proj_size", 0),
-                              ("nonlinearity", "tanh"), ("condition_size", 0)):  # fmt: skip
+                              ("nonlinearity", nonlinearity), ("condition_size", 0),
+                              ("recurrent_max_abs", None)):  # fmt: skip
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         return s + f", backend={self.backend!r}"
@@ -790,9 +845,9 @@ def _check_arguments(
                          "term); use 'fused' or 'reference'")  # fmt: skip
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-    if cell != "rnn" and nonlinearity != "tanh":
-        raise ValueError(f"nonlinearity: only the rnn cell takes one, got {nonlinearity!r} for "
-                         f"cell {cell!r}")  # fmt: skip
+    if cell not in NONLINEAR_CELLS and nonlinearity != "tanh":
+        raise ValueError(f"nonlinearity: only the {' and '.join(NONLINEAR_CELLS)} cells take "
+                         f"one, got {nonlinearity!r} for cell {cell!r}")  # fmt: skip
     if proj_size and cell != "lstm":
         raise ValueError(f"proj_size: only the lstm cell has projections, got cell {cell!r}")
     if proj_size >= hidden_size:

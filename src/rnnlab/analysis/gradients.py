@@ -142,10 +142,16 @@ def largest_singular_values(rnn: Recurrent) -> list[dict[str, float]]:
         "mut1": ("r", "h"),
         "mut2": "zrh",
         "mut3": "zrh",
+        "indrnn": "h",
+        "layernorm_lstm": "ifgo",
+        "layernorm_gru": "rzn",
     }[rnn.cell]
     out = []
     for k in range(rnn.num_layers):
         w = getattr(rnn, f"weight_hh_l{k}").detach().double().cpu()
+        if w.dim() == 1:  # IndRNN: W_hh = diag(u), sigma_max = max |u|
+            out.append({"W_hh": float(w.abs().max())})
+            continue
         row = {"W_hh": float(torch.linalg.matrix_norm(w, ord=2))}
         if len(gate_names) > 1:
             for j, name in enumerate(gate_names):

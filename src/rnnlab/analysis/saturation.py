@@ -7,8 +7,8 @@ steps left-saturated, fraction right-saturated). Forget gates that are right-sat
 time are the cells that remember for long; the first layer's gates sit near the middle.
 
 Only sigmoid gates, whose range is (0, 1), are counted: LSTM i f o, GRU r z, MUT z r, minGRU z,
-minLSTM f i (normalised to sum to one). The vanilla RNN has none. Counting streams over trace
-chunks.
+minLSTM f i (normalised to sum to one), and the LayerNorm LSTM/GRU's as the LSTM's/GRU's. The
+vanilla RNN and IndRNN have none. Counting streams over trace chunks.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ SIGMOID_GATES = {
     "mingru": ("z",),
     "minlstm": ("f", "i"),  # normalised: f + i = 1
     "rnn": (),
+    "indrnn": (),
+    "layernorm_lstm": ("i", "f", "o"),
+    "layernorm_gru": ("r", "z"),
 }
 LEFT, RIGHT = 0.1, 0.9
 

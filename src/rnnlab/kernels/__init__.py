@@ -9,7 +9,10 @@ caller (every model reaches the engine through it). Public API:
   direction of one layer over all steps (see ``fused.run_layer``), autograd-aware.
 - ``trace_layer(...)``: ``run_layer`` without autograd, plus every gate at every step (analysis).
 - ``step_layers(cell, nonlinearity, x, state, weights, projected=False)``: one step of every layer
-  in one C++ call, no autograd (sampling).
+  in one C++ call, no autograd (sampling); for the cells in ``STEP_CELLS``.
+- ``run_indrnn(u, h0, weight_hh, bias, nonlinearity, lengths=None)``: IndRNN's element-wise
+  recurrence over all steps in C++, autograd-aware (``kernels.indrnn``).
+- ``has_engine(cell)``: whether ``fused`` has a C++ path for the cell (not the LayerNorm cells).
 - ``choose_backend(cell, hidden_size, device, ...)``: what ``backend="auto"`` runs.
 - ``describe_backend(module)``: one line for the training log.
 - ``extension_status()``: whether the C++ engine built, and why not.
@@ -27,7 +30,8 @@ import torch
 from rnnlab.cells import NATIVE_CELLS, SCAN_CELLS
 from rnnlab.kernels import fused
 from rnnlab.kernels.extension import ExtensionStatus, extension_status
-from rnnlab.kernels.fused import run_layer, step_layers, trace_layer
+from rnnlab.kernels.fused import CELL_IDS, run_layer, step_layers, trace_layer
+from rnnlab.kernels.indrnn import run_indrnn
 
 __all__ = [
     "ExtensionStatus",
@@ -35,7 +39,9 @@ __all__ = [
     "describe_backend",
     "extension_status",
     "fused_available",
+    "has_engine",
     "layer_weights",
+    "run_indrnn",
     "run_layer",
     "step_layers",
     "trace_layer",
@@ -54,12 +60,26 @@ layer_weights = fused.layer_weights
 # elementwise steps. Off the CPU, where each round runs in parallel over T, auto takes the scan.
 CPU_FASTEST = {"rnn": "fused", "lstm": "native", "gru": "fused",
                "mut1": "fused", "mut2": "fused", "mut3": "fused",
-               "mingru": "reference", "minlstm": "reference"}  # fmt: skip
+               "mingru": "reference", "minlstm": "reference", "indrnn": "fused",
+               "layernorm_lstm": "reference", "layernorm_gru": "reference"}  # fmt: skip
+# IndRNN: its C++ element-wise loop is 2.2-2.9x the reference loop's training chars/s (char-LM,
+# docs/benchmarks.md). The LayerNorm cells have no engine: the reference loop (one input GEMM,
+# then torch ops per step) is what runs.
 # With a lookup-table input (a char-LM's embedding) folded into layer 0's input projection, the
 # engine skips its largest GEMMs and also beats oneDNN's LSTM: char-LM training 1.2x the baseline
 # at H128 L1 and H256 L2, 1.16x at H512 L2, where oneDNN is 0.97-1.0x (same machine,
 # bench/RESULTS.md). So a lookup input on CPU runs every cell fused.
-CPU_FASTEST_LOOKUP = {c: "fused" for c in CPU_FASTEST if c not in SCAN_CELLS}
+CPU_FASTEST_LOOKUP = {
+    c: "reference" if b == "reference" else "fused" for c, b in CPU_FASTEST.items()
+}
+# The cells the C++ layer engine (layer_forward/step_layers) runs; IndRNN has its own loop.
+STEP_CELLS = tuple(c for c in CPU_FASTEST if c == "rnn" or c in CELL_IDS)
+
+
+def has_engine(cell: str) -> bool:
+    """Whether ``backend="fused"`` has a C++ path for this cell on CPU (the LayerNorm cells have
+    none and run the reference loop)."""
+    return cell in STEP_CELLS or cell == "indrnn"
 
 
 def fused_available(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -99,6 +119,8 @@ def choose_backend(
     fastest = CPU_FASTEST_LOOKUP if lookup_input else CPU_FASTEST
     if fastest[cell] == "native" and native_ok:
         return "native"
+    if fastest[cell] == "reference":
+        return "reference"
     if extension_status().available:
         return "fused"
     return "native" if native_ok else "reference"

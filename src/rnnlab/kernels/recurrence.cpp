@@ -1,5 +1,6 @@
 // rnnlab's fused recurrence (CPU): forward and backward of one layer over T steps, for all six
-// cells, plus a one-step multi-layer call for sampling.
+// cells, plus a one-step multi-layer call for sampling, and IndRNN's element-wise recurrence (at
+// the end: it needs none of the GEMM machinery).
 //
 // The structure follows Appleyard, Kocisky & Blunsom 2016, "Optimizing Performance of Recurrent
 // Neural Networks on GPUs" (the cuDNN RNN design), on a CPU:
@@ -814,6 +815,129 @@ std::vector<Tensor> step_layers(int64_t cell, const Tensor& x, const Tensor& h,
   return {input[0], h_n, c_n};
 }
 
+// ---------------------------------------------------------------------------------------------
+// IndRNN (Li et al. 2018): h_t = act(u_t + w * h_{t-1} + b), w and b (H,), u = x W_ih^T (T, B, H)
+// projected by the caller (one GEMM, autograd's). The recurrence is element-wise, so each
+// (row, unit) runs its own scalar loop over time with nothing shared: the whole layer is one pass
+// over u in C++, instead of T framework calls of a few element-wise ops each. Backward walks the
+// steps in reverse from the saved outputs (act' is read from h_t: relu 1[h > 0], tanh 1 - h^2)
+// and forms dw, db as reductions over all steps. lengths (B,) (any order): row b is live for
+// t < lengths[b]; later outputs are 0 and its final state is the one after its last live step.
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t>
+void indrnn_forward_impl(const Tensor& u, const Tensor& h0, const Tensor& w, const scalar_t* bias,
+                         bool relu, const int64_t* len, Tensor& out, Tensor& h_n, int64_t r0,
+                         int64_t r1) {
+  const int64_t T = u.size(0), B = u.size(1), H = u.size(2);
+  const scalar_t* up = u.data_ptr<scalar_t>();
+  const scalar_t* wp = w.data_ptr<scalar_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  scalar_t* hn = h_n.data_ptr<scalar_t>();
+  std::memcpy(hn + r0 * H, h0.data_ptr<scalar_t>() + r0 * H, (r1 - r0) * H * sizeof(scalar_t));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t b = r0; b < r1; ++b) {
+      scalar_t* h = hn + b * H;
+      scalar_t* o_t = o + (t * B + b) * H;
+      if (len && t >= len[b]) {  // finished: output 0, state kept
+        std::memset(o_t, 0, H * sizeof(scalar_t));
+        continue;
+      }
+      const scalar_t* u_t = up + (t * B + b) * H;
+      if (relu) {
+        for (int64_t j = 0; j < H; ++j) {
+          scalar_t a = u_t[j] + wp[j] * h[j] + (bias ? bias[j] : scalar_t(0));
+          h[j] = o_t[j] = a > scalar_t(0) ? a : scalar_t(0);
+        }
+      } else {
+        for (int64_t j = 0; j < H; ++j) {
+          scalar_t a = u_t[j] + wp[j] * h[j] + (bias ? bias[j] : scalar_t(0));
+          h[j] = o_t[j] = tanh_(a);
+        }
+      }
+    }
+  }
+}
+
+// Returns {out (T, B, H), h_n (B, H)}.
+std::vector<Tensor> indrnn_forward(const Tensor& u_in, const Tensor& h0_in, const Tensor& w_in,
+                                   const optional<Tensor>& b_in, bool relu,
+                                   const optional<Tensor>& lengths) {
+  TORCH_CHECK(u_in.dim() == 3 && h0_in.dim() == 2 && w_in.dim() == 1, "indrnn_forward: shapes");
+  Tensor u = u_in.contiguous(), h0 = h0_in.contiguous(), w = w_in.contiguous();
+  Tensor b = b_in.has_value() ? b_in->contiguous() : Tensor();
+  Tensor len = lengths.has_value() ? lengths->to(at::kLong).contiguous() : Tensor();
+  Tensor out = at::empty_like(u), h_n = at::empty_like(h0);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "indrnn_forward", [&] {
+    const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+    split_batch(u.size(1), [&](int64_t r0, int64_t r1) {
+      indrnn_forward_impl<scalar_t>(u, h0, w, bp, relu, lp, out, h_n, r0, r1);
+    });
+  });
+  return {out, h_n};
+}
+
+template <typename scalar_t>
+void indrnn_backward_impl(const scalar_t* gout, const scalar_t* gh, const Tensor& h0,
+                          const Tensor& w, const Tensor& out, bool relu, const int64_t* len,
+                          Tensor& du, Tensor& dh0, int64_t r0, int64_t r1) {
+  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
+  const scalar_t* wp = w.data_ptr<scalar_t>();
+  const scalar_t* o = out.data_ptr<scalar_t>();
+  scalar_t* d = du.data_ptr<scalar_t>();
+  scalar_t* dh = dh0.data_ptr<scalar_t>();  // the carried dh, per row; dh_0 at the end
+  for (int64_t b = r0; b < r1; ++b) {
+    scalar_t* c = dh + b * H;
+    if (gh) std::memcpy(c, gh + b * H, H * sizeof(scalar_t));
+    else std::memset(c, 0, H * sizeof(scalar_t));
+  }
+  for (int64_t t = T - 1; t >= 0; --t) {
+    for (int64_t b = r0; b < r1; ++b) {
+      scalar_t* d_t = d + (t * B + b) * H;
+      if (len && t >= len[b]) {  // a finished step: its output is the constant 0
+        std::memset(d_t, 0, H * sizeof(scalar_t));
+        continue;
+      }
+      const scalar_t* h_t = o + (t * B + b) * H;
+      const scalar_t* g_t = gout ? gout + (t * B + b) * H : nullptr;
+      scalar_t* c = dh + b * H;
+      for (int64_t j = 0; j < H; ++j) {
+        scalar_t g = c[j] + (g_t ? g_t[j] : scalar_t(0));
+        scalar_t da = relu ? (h_t[j] > scalar_t(0) ? g : scalar_t(0))
+                           : g * (scalar_t(1) - h_t[j] * h_t[j]);
+        d_t[j] = da;
+        c[j] = da * wp[j];
+      }
+    }
+  }
+}
+
+// Returns {du (T, B, H), dh0 (B, H), dw (H,), db (H,) or undefined}.
+std::vector<Tensor> indrnn_backward(const optional<Tensor>& grad_out, const optional<Tensor>& grad_h,
+                                    const Tensor& h0_in, const Tensor& w_in, const Tensor& out_in,
+                                    bool has_bias, bool relu, const optional<Tensor>& lengths) {
+  Tensor h0 = h0_in.contiguous(), w = w_in.contiguous(), out = out_in.contiguous();
+  Tensor go = grad_out.has_value() ? grad_out->contiguous() : Tensor();
+  Tensor gh = grad_h.has_value() ? grad_h->contiguous() : Tensor();
+  Tensor len = lengths.has_value() ? lengths->to(at::kLong).contiguous() : Tensor();
+  Tensor du = at::empty_like(out), dh0 = at::empty_like(h0);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "indrnn_backward", [&] {
+    const scalar_t* gop = go.defined() ? go.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ghp = gh.defined() ? gh.data_ptr<scalar_t>() : nullptr;
+    const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+    split_batch(out.size(1), [&](int64_t r0, int64_t r1) {
+      indrnn_backward_impl<scalar_t>(gop, ghp, h0, w, out, relu, lp, du, dh0, r0, r1);
+    });
+  });
+  // h_{t-1} of step t: h0, then out[t-1] (0 after a row's end, where du is 0 as well).
+  const int64_t T = out.size(0);
+  Tensor dw = (du[0] * h0).sum(0);
+  if (T > 1) dw += (du.narrow(0, 1, T - 1) * out.narrow(0, 0, T - 1)).sum({0, 1});
+  Tensor db = has_bias ? du.sum({0, 1}) : Tensor();
+  return {du, dh0, dw, db};
+}
+
 void set_min_rows_per_thread(int64_t rows) { g_min_rows = std::max<int64_t>(1, rows); }
 
 }  // namespace
@@ -823,5 +947,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_forward", &layer_forward, "one layer over T steps; saves for backward if asked");
   m.def("layer_backward", &layer_backward, "gradients of one layer from the saved tensors");
   m.def("step_layers", &step_layers, "one step of every layer, for sampling");
+  m.def("indrnn_forward", &indrnn_forward, "IndRNN's element-wise recurrence over T steps");
+  m.def("indrnn_backward", &indrnn_backward, "gradients of indrnn_forward");
   m.def("set_min_rows_per_thread", &set_min_rows_per_thread, "batch rows a thread must get");
 }
