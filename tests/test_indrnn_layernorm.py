@@ -325,7 +325,7 @@ def test_the_bound_holds_after_every_optimizer_step(backend):
     bound = 0.5
     torch.manual_seed(0)
     m = Recurrent("indrnn", 3, 8, num_layers=2, recurrent_max_abs=bound, backend=backend)
-    assert all(float(w.abs().max()) <= bound for w in (m.weight_hh_l0, m.weight_hh_l1))
+    assert all(float(w.detach().abs().max()) <= bound for w in (m.weight_hh_l0, m.weight_hh_l1))
     opt = torch.optim.SGD(m.parameters(), lr=10.0)
     x = torch.randn(5, 2, 3)
     for _ in range(3):
