@@ -67,12 +67,15 @@ def drop_weight(weight: Tensor, p: float, training: bool) -> Tensor:
     return torch.nn.functional.dropout(weight, p, True)
 
 
-def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Variational dropout of x (T, B, F): one mask (1, B, F), scaled by 1/(1-p), shared by every
-    time step of a sequence. ``x`` itself in eval mode or at p = 0."""
+def locked_dropout(x: Tensor, p: float, training: bool, time_dim: int = 0) -> Tensor:
+    """Variational dropout of x (T, B, F) (``time_dim=1``: (B, T, F)): one mask (1, B, F) (or
+    (B, 1, F)), scaled by 1/(1-p), shared by every time step of a sequence. ``x`` itself in eval
+    mode or at p = 0."""
     if not training or p == 0:
         return x
-    keep = x.new_empty(1, *x.shape[1:]).bernoulli_(1 - p) / (1 - p)
+    shape = list(x.shape)
+    shape[time_dim] = 1
+    keep = x.new_empty(shape).bernoulli_(1 - p) / (1 - p)
     return x * keep
 
 
