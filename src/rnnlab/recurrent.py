@@ -258,7 +258,9 @@ class Recurrent(nn.Module):
         own kernels (``native``, cuDNN) cannot run it."""
         return self.zoneout > 0 or (self.cell == "lstm" and self.zoneout_cell > 0)
 
-    def _zoneout_rates(self) -> tuple[float, ...]:
+    @property
+    def zoneout_rates(self) -> tuple[float, ...]:
+        """Zoneout's rate per state part: (h,), or (h, c) for the LSTM."""
         return (self.zoneout, self.zoneout_cell) if self.cell == "lstm" else (self.zoneout,)
 
     def _stochastic(self) -> bool:
@@ -490,7 +492,7 @@ class Recurrent(nn.Module):
                 p = params[k * D + d]
                 xd = x if d == 0 else _reverse(x, reverse)
                 state = _map(batch.state, lambda t, j=k * D + d: t[j])
-                zoneout = regularisers.zoneout_masks(T, _parts(state), self._zoneout_rates(),
+                zoneout = regularisers.zoneout_masks(T, _parts(state), self.zoneout_rates,
                                                      self.training)  # fmt: skip
                 extra = self._cond(batch, k, d)
                 if k == 0 and batch.embedding is not None:

@@ -58,6 +58,14 @@ def zoneout_masks(
     return tuple(masks)
 
 
+def zoneout_expectation(
+    new: tuple[Tensor, ...], old: tuple[Tensor, ...], rates: tuple[float, ...]
+) -> tuple[Tensor, ...]:
+    """Zoneout at eval for one step: ``rate * old + (1 - rate) * new`` per state part (what
+    ``zoneout_masks`` gives in eval mode, for code that steps the cells' equations itself)."""
+    return tuple(r * o + (1 - r) * n if r else n for n, o, r in zip(new, old, rates, strict=True))
+
+
 def drop_weight(weight: Tensor, p: float, training: bool) -> Tensor:
     """DropConnect on a weight: each entry zeroed with probability p, the rest scaled by 1/(1-p);
     one mask for the whole forward pass (every step multiplies by the same dropped matrix).
