@@ -510,8 +510,7 @@ def _parts_of(state: State) -> tuple[Tensor, ...]:
 def _zone(new: State, old: State, keep: list[Tensor]) -> State:
     """Zoneout's blend ``m * old + (1 - m) * new`` of every state part (its own mask each)."""
     parts = tuple(
-        m * o + (1 - m) * n
-        for n, o, m in zip(_parts_of(new), _parts_of(old), keep, strict=True)
+        m * o + (1 - m) * n for n, o, m in zip(_parts_of(new), _parts_of(old), keep, strict=True)
     )
     return parts if isinstance(new, tuple) else parts[0]  # type: ignore[return-value]
 

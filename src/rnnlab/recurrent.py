@@ -65,6 +65,7 @@ from rnnlab.cells import (
     Gates,
     ShapeError,
     State,
+    Zoneout,
     cell_class,
     input_projection,
     unroll,
@@ -448,12 +449,21 @@ class Recurrent(nn.Module):
             x = F.embedding(batch.x, batch.embedding) if lookup else batch.x
             output, state = self._forward_native(x, batch.state, batch.lengths, params)
             return output, state, []
+        # Drawn here, in the caller's batch order, so every backend draws the same masks.
+        T, LD = batch.x.shape[0], self.num_layers * self.num_directions
+        zoneout = [regularisers.zoneout_masks(T, _parts(_map(batch.state, lambda t, j=j: t[j])),
+                                              self.zoneout_rates, self.training)
+                   for j in range(LD)]  # fmt: skip
         if backend == "fused" and batch.lengths is not None:
-            return self._sorted_fused(batch, record, params)
-        return self._forward_layers(batch, fused=backend == "fused", record=record, params=params)
+            return self._sorted_fused(batch, record, params, zoneout)
+        return self._forward_layers(batch, backend == "fused", record, params, zoneout)
 
     def _sorted_fused(
-        self, batch: _Batch, record: bool, params: list[dict[str, Tensor]]
+        self,
+        batch: _Batch,
+        record: bool,
+        params: list[dict[str, Tensor]],
+        zoneout: list[Zoneout | None],
     ) -> tuple[Tensor, State, list[Gates]]:
         """The engine wants a ragged batch longest first (live rows form a prefix): sort, run,
         and put outputs and states back in the caller's order."""
@@ -469,16 +479,23 @@ class Recurrent(nn.Module):
             batch.embedding,
             batch.unbatched,
         )  # fmt: skip
-        output, state, gates = self._forward_layers(sorted_batch, True, record, params)
+        zoneout = [None if z is None else tuple(m.index_select(1, order.to(m.device)) for m in z)
+                   for z in zoneout]  # fmt: skip
+        output, state, gates = self._forward_layers(sorted_batch, True, record, params, zoneout)
         back = back.to(output.device)
         gates = [{n: g.index_select(1, back) for n, g in layer.items()} for layer in gates]
         return output.index_select(1, back), _map(state, lambda t: t.index_select(1, back)), gates
 
     def _forward_layers(
-        self, batch: _Batch, fused: bool, record: bool, params: list[dict[str, Tensor]]
+        self,
+        batch: _Batch,
+        fused: bool,
+        record: bool,
+        params: list[dict[str, Tensor]],
+        zoneouts: list[Zoneout | None],
     ) -> tuple[Tensor, State, list[Gates]]:
         """Layer by layer, direction by direction, on the engine or the reference loop, with
-        ``params`` (``_forward_params``) per layer and direction."""
+        ``params`` (``_forward_params``) and zoneout's keep masks per layer and direction."""
         x, lengths, D = batch.x, batch.lengths, self.num_directions
         T, B = x.shape[0], x.shape[1]
         reverse = _reverse_index(lengths, T, B, x.device) if self.bidirectional else None
@@ -492,8 +509,7 @@ class Recurrent(nn.Module):
                 p = params[k * D + d]
                 xd = x if d == 0 else _reverse(x, reverse)
                 state = _map(batch.state, lambda t, j=k * D + d: t[j])
-                zoneout = regularisers.zoneout_masks(T, _parts(state), self.zoneout_rates,
-                                                     self.training)  # fmt: skip
+                zoneout = zoneouts[k * D + d]
                 extra = self._cond(batch, k, d)
                 if k == 0 and batch.embedding is not None:
                     u, projected = self._lookup(xd, batch.embedding, p, extra), True
