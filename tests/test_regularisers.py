@@ -421,3 +421,9 @@ def test_a_regularised_run_differs_from_a_plain_one_and_old_configs_load(ext, tm
     capsys.readouterr()
     assert main(["train", str(text), "--cell", "gru", "--zoneout-cell", "0.5"]) == 2
     assert "zoneout_cell" in capsys.readouterr().err
+    # resume: a dropout may change (inexact), zoneout may not (it defines the eval function)
+    resume = ["train", "--resume", str(tmp_path / "reg"), "--max-steps", "3"]
+    assert main([*resume, "--zoneout", "0.2"]) == 2
+    assert "zoneout" in capsys.readouterr().err
+    assert main([*resume, "--weight-drop", "0.1"]) == 0
+    assert "weight_drop: 0.5 -> 0.1 (resume no longer bit-exact)" in capsys.readouterr().err
