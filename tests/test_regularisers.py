@@ -189,6 +189,36 @@ def test_zoneout_at_eval_is_the_expectation_against_a_naive_loop_over_torch_cell
         torch.testing.assert_close(step_state[1][0], want_c)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_zoned_models_trace_and_export_follow_the_eval_expectation(ext, cell):
+    """Analysis (``trace``: the engine under no_grad, the reference loop with grad) and the
+    exported one-step function compute what ``forward`` does at eval."""
+    from rnnlab.export import OneStep
+
+    torch.manual_seed(0)
+    config = CharLMConfig(9, cell=cell, hidden_size=8, num_layers=2, zoneout=0.3,
+                          zoneout_cell=0.6 if cell == "lstm" else 0.0)  # fmt: skip
+    model = CharLM(config).eval()
+    idx = torch.randint(0, 9, (3, 6))
+    x = model.embedding(idx).detach()
+    with torch.no_grad():
+        out_engine, _, gates_engine = model.rnn.trace(x)
+        out_forward, _ = model.rnn(x)
+    out_ref, _, gates_ref = model.rnn.trace(x)
+    torch.testing.assert_close(out_engine, out_forward)
+    torch.testing.assert_close(out_ref.detach(), out_forward)
+    for name in gates_engine[1]:
+        torch.testing.assert_close(gates_engine[1][name], gates_ref[1][name].detach())
+    step = OneStep(model)
+    state = step.example_inputs(3)[1:]
+    state = tuple(torch.zeros_like(t) for t in state)
+    with torch.no_grad():
+        logits, _ = model(idx)
+        for t in range(idx.shape[1]):
+            got, *state = step(idx[:, t], *state)
+            torch.testing.assert_close(got, logits[:, t])
+
+
 @pytest.mark.parametrize("backend", ["reference", "fused"])
 def test_zoneout_in_training_keeps_each_unit_with_its_probability(ext, backend):
     """d ~ Bernoulli(rate) per unit per step: a rate-0.3 layer hands on exactly its previous
