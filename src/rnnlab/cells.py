@@ -61,6 +61,7 @@ CELL_HELP = (
 State = Tensor | tuple[Tensor, Tensor]
 Gates = dict[str, Tensor]
 Params = Mapping[str, Tensor]
+Zoneout = tuple[Tensor, ...]  # keep masks per state part (h[, c]), each (T, B, H)
 NONLINEARITIES = ("tanh", "relu")
 NATIVE_CELLS = ("rnn", "lstm", "gru")  # the cells torch.nn implements itself (oneDNN / cuDNN)
 SCAN_CELLS = ("mingru", "minlstm")  # gates of x alone: a parallel scan runs the sequence
@@ -870,6 +871,7 @@ def unroll(
     nonlinearity: str = "tanh",
     lengths: Tensor | None = None,
     record: bool = False,
+    zoneout: Zoneout | None = None,
 ) -> tuple[Tensor, State, Gates]:
     """Run ``recurrent_step`` over every step of u (T, B, Gx [+ H]): the lecture's unrolled graph.
 
@@ -877,6 +879,13 @@ def unroll(
     ``record``, else empty. With ``lengths`` (B,) (each in 1..T) a sequence stops at its length:
     its later outputs (and gates) are 0 and its final state is the one after its last real step,
     exactly as if it had been run alone.
+
+    ``zoneout`` (Krueger et al. 2016): one keep mask per state part (h, and c for the LSTM), each
+    (T, B, H); every step hands on ``m * previous + (1 - m) * new`` for each part, where ``new``
+    is the cell's own step from the (zoned) previous state. In training m is Bernoulli(rate) (1
+    keeps the old value); at eval it is the rate itself (the expectation). Any cell, by its state:
+    the LSTM's h candidate is ``o * tanh(c~)`` of its unzoned c~, as in the paper. Recorded gates
+    ``h`` and ``c`` are the zoned state.
     """
     outputs: list[Tensor] = []
     steps: list[Gates] = []
@@ -885,6 +894,10 @@ def unroll(
     # unbind, not u[t]: the backward of T selects would add T full-size (T, B, G) zero tensors.
     for t, u_t in enumerate(u.unbind(0)):
         new_state, gates = recurrent_step(cell, u_t, state, p, nonlinearity)
+        if zoneout is not None:
+            new_state = _zone(new_state, state, [m[t] for m in zoneout])
+            if record:
+                gates = {**gates, **dict(zip(("h", "c"), _parts_of(new_state), strict=False))}
         h = new_state[0] if isinstance(new_state, tuple) else new_state
         if lengths is not None:
             live = (lengths > t).unsqueeze(1)  # (B, 1): still inside its sequence
@@ -898,6 +911,18 @@ def unroll(
             steps.append(gates)
     recorded = {n: torch.stack([g[n] for g in steps]) for n in steps[0]} if record else {}
     return torch.stack(outputs), state, recorded
+
+
+def _parts_of(state: State) -> tuple[Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _zone(new: State, old: State, keep: list[Tensor]) -> State:
+    """Zoneout's blend ``m * old + (1 - m) * new`` of every state part (its own mask each)."""
+    parts = tuple(
+        m * o + (1 - m) * n for n, o, m in zip(_parts_of(new), _parts_of(old), keep, strict=True)
+    )
+    return parts if isinstance(new, tuple) else parts[0]  # type: ignore[return-value]
 
 
 def _map_pair(new: State, old: State, live: Tensor) -> State:

@@ -33,7 +33,7 @@ def report(build: bool = True) -> dict[str, Any]:
             "build now with rnnlab doctor --build"
         )
         return info
-    from rnnlab.kernels import describe_backend, extension_status
+    from rnnlab.kernels import describe_backend, extension_status, regulariser_fallback
     from rnnlab.models import CharLM, CharLMConfig
 
     status = extension_status()
@@ -43,6 +43,14 @@ def report(build: bool = True) -> dict[str, Any]:
         alone = describe_backend(model.rnn, "cpu")
         info[f"auto backend ({cell} 1x256, cpu)"] = (
             f"{model.resolved_backend('cpu')}; recurrence alone: {alone}"
+        )
+    regularised = CharLM(CharLMConfig(vocab_size=96, cell="lstm", hidden_size=256, num_layers=2,
+                                      dropout=0.2, zoneout=0.1, zoneout_cell=0.1,
+                                      weight_drop=0.2, locked_dropout=True))  # fmt: skip
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        note = regulariser_fallback(regularised.rnn, device)
+        info[f"regularisers (lstm 2x256, zoneout + weight drop + locked dropout, {device})"] = (
+            f"{regularised.resolved_backend(device)}; " + (note or "no fallback")
         )
     return info
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from rnnlab.cells import cell_class, cell_step
 from rnnlab.io import PathLike, mkdir_inside, split_root, write_inside
 from rnnlab.models.char_lm import CharLM
+from rnnlab.regularisers import zoneout_expectation
 
 FORMATS = ("onnx", "torch")
 FILENAMES = {"onnx": "model.onnx", "torch": "model.pt2"}
@@ -40,6 +41,10 @@ FILENAMES = {"onnx": "model.onnx", "torch": "model.pt2"}
 
 class ExportError(ValueError):
     """The export cannot be written (a missing optional package, a bad format)."""
+
+
+def _parts(state: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
 
 
 class OneStep(nn.Module):
@@ -63,7 +68,11 @@ class OneStep(nn.Module):
         hs, cs = [], []
         for k in range(rnn.num_layers):
             state = (h[k], c[k]) if self.lstm else h[k]
-            state, _ = cell_step(self.cell, x, state, rnn.layer_params(k), rnn.nonlinearity)
+            new, _ = cell_step(self.cell, x, state, rnn.layer_params(k), rnn.nonlinearity)
+            if rnn.zoned:  # zoneout at eval: the expectation (Krueger et al. 2016)
+                parts = zoneout_expectation(_parts(new), _parts(state), rnn.zoneout_rates)
+                new = parts if self.lstm else parts[0]
+            state = new
             x = state[0] if self.lstm else state  # (B, H): the next layer's input
             hs.append(x)
             if self.lstm:

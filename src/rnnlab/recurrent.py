@@ -23,6 +23,16 @@ Beyond torch.nn, for the graphs of the lecture (keyword-only arguments of ``forw
 - ``step(x_t, h)``: one step, for decoders (sampling, beam search, scheduled sampling,
   attention); differentiable under grad mode, one C++ call under ``torch.no_grad()`` on CPU.
 
+Regularisers (training mode only; ``rnnlab.regularisers``), for every cell and backend:
+
+- ``zoneout`` / ``zoneout_cell``: zoneout (Krueger et al. 2016) of h and of the LSTM's c: each
+  unit keeps its previous value with that probability at each step; at eval the expectation.
+  The C++ engine runs it (torch's kernels cannot: ``auto`` never picks them for a zoned layer).
+- ``weight_drop``: DropConnect on every ``weight_hh`` (AWD-LSTM's weight drop, Merity et al.
+  2017), one mask per forward pass, applied before the weights reach any backend.
+- ``locked_dropout=True``: ``dropout`` between layers draws one mask per sequence, shared by every
+  time step (variational dropout, Gal & Ghahramani 2016), instead of one per element.
+
 Backends compute the same function (tests prove it):
 
 - ``reference``: a readable Python loop over the cell's equations (``rnnlab.cells.unroll``), the
@@ -51,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnlab import kernels, scan
+from rnnlab import kernels, regularisers, scan
 from rnnlab.cells import (
     NATIVE_CELLS,
     NONLINEAR_CELLS,
@@ -61,6 +71,7 @@ from rnnlab.cells import (
     Gates,
     ShapeError,
     State,
+    Zoneout,
     cell_class,
     check_recurrent_max_abs,
     constrain_recurrent_,
@@ -103,6 +114,13 @@ class Recurrent(nn.Module):
         forget_bias: initial LSTM forget-gate bias (default 1.0, as char-rnn and Jozefowicz et
             al. 2015; the one intended deviation from torch). ``None`` gives torch's init bit for
             bit (same seed, same values).
+        zoneout: the probability in [0, 1] that a unit of h keeps its previous value at a step
+            (Krueger et al. 2016); ``zoneout_cell``: the same for the LSTM's c (None: as
+            ``zoneout``; the paper's char-level PTB model used c 0.5, h 0.05).
+        weight_drop: DropConnect probability in [0, 1) on the recurrent matrices ``weight_hh``
+            (Merity et al. 2017): one mask per forward, shared by every step.
+        locked_dropout: ``dropout`` between layers with one mask per sequence shared over time
+            (Gal & Ghahramani 2016).
 
     Raises TypeError / ValueError for bad arguments, as torch.nn does.
     """
@@ -124,6 +142,10 @@ class Recurrent(nn.Module):
         backend: str = "auto",
         forget_bias: float | None = 1.0,
         recurrent_max_abs: float | None = None,
+        zoneout: float = 0.0,
+        zoneout_cell: float | None = None,
+        weight_drop: float = 0.0,
+        locked_dropout: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -138,6 +160,23 @@ class Recurrent(nn.Module):
         _check_arguments(cls.name, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, proj_size, nonlinearity, condition_size,
                          backend)  # fmt: skip
+        self.zoneout = regularisers.check_zoneout("zoneout", zoneout)
+        self.zoneout_cell = regularisers.check_zoneout(
+            "zoneout_cell", zoneout if zoneout_cell is None else zoneout_cell
+        )
+        self.weight_drop = regularisers.check_rate("weight_drop", weight_drop)
+        if not isinstance(locked_dropout, bool):
+            raise TypeError(f"locked_dropout: expected a bool, got {locked_dropout!r}")
+        self.locked_dropout = locked_dropout
+        if zoneout_cell and not cls.has_cell_state:
+            raise ValueError(f"zoneout_cell: the {cls.name} cell has no cell state c (the lstm and "
+                             "layernorm_lstm have one)")  # fmt: skip
+        if weight_drop and "weight_hh" not in cls.parameter_shapes(1, 1, bias):
+            raise ValueError(f"weight_drop: the {cls.name} cell has no recurrent weight_hh to drop "
+                             "(its gates read x alone); use dropout or zoneout")  # fmt: skip
+        if backend == "native" and (zoneout or (zoneout_cell and cls.has_cell_state)):
+            raise ValueError("backend: 'native' has no zoneout (torch's kernels fix the "
+                             "recurrence); use 'fused' or 'reference'")  # fmt: skip
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout > 0 with num_layers=1 has no effect: dropout applies between layers",
@@ -220,11 +259,6 @@ class Recurrent(nn.Module):
                     getattr(self, names["bias_ih"])[H : 2 * H].fill_(self.forget_bias)
                     getattr(self, names["bias_hh"])[H : 2 * H].zero_()
 
-    def _torch_weights(self) -> list[Tensor]:
-        """The effective weights in torch's flat order (for its kernels): no rnnlab extras."""
-        return [w for names in self._layer_names for name, full in names.items()
-                if name != "weight_ch" for w in (getattr(self, full),)]  # fmt: skip
-
     # -- backends -----------------------------------------------------------------------------
 
     def resolved_backend(
@@ -240,11 +274,11 @@ class Recurrent(nn.Module):
         device = torch.device(device) if device is not None else self._device()
         if conditioned is None:
             conditioned = self.condition_size > 0
-        native_ok = self.cell in NATIVE_CELLS and not conditioned
+        native_ok = self.cell in NATIVE_CELLS and not conditioned and not self.zoned
         if self.backend == "auto":
             return kernels.choose_backend(
                 self.cell, self.hidden_size, device, lookup_input=lookup,
-                conditioned=conditioned, proj_size=self.proj_size,
+                conditioned=conditioned, proj_size=self.proj_size, zoned=self.zoned,
             )  # fmt: skip
         if self.backend == "fused" and self.cell in SCAN_CELLS:
             return "fused"  # the scan: torch ops, any device
@@ -255,6 +289,37 @@ class Recurrent(nn.Module):
 
     def _device(self) -> torch.device:
         return getattr(self, self._layer_names[0]["weight_ih"]).device  # every cell has W_ih
+
+    @property
+    def zoned(self) -> bool:
+        """Whether zoneout is on (h, or the LSTM's c): the recurrence itself changes, so torch's
+        own kernels (``native``, cuDNN) cannot run it."""
+        return self.zoneout > 0 or (self._has_c and self.zoneout_cell > 0)
+
+    @property
+    def zoneout_rates(self) -> tuple[float, ...]:
+        """Zoneout's rate per state part: (h,), or (h, c) for the LSTM."""
+        return (self.zoneout, self.zoneout_cell) if self._has_c else (self.zoneout,)
+
+    @property
+    def _has_c(self) -> bool:
+        """Whether the cell's state carries a c beside h (lstm, layernorm_lstm)."""
+        return cell_class(self.cell).has_cell_state
+
+    def _stochastic(self) -> bool:
+        """Whether a training-mode forward draws regulariser masks of this module."""
+        between = self.dropout > 0 and self.num_layers > 1
+        return self.training and (self.zoned or self.weight_drop > 0 or between)
+
+    def _forward_params(self) -> list[dict[str, Tensor]]:
+        """Per layer and direction, the weights this forward uses: the effective parameters with
+        weight drop applied to ``weight_hh`` in training (one mask per matrix per forward)."""
+        params = [self.layer_params(k, d) for k in range(self.num_layers)
+                  for d in range(self.num_directions)]  # fmt: skip
+        if self.weight_drop > 0 and self.training:
+            for p in params:
+                p["weight_hh"] = regularisers.drop_weight(p["weight_hh"], self.weight_drop, True)
+        return params
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -335,7 +400,7 @@ class Recurrent(nn.Module):
         device = self._device()
         self._constrain()
         engine = (not graph and self.backend in ("auto", "fused") and not self.proj_size
-                  and self.cell in kernels.STEP_CELLS
+                  and self.cell in kernels.STEP_CELLS and not self._stochastic()
                   and kernels.fused_available(device, _dtype(self)))  # fmt: skip
         if weight_dtype is not None and weight_dtype != _dtype(self):
             if self.cell not in kernels.STEP_CELLS:
@@ -377,10 +442,13 @@ class Recurrent(nn.Module):
                     x = F.embedding(x, embedding)
                 if projected:
                     x = input_projection(self.cell, x, self.layer_params(0), self._cond(batch, 0))
+            rates = (self.zoneout, self.zoneout_cell if self._has_c else 0.0)
             return kernels.step_layers(self.cell, self.nonlinearity, x, batch.state, weights,
-                                       projected)  # fmt: skip
+                                       projected, zoneout=rates)  # fmt: skip
         if self.cell in SCAN_CELLS:  # sampling: the one-step recurrence, not a scan of length 1
-            output, state, _ = self._forward_layers(batch, fused=False, record=False)
+            output, state, _ = self._forward_layers(
+                batch, False, False, self._forward_params(), self._zoneouts(batch)
+            )
             return output[0], state
         output, state, _ = self._run(batch, record=False)
         return output[0], state
@@ -432,24 +500,41 @@ class Recurrent(nn.Module):
         conditioned = batch.condition is not None
         device = self._device()
         backend = self.resolved_backend(device, lookup=lookup, conditioned=conditioned)
-        if self.cell in SCAN_CELLS:  # the scan records its gates, differentiably
-            return self._forward_layers(batch, fused=backend == "fused", record=record)
-        if record:  # the engine records gates without autograd; with it, the reference loop does
+        if self.cell in SCAN_CELLS:  # the scan (torch ops) records its gates, differentiably
+            pass
+        elif record:  # the engine records gates without autograd; with it, the reference loop does
             fused_ok = (not torch.is_grad_enabled() and self.backend in ("auto", "fused")
                         and self.cell in kernels.STEP_CELLS)  # fmt: skip
             backend = "fused" if fused_ok and not self.proj_size else "reference"
-        if backend == "fused" and not kernels.fused_available(device, _dtype(self)):
-            native_ok = self.cell in NATIVE_CELLS and not conditioned
+        if (backend == "fused" and self.cell not in SCAN_CELLS
+                and not kernels.fused_available(device, _dtype(self))):  # fmt: skip
+            native_ok = self.cell in NATIVE_CELLS and not conditioned and not self.zoned
             backend = "native" if native_ok and device.type == "cuda" else "reference"
+        params = self._forward_params()
         if backend == "native":
             x = F.embedding(batch.x, batch.embedding) if lookup else batch.x
-            output, state = self._forward_native(x, batch.state, batch.lengths)
+            output, state = self._forward_native(x, batch.state, batch.lengths, params)
             return output, state, []
-        if backend == "fused" and batch.lengths is not None:
-            return self._sorted_fused(batch, record)
-        return self._forward_layers(batch, fused=backend == "fused", record=record)
+        zoneout = self._zoneouts(batch)
+        if backend == "fused" and batch.lengths is not None and self.cell not in SCAN_CELLS:
+            return self._sorted_fused(batch, record, params, zoneout)
+        return self._forward_layers(batch, backend == "fused", record, params, zoneout)
 
-    def _sorted_fused(self, batch: _Batch, record: bool) -> tuple[Tensor, State, list[Gates]]:
+    def _zoneouts(self, batch: _Batch) -> list[Zoneout | None]:
+        """Zoneout's keep masks per layer and direction (None where off), drawn here, in the
+        caller's batch order, so every backend draws the same masks."""
+        T, LD = batch.x.shape[0], self.num_layers * self.num_directions
+        return [regularisers.zoneout_masks(T, _parts(_map(batch.state, lambda t, j=j: t[j])),
+                                           self.zoneout_rates, self.training)
+                for j in range(LD)]  # fmt: skip
+
+    def _sorted_fused(
+        self,
+        batch: _Batch,
+        record: bool,
+        params: list[dict[str, Tensor]],
+        zoneout: list[Zoneout | None],
+    ) -> tuple[Tensor, State, list[Gates]]:
         """The engine wants a ragged batch longest first (live rows form a prefix): sort, run,
         and put outputs and states back in the caller's order."""
         order = torch.sort(batch.lengths, descending=True, stable=True).indices
@@ -464,15 +549,23 @@ class Recurrent(nn.Module):
             batch.embedding,
             batch.unbatched,
         )  # fmt: skip
-        output, state, gates = self._forward_layers(sorted_batch, fused=True, record=record)
+        zoneout = [None if z is None else tuple(m.index_select(1, order.to(m.device)) for m in z)
+                   for z in zoneout]  # fmt: skip
+        output, state, gates = self._forward_layers(sorted_batch, True, record, params, zoneout)
         back = back.to(output.device)
         gates = [{n: g.index_select(1, back) for n, g in layer.items()} for layer in gates]
         return output.index_select(1, back), _map(state, lambda t: t.index_select(1, back)), gates
 
     def _forward_layers(
-        self, batch: _Batch, fused: bool, record: bool
+        self,
+        batch: _Batch,
+        fused: bool,
+        record: bool,
+        params: list[dict[str, Tensor]],
+        zoneouts: list[Zoneout | None],
     ) -> tuple[Tensor, State, list[Gates]]:
-        """Layer by layer, direction by direction, on the engine or the reference loop."""
+        """Layer by layer, direction by direction, on the engine or the reference loop, with
+        ``params`` (``_forward_params``) and zoneout's keep masks per layer and direction."""
         x, lengths, D = batch.x, batch.lengths, self.num_directions
         T, B = x.shape[0], x.shape[1]
         reverse = _reverse_index(lengths, T, B, x.device) if self.bidirectional else None
@@ -480,32 +573,36 @@ class Recurrent(nn.Module):
         gates: list[Gates] = []
         for k in range(self.num_layers):
             if k > 0 and self.dropout > 0:
-                x = F.dropout(x, self.dropout, self.training)
+                x = self._between(x)
             outputs = []
             for d in range(D):
-                p = self.layer_params(k, d)
+                p = params[k * D + d]
                 xd = x if d == 0 else _reverse(x, reverse)
                 state = _map(batch.state, lambda t, j=k * D + d: t[j])
+                zoneout = zoneouts[k * D + d]
                 extra = self._cond(batch, k, d)
+                # The scan and IndRNN's C++ loop have no zoneout: a zoned layer of theirs runs
+                # the loop below (kernels.regulariser_fallback says so in the training log).
+                own_loop = fused and zoneout is None
+                engine = fused and self.cell in kernels.STEP_CELLS
                 if k == 0 and batch.embedding is not None:
                     u, projected = self._lookup(xd, batch.embedding, p, extra), True
-                elif extra is not None or not fused or self.cell in SCAN_CELLS:
+                elif extra is not None or not engine:
                     u, projected = input_projection(self.cell, xd, p, extra), True
                 else:
                     u, projected = xd, False  # the engine projects all steps itself
-                if fused and self.cell in SCAN_CELLS:
+                if own_loop and self.cell in SCAN_CELLS:
                     out, final, g = scan.run_layer(self.cell, u, state, p, lengths, record)
-                elif fused and self.cell == "indrnn":  # C++ element-wise loop after the one GEMM
-                    if not projected:
-                        u = input_projection(self.cell, xd, p)
+                elif own_loop and self.cell == "indrnn":  # C++ element-wise loop after the one GEMM
                     out, final = kernels.run_indrnn(u, state, p["weight_hh"], p.get("bias"),
                                                     self.nonlinearity, lengths)  # fmt: skip
                     g = {}
-                elif fused:
+                elif engine:
                     weights = kernels.layer_weights(self.cell, p)
                     if projected:
                         weights[0] = weights[4] = None  # applied already: u is the projection
-                    args = (self.cell, self.nonlinearity, u, state, weights, lengths, projected)
+                    args = (self.cell, self.nonlinearity, u, state, weights, lengths, projected,
+                            zoneout)  # fmt: skip
                     if record:
                         out, final, g = kernels.trace_layer(*args)
                     else:
@@ -513,7 +610,7 @@ class Recurrent(nn.Module):
                         g = {}
                 else:
                     out, final, g = unroll(self.cell, u, state, p, self.nonlinearity, lengths,
-                                           record)  # fmt: skip
+                                           record, zoneout)  # fmt: skip
                 if d == 1:
                     out = _reverse(out, reverse)
                     g = {n: _reverse(v, reverse) for n, v in g.items()}
@@ -522,6 +619,13 @@ class Recurrent(nn.Module):
                 gates.append(g)
             x = outputs[0] if D == 1 else torch.cat(outputs, -1)  # (T, B, D*H_out)
         return x, _stack(finals), gates
+
+    def _between(self, x: Tensor) -> Tensor:
+        """Dropout between layers of x (T, B, F): per element, or with ``locked_dropout`` one
+        mask per sequence shared by every step (Gal & Ghahramani 2016)."""
+        if self.locked_dropout:
+            return regularisers.locked_dropout(x, self.dropout, self.training)
+        return F.dropout(x, self.dropout, self.training)
 
     def folds_lookup(self, num_tokens: int, vocab_size: int) -> bool:
         """Whether ``forward(ids, embedding=E)`` folds the lookup into layer 0's input projection:
@@ -557,10 +661,33 @@ class Recurrent(nn.Module):
         return F.linear(batch.condition, self.layer_params(0, d)["weight_ch"])
 
     def _forward_native(
-        self, x: Tensor, state: State, lengths: Tensor | None
+        self, x: Tensor, state: State, lengths: Tensor | None, params: list[dict[str, Tensor]]
     ) -> tuple[Tensor, State]:
-        weights = self._torch_weights()
-        args = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        """torch's kernels over ``params`` (weight drop applied). Locked dropout between layers
+        runs them a layer at a time, the mask drawn here between calls."""
+        if self.locked_dropout and self.training and self.dropout > 0 and self.num_layers > 1:
+            D, finals = self.num_directions, []
+            for k in range(self.num_layers):
+                if k > 0:
+                    x = self._between(x)
+                layer = _map(state, lambda t, k=k: t[k * D : (k + 1) * D])
+                x, final = self._native_call(x, layer, lengths, params[k * D : (k + 1) * D], 1)
+                finals.append(final)
+            if self.cell == "lstm":
+                return x, tuple(torch.cat([f[i] for f in finals]) for i in range(2))
+            return x, torch.cat(finals)
+        return self._native_call(x, state, lengths, params, self.num_layers)
+
+    def _native_call(
+        self,
+        x: Tensor,
+        state: State,
+        lengths: Tensor | None,
+        params: list[dict[str, Tensor]],
+        num_layers: int,
+    ) -> tuple[Tensor, State]:
+        weights = [w for p in params for name, w in p.items() if name != "weight_ch"]
+        args = (self.bias, num_layers, self.dropout, self.training, self.bidirectional)
         fn = {"lstm": torch._VF.lstm, "gru": torch._VF.gru}.get(self.cell) or getattr(
             torch._VF, f"rnn_{self.nonlinearity}"
         )
@@ -690,6 +817,9 @@ class Recurrent(nn.Module):
                               ("nonlinearity", nonlinearity), ("condition_size", 0),
                               ("recurrent_max_abs", None)):  # fmt: skip
             if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)!r}"
+        for name in ("zoneout", "zoneout_cell", "weight_drop", "locked_dropout"):
+            if getattr(self, name) and (name != "zoneout_cell" or self._has_c):
                 s += f", {name}={getattr(self, name)!r}"
         return s + f", backend={self.backend!r}"
 

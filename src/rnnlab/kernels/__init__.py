@@ -15,6 +15,8 @@ caller (every model reaches the engine through it). Public API:
 - ``has_engine(cell)``: whether ``fused`` has a C++ path for the cell (not the LayerNorm cells).
 - ``choose_backend(cell, hidden_size, device, ...)``: what ``backend="auto"`` runs.
 - ``describe_backend(module)``: one line for the training log.
+- ``regulariser_fallback(module, device)``: why a regulariser sends a module off its fast path
+  (zoneout where torch's kernels would run, or with ``proj_size``), or ''.
 - ``extension_status()``: whether the C++ engine built, and why not.
 
 If the extension cannot be built it warns once and ``Recurrent`` computes with the reference loop.
@@ -40,6 +42,7 @@ __all__ = [
     "extension_status",
     "fused_available",
     "has_engine",
+    "regulariser_fallback",
     "layer_weights",
     "run_indrnn",
     "run_layer",
@@ -99,17 +102,19 @@ def choose_backend(
     lookup_input: bool = False,
     conditioned: bool = False,
     proj_size: int = 0,
+    zoned: bool = False,
 ) -> str:
     """The backend ``auto`` resolves to for this cell, size and device (fastest proven correct).
 
     ``lookup_input``: layer 0's input is a row lookup in a table (a char-LM's embedding), which
     the fused engine folds into its input projection. ``conditioned``: a conditioning vector
     enters layer 0 (torch's kernels cannot take one). ``proj_size``: an LSTM with projections
-    (the C++ engine has none)."""
+    (the C++ engine has none). ``zoned``: zoneout changes the recurrence, which torch's kernels
+    cannot (on CPU the engine runs it; on CUDA the reference loop does)."""
     device = torch.device(device)
     if cell in SCAN_CELLS:  # no C++ engine and no torch kernel: the loop or the scan
         return CPU_FASTEST[cell] if device.type == "cpu" else "fused"
-    native_ok = cell in NATIVE_CELLS and not conditioned
+    native_ok = cell in NATIVE_CELLS and not conditioned and not zoned
     if proj_size:
         return "native" if native_ok else "reference"
     if device.type == "cuda":
@@ -135,7 +140,8 @@ def describe_backend(module: torch.nn.Module, device: torch.device | str | None 
         "native": "torch's cuDNN kernels" if device.type == "cuda" else "torch's oneDNN kernels",
         "reference": "Python loop over the cell's step equations",
         "fused": "log-space parallel scan" if module.cell in SCAN_CELLS else
-                 "cuDNN" if device.type == "cuda" and module.cell in NATIVE_CELLS else
+                 "cuDNN" if device.type == "cuda" and module.cell in NATIVE_CELLS
+                 and not getattr(module, "zoned", False) else
                  "hoisted torch ops" if device.type == "cuda" else "rnnlab C++ engine",
     }[backend]  # fmt: skip
     if (backend == "fused" and device.type == "cpu" and not extension_status().available
@@ -143,4 +149,25 @@ def describe_backend(module: torch.nn.Module, device: torch.device | str | None 
         backend, how = "reference", f"fused unavailable: {extension_status().reason}"
     chosen = ", auto" if module.backend == "auto" else ""
     size = f"{module.num_layers}x{module.hidden_size}"
-    return f"{module.cell} {size}: {backend} ({how}{chosen})"
+    note = regulariser_fallback(module, device)
+    return f"{module.cell} {size}: {backend} ({how}{chosen})" + (f"; {note}" if note else "")
+
+
+def regulariser_fallback(module: torch.nn.Module, device: torch.device | str | None = None) -> str:
+    """Why a regulariser of ``module`` (a ``Recurrent``) runs it on a slower path on ``device``
+    than without it, or '' when it does not. Only zoneout can: it changes the recurrence, which
+    torch's kernels (oneDNN, cuDNN) cannot run; on CPU the C++ engine runs it, but the engine has
+    no ``proj_size`` and no CUDA build, and minGRU/minLSTM's scan and IndRNN's C++ loop have no
+    zoneout. Weight drop and locked dropout never change the path."""
+    device = torch.device(device) if device is not None else next(module.parameters()).device
+    if not getattr(module, "zoned", False) or module.backend == "reference":
+        return ""
+    if module.proj_size:
+        return "zoneout runs the Python loop (the C++ engine has no proj_size, torch's no zoneout)"
+    if device.type != "cpu" and module.cell in NATIVE_CELLS:
+        return (f"zoneout runs the hoisted Python loop on {device.type}, not torch's kernels "
+                "(they cannot zone the state; the C++ engine is CPU-only)")  # fmt: skip
+    if module.cell in (*SCAN_CELLS, "indrnn") and module.resolved_backend(device) == "fused":
+        path = "parallel scan" if module.cell in SCAN_CELLS else "C++ loop"
+        return f"zoneout runs the Python loop ({module.cell}'s {path} has no zoneout)"
+    return ""

@@ -13,6 +13,11 @@ Double backward: the C++ backward is not itself differentiable. When autograd as
 the gradient (``create_graph=True``: gradient penalties, ``gradgradcheck``), backward recomputes
 the layer with the cells' own equations (``rnnlab.cells.unroll``) and differentiates that, so the
 second-order terms are exact rather than silently missing.
+
+Zoneout (Krueger et al. 2016): ``zoneout`` is the layer's keep masks, one per state part, each
+(T, B, H) in the state's dtype (1 keeps the previous value; a constant rate at eval); the engine
+blends the state it hands on, m * prev + (1 - m) * new, in forward and backward (recurrence.cpp).
+The masks are data, not parameters: no gradient flows to them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from rnnlab.cells import State, input_projection, unroll
+from rnnlab.cells import State, Zoneout, input_projection, unroll
 from rnnlab.kernels.extension import extension_status, load_extension
 
 # Must match the Cell enum in recurrence.cpp.
@@ -63,17 +68,19 @@ class FusedLayer(torch.autograd.Function):
 
     ``projected``: x is the layer's input projection u = [x W_ih^T | px] (T,B,G) (see
     ``rnnlab.cells.input_projection``), w_ih and w_proj are None, and backward returns du.
-    ``lengths`` (B,) sorted longest first, or None for full-length sequences.
+    ``lengths`` (B,) sorted longest first, or None for full-length sequences. ``zoneout``: the
+    keep masks of ``rnnlab.cells.unroll`` (h, and c for the LSTM), or None.
     """
 
     @staticmethod
-    def forward(ctx, ext, cell, nonlinearity, projected, lengths, x, h0, c0, *weights):  # noqa: ANN001, ANN205
+    def forward(ctx, ext, cell, nonlinearity, projected, lengths, zoneout, x, h0, c0, *weights):  # noqa: ANN001, ANN205
         sizes = None if lengths is None else batch_sizes(lengths, x.shape[0])
+        zh, zc = _masks(zoneout)
         out, h_t, c_t, saved = ext.layer_forward(
-            cell_id(cell, nonlinearity), x, h0, c0, *weights, True, projected, sizes
+            cell_id(cell, nonlinearity), x, h0, c0, *weights, True, projected, sizes, zh, zc
         )
         ctx.ext, ctx.cell, ctx.nonlinearity, ctx.projected = ext, cell, nonlinearity, projected
-        ctx.lengths, ctx.sizes = lengths, sizes
+        ctx.lengths, ctx.sizes, ctx.zoneout = lengths, sizes, zoneout
         ctx.set_materialize_grads(False)  # missing output gradients arrive as None: skip them
         ctx.save_for_backward(x, h0, c0, out, saved, *weights)
         return (out, h_t, c_t) if c_t is not None else (out, h_t)
@@ -81,14 +88,14 @@ class FusedLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_h, grad_c=None):  # noqa: ANN001, ANN205
         x, h0, c0, out, saved, *weights = ctx.saved_tensors
-        head = (None,) * 5  # ext, cell, nonlinearity, projected, lengths
+        head = (None,) * 6  # ext, cell, nonlinearity, projected, lengths, zoneout
         if torch.is_grad_enabled():  # create_graph=True: differentiate the equations themselves
             return head + _recomputed_grads(ctx, (grad_out, grad_h, grad_c), x, h0, c0, weights)
-        need_dx = ctx.needs_input_grad[5]
+        need_dx = ctx.needs_input_grad[6]
         grads = ctx.ext.layer_backward(
             cell_id(ctx.cell, ctx.nonlinearity), grad_out, grad_h, grad_c,
             None if ctx.projected else x, h0, c0, out, saved, *weights, need_dx, ctx.projected,
-            ctx.sizes,
+            ctx.sizes, *_masks(ctx.zoneout),
         )  # fmt: skip
         return (*head, *grads)
 
@@ -98,12 +105,13 @@ def _recomputed_grads(ctx, grads, x, h0, c0, weights) -> tuple:  # noqa: ANN001
     layer is recomputed from the very input tensors (not copies), so the gradients returned are
     differentiable functions of the inputs, the weights and the incoming gradients."""
     inputs = (x, h0, c0, *weights)
-    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[5:], strict=True) if need]
+    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[6:], strict=True) if need]
     with torch.enable_grad():
         p = _named(ctx.cell, *weights)
         u = x if ctx.projected else input_projection(ctx.cell, x, p)
         state = (h0, c0) if c0 is not None else h0
-        out, final, _ = unroll(ctx.cell, u, state, p, ctx.nonlinearity, ctx.lengths)
+        out, final, _ = unroll(ctx.cell, u, state, p, ctx.nonlinearity, ctx.lengths,
+                               zoneout=ctx.zoneout)  # fmt: skip
         outputs = [out, *(final if isinstance(final, tuple) else (final,))]
         pairs = [(o, g) for o, g in zip(outputs, grads, strict=False) if g is not None]
         found = iter(
@@ -112,7 +120,14 @@ def _recomputed_grads(ctx, grads, x, h0, c0, weights) -> tuple:  # noqa: ANN001
                 create_graph=True, allow_unused=True,
             )
         )  # fmt: skip
-    return tuple(next(found) if need else None for need in ctx.needs_input_grad[5:])
+    return tuple(next(found) if need else None for need in ctx.needs_input_grad[6:])
+
+
+def _masks(zoneout: Zoneout | None) -> tuple[Tensor | None, Tensor | None]:
+    """The engine's two mask slots (h, c) from a state's masks (c absent but for the LSTM)."""
+    if zoneout is None:
+        return None, None
+    return zoneout[0], (zoneout[1] if len(zoneout) > 1 else None)
 
 
 def engine() -> ModuleType:
@@ -131,20 +146,23 @@ def run_layer(
     weights: list[Tensor | None],
     lengths: Tensor | None = None,
     projected: bool = False,
+    zoneout: Zoneout | None = None,
 ) -> tuple[Tensor, State]:
     """One direction of one layer on x (T, B, I) (or its projection u, ``projected``) from state
     h0 (B, H) or (h0, c0): -> (output (T, B, H), final state). ``lengths``: sorted, longest first.
-    Records for autograd only when something needs a gradient."""
+    ``zoneout``: keep masks per state part, (T, B, H) each. Records for autograd only when
+    something needs a gradient."""
     ext = engine()
     lstm = cell == "lstm"
     h0, c0 = state if lstm else (state, None)
     tensors = [x, h0, c0, *weights]
     record = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if record:
-        result = FusedLayer.apply(ext, cell, nonlinearity, projected, lengths, *tensors)
+        result = FusedLayer.apply(ext, cell, nonlinearity, projected, lengths, zoneout, *tensors)
     else:
         sizes = None if lengths is None else batch_sizes(lengths, x.shape[0])
-        result = ext.layer_forward(cell_id(cell, nonlinearity), *tensors, False, projected, sizes)
+        result = ext.layer_forward(cell_id(cell, nonlinearity), *tensors, False, projected, sizes,
+                                   *_masks(zoneout))  # fmt: skip
     return result[0], ((result[1], result[2]) if lstm else result[1])
 
 
@@ -163,6 +181,7 @@ def trace_layer(
     weights: list[Tensor | None],
     lengths: Tensor | None = None,
     projected: bool = False,
+    zoneout: Zoneout | None = None,
 ) -> tuple[Tensor, State, dict[str, Tensor]]:
     """``run_layer`` without autograd, plus every gate at every step: ``gates[name]`` (T, B, H),
     the activations the engine saves for backward anyway, named as ``rnnlab.cells`` names them."""
@@ -171,7 +190,7 @@ def trace_layer(
     h0, c0 = state if lstm else (state, None)
     sizes = None if lengths is None else batch_sizes(lengths, x.shape[0])
     out, h_t, c_t, saved = ext.layer_forward(
-        cell_id(cell, nonlinearity), x, h0, c0, *weights, True, projected, sizes
+        cell_id(cell, nonlinearity), x, h0, c0, *weights, True, projected, sizes, *_masks(zoneout)
     )
     H = out.shape[-1]
     gates = {n: saved[..., k * H : (k + 1) * H] for k, n in enumerate(SAVED_GATES[cell])}
@@ -187,13 +206,16 @@ def step_layers(
     state: State,
     weights: list[list[Tensor | None]],
     projected: bool = False,
+    zoneout: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[Tensor, State]:
     """One step of every layer in one C++ call (no autograd): x (B, I) -> (h_top (B, H), state).
     ``weights[k]`` is layer k's five slots; ``projected``: x is layer 0's projection u (B, G).
+    ``zoneout`` (h, c) rates: the eval expectation ``rate * prev + (1 - rate) * new``.
     A character costs only its GEMVs, not a framework call per layer."""
     ext = engine()
     lstm = cell == "lstm"
     h, c = state if lstm else (state, None)
     flat = [w for layer in weights for w in layer]
-    h_top, h_n, c_n = ext.step_layers(cell_id(cell, nonlinearity), x, h, c, flat, projected)
+    h_top, h_n, c_n = ext.step_layers(cell_id(cell, nonlinearity), x, h, c, flat, projected,
+                                      *zoneout)  # fmt: skip
     return h_top, ((h_n, c_n) if lstm else h_n)

@@ -27,6 +27,14 @@
 // gate loops run on the live prefix only; a finished row's outputs stay 0, its final state is
 // read at its last step, and in backward its dh/dc pass through the dead steps unchanged.
 //
+// Zoneout (Krueger et al. 2016): with keep masks m (T, B, H) (1: keep the previous value; a
+// constant rate at eval, the expectation), the state a step hands on is m * prev + (1 - m) * new,
+// for h and, for the LSTM, separately for c (its own mask). The cell equations run unchanged on
+// the zoned previous state; then a pass blends. The LSTM's h candidate is o * tanh(c~) of the
+// unzoned c~ = f*c + i*g, as in the paper, so S gains c~ (block 5); the RNN saves its candidate
+// h~ (its tanh/relu derivative needs it, out holds the zoned h). Backward splits each carried
+// gradient into (1 - m) for the candidate, through the cell, and m straight to the previous step.
+//
 // `projected` layers take the input projection ready-made: x is then (T, B, Gx [+ H]) = [xw | px]
 // (px only for MUT1/MUT2), e.g. rows gathered from a (V, Gx) table E @ W_ih^T when the input is an
 // embedding lookup (rnnlab.models.char_lm), and backward returns its gradient instead of dx, dW_ih
@@ -203,9 +211,11 @@ struct Dims {
   int64_t T, B, I, H;
 };
 
-int64_t saved_width(int64_t cell) {
+int64_t saved_width(int64_t cell, bool zoned) {
   switch (cell) {
-    case kLstm: return 5;
+    case kRnnTanh:
+    case kRnnRelu: return zoned ? 1 : 0;  // zoned: [h~]
+    case kLstm: return zoned ? 6 : 5;     // zoned: [i f g o c c~]
     case kGru: return 4;
     case kMut1: return 5;
     case kMut2: return 4;
@@ -223,14 +233,14 @@ template <typename scalar_t>
 void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& px, const Tensor& h0,
                   const Tensor& c0, const Tensor& w_hh, const Tensor& b1, const Tensor& b2,
                   Tensor& out, Tensor& S, bool save, const int64_t* live, int64_t r0,
-                  int64_t r1) {
+                  int64_t r1, const scalar_t* zh, const scalar_t* zc) {
   // Rows r0..r1-1 of the batch; `b` below is a global row, `b - r0` a row of the local buffers.
   // live: batch sizes per step (rows r0..end-1 are live at step t), or null for all rows.
   const int64_t T = d.T, B = d.B, H = d.H, n_rows = r1 - r0;
   // xw and px may be column blocks of one [xw | px] buffer (projected input): index by strides.
   const int64_t xs0 = xw.stride(0), Gx = xw.stride(1);
   const int64_t ps0 = px.defined() ? px.stride(0) : 0, ps1 = px.defined() ? px.stride(1) : 0;
-  const int64_t K = saved_width(cell) * H;  // row width of S
+  const int64_t K = saved_width(cell, zh != nullptr) * H;  // row width of S
   const int64_t ghw = (cell == kLstm ? 4 : cell == kGru ? 3 : cell == kMut2 ? 2 : 1) * H;
   Tensor gh = at::empty({n_rows, ghw}, out.options());  // recurrent GEMM output
   Tensor gh2 = at::empty({n_rows, H}, out.options());   // MUT: W_hh (r*h); MUT3: W_hr h in gh3
@@ -397,6 +407,32 @@ void forward_impl(int64_t cell, const Dims& d, const Tensor& xw, const Tensor& p
         });
       }
     }
+    if (zh) {  // zoneout: blend the candidates just written with the previous state
+      const bool lstm = cell == kLstm, rnn = cell == kRnnTanh || cell == kRnnRelu;
+      const scalar_t* c_prev = !lstm ? nullptr
+                               : t == 0 ? c0.data_ptr<scalar_t>()
+                                        : s + prev_slot * B * K + 4 * H;
+      const int64_t cs = t == 0 ? H : K;
+      each_row([&](int64_t b) {
+        const scalar_t *mh = zh + (t * B + b) * H, *hpb = hp + b * H;
+        scalar_t *hb = h_t + b * H, *sb = s_t + b * K;
+        if (rnn) {
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) sb[j] = hb[j];
+        }
+        if (lstm) {
+          const scalar_t *mc = zc + (t * B + b) * H, *cp = c_prev + b * cs;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) {
+            scalar_t cc = sb[4 * H + j];
+            sb[5 * H + j] = cc;
+            sb[4 * H + j] = mc[j] * cp[j] + (1 - mc[j]) * cc;
+          }
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) hb[j] = mh[j] * hpb[j] + (1 - mh[j]) * hb[j];
+      });
+    }
   }
 }
 
@@ -446,9 +482,19 @@ int64_t gates_x(int64_t cell, int64_t H) {
 std::vector<Tensor> forward_layer(int64_t cell, const Tensor& x_in, const Tensor& h0_in,
                                   const optional<Tensor>& c0_in, const Weights& w, bool save,
                                   bool projected = false,
-                                  const optional<Tensor>& batch_sizes = c10::nullopt) {
+                                  const optional<Tensor>& batch_sizes = c10::nullopt,
+                                  const optional<Tensor>& zoneout_h = c10::nullopt,
+                                  const optional<Tensor>& zoneout_c = c10::nullopt) {
   const Tensor x = x_in.contiguous(), h0 = h0_in.contiguous();
   const Dims d{x.size(0), x.size(1), x.size(2), w.w_hh.size(1)};
+  const bool zoned = zoneout_h.has_value();
+  const Tensor zh = zoned ? zoneout_h->contiguous() : Tensor();
+  const Tensor zc = zoned && cell == kLstm ? zoneout_c.value().contiguous() : Tensor();
+  for (const Tensor& m : {zh, zc}) {
+    TORCH_CHECK(!m.defined() || (m.sizes() == at::IntArrayRef{d.T, d.B, d.H} &&
+                                 m.scalar_type() == h0.scalar_type()),
+                "layer_forward: zoneout masks must be (T, B, H) in the state's dtype");
+  }
   const int64_t Gx = gates_x(cell, d.H);
   Tensor xw, px;
   if (projected) {  // x = [xw | px], see the header
@@ -478,14 +524,15 @@ std::vector<Tensor> forward_layer(int64_t cell, const Tensor& x_in, const Tensor
     return ragged ? at::zeros(shape, x.options()) : at::empty(shape, x.options());
   };
   Tensor out = alloc({d.T, d.B, d.H});
-  const int64_t K = saved_width(cell) * d.H;
+  const int64_t K = saved_width(cell, zoned) * d.H;
   Tensor S = K ? alloc({save || ragged ? d.T : 2, d.B, K}) : Tensor();
   Tensor c0 = cell == kLstm ? c0_in->contiguous() : Tensor();
   const int64_t* live_p = ragged ? live.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnlab_forward", [&] {
     auto rows = [&](int64_t r0, int64_t r1) {
       forward_impl<scalar_t>(cell, d, xw, px, h0, c0, w.w_hh, w.b1, w.b2, out, S, save, live_p,
-                             r0, r1);
+                             r0, r1, zoned ? zh.data_ptr<scalar_t>() : nullptr,
+                             zc.defined() ? zc.data_ptr<scalar_t>() : nullptr);
     };
     // One step (sampling) splits each GEMM's weights instead (mm_nt): every thread reads half.
     d.T > 1 ? split_batch(d.B, rows) : rows(0, d.B);
@@ -512,10 +559,12 @@ std::vector<Tensor> layer_forward(int64_t cell, const Tensor& x, const Tensor& h
                                   const Tensor& w_hh, const optional<Tensor>& b_a,
                                   const optional<Tensor>& b_b, const optional<Tensor>& w_proj,
                                   bool save, bool projected,
-                                  const optional<Tensor>& batch_sizes) {
+                                  const optional<Tensor>& batch_sizes,
+                                  const optional<Tensor>& zoneout_h,
+                                  const optional<Tensor>& zoneout_c) {
   TORCH_CHECK(projected || w_ih.has_value(), "layer_forward: weight_ih is required");
   return forward_layer(cell, x, h0, c0, prepare(cell, w_ih, w_hh, b_a, b_b, w_proj), save,
-                       projected, batch_sizes);
+                       projected, batch_sizes, zoneout_h, zoneout_c);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -526,7 +575,10 @@ template <typename scalar_t>
 void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor& out,
                    const Tensor& h0, const Tensor& c0, const Tensor& S, const Tensor& w_hh,
                    Tensor& dh, Tensor& dc, Tensor& dG, Tensor& dA, const int64_t* live,
-                   int64_t r0, int64_t r1) {
+                   int64_t r0, int64_t r1, const scalar_t* zh, const scalar_t* zc,
+                   scalar_t* zbuf) {
+  // zbuf (zoneout only): (3, B, H) global rows: the candidate's share of dh_t, and the shares of
+  // dh_t and dc_t that go straight to the previous step.
   // Rows r0..r1-1 of the batch (see split_batch); tmp/tmp2 are local, indexed by b - r0.
   // live as in forward_impl: a dead row's dG stays 0 and its dh/dc pass through unchanged.
   const int64_t T = d.T, B = d.B, H = d.H, n_rows = r1 - r0;
@@ -536,7 +588,10 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
   auto each_row = [&](const auto& f) {
     for (int64_t b = r0; b < end; ++b) f(b);
   };
-  const int64_t K = saved_width(cell) * H, GW = dG.size(2);
+  const int64_t K = saved_width(cell, zh != nullptr) * H, GW = dG.size(2);
+  const int64_t cblk = zh != nullptr ? 5 : 4;  // the LSTM's c~ (tanh'd into h~) in S
+  scalar_t *gz = zbuf, *carry_h = zbuf ? zbuf + B * H : nullptr;
+  scalar_t* carry_c = zbuf ? zbuf + 2 * B * H : nullptr;
   const scalar_t* go = gout.data_ptr<scalar_t>();
   const scalar_t* o = out.data_ptr<scalar_t>();
   const scalar_t* s = S.defined() ? S.data_ptr<scalar_t>() : nullptr;
@@ -558,12 +613,32 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
     const scalar_t* h_t = o + t * B * H;
     const scalar_t* s_t = s ? s + t * B * K : nullptr;
     scalar_t* dg_t = dgp + t * B * GW;
+    if (zh) {  // zoneout: (1 - m) of dh_t reaches the candidate, m goes to h_{t-1} (same for c)
+      each_row([&](int64_t b) {
+        const scalar_t *mh = zh + (t * B + b) * H, *gb = go_t + b * H;
+        scalar_t *dhb = dhp + b * H, *gzb = gz + b * H, *chb = carry_h + b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          scalar_t total = dhb[j] + gb[j];
+          gzb[j] = (1 - mh[j]) * total, chb[j] = mh[j] * total, dhb[j] = 0;
+        }
+        if (cell == kLstm) {
+          const scalar_t* mc = zc + (t * B + b) * H;
+          scalar_t *dcb = dcp + b * H, *ccb = carry_c + b * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) ccb[j] = mc[j] * dcb[j], dcb[j] = (1 - mc[j]) * dcb[j];
+        }
+      });
+      go_t = gz;
+    }
+    // The RNN's derivative reads its output h~: out[t] itself, or with zoneout S's copy.
+    const scalar_t* hc_t = zh && (cell == kRnnTanh || cell == kRnnRelu) ? s_t : h_t;
     switch (cell) {
       case kRnnTanh:
       case kRnnRelu: {
         const bool relu = cell == kRnnRelu;
         each_row([&](int64_t b) {
-          const scalar_t *gb = go_t + b * H, *hb = h_t + b * H;
+          const scalar_t *gb = go_t + b * H, *hb = hc_t + b * H;
           const scalar_t* dhb = dhp + b * H;
           scalar_t* da = dg_t + b * GW;
 #pragma omp simd
@@ -584,7 +659,7 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
 #pragma omp simd
           for (int64_t j = 0; j < H; ++j) {
             scalar_t i = sb[j], f = sb[H + j], g = sb[2 * H + j], oo = sb[3 * H + j];
-            scalar_t tc = tanh_(sb[4 * H + j]);
+            scalar_t tc = tanh_(sb[cblk * H + j]);
             scalar_t dht = dhb[j] + gb[j];
             scalar_t dct = dcb[j] + dht * oo * (1 - tc * tc);
             da[j] = dct * g * i * (1 - i);
@@ -667,6 +742,18 @@ void backward_loop(int64_t cell, const Dims& d, const Tensor& gout, const Tensor
         if (cell == kMut3) dh_rows.addmm_(dG_t.narrow(1, H, H), w_hh.narrow(0, H, H));
       }
     }
+    if (zh) {
+      each_row([&](int64_t b) {
+        scalar_t *dhb = dhp + b * H, *chb = carry_h + b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) dhb[j] += chb[j];
+        if (cell == kLstm) {
+          scalar_t *dcb = dcp + b * H, *ccb = carry_c + b * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) dcb[j] += ccb[j];
+        }
+      });
+    }
   }
 }
 
@@ -680,7 +767,9 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
                                    const Tensor& w_hh_in, const optional<Tensor>& b_a,
                                    const optional<Tensor>& b_b, const optional<Tensor>& w_proj_in,
                                    bool need_dx, bool projected,
-                                   const optional<Tensor>& batch_sizes) {
+                                   const optional<Tensor>& batch_sizes,
+                                   const optional<Tensor>& zoneout_h,
+                                   const optional<Tensor>& zoneout_c) {
   TORCH_CHECK(projected || (x_in.has_value() && w_ih_in.has_value()),
               "layer_backward: x and weight_ih are required");
   const Tensor x = projected ? Tensor() : x_in->contiguous(), h0 = h0_in.contiguous();
@@ -704,10 +793,16 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
   };
   Tensor dG = alloc({T, B, GW});
   Tensor dA = cell == kGru || cell == kMut1 ? alloc({T, B, H}) : Tensor();
+  const bool zoned = zoneout_h.has_value();
+  const Tensor zh = zoned ? zoneout_h->contiguous() : Tensor();
+  const Tensor zc = zoned && cell == kLstm ? zoneout_c.value().contiguous() : Tensor();
+  Tensor zbuf = zoned ? at::empty({3, B, H}, out.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnlab_backward", [&] {
     split_batch(B, [&](int64_t r0, int64_t r1) {
       backward_loop<scalar_t>(cell, d, gout, out, h0, c0, S, w_hh, dh, dc, dG, dA, live_p, r0,
-                              r1);
+                              r1, zoned ? zh.data_ptr<scalar_t>() : nullptr,
+                              zc.defined() ? zc.data_ptr<scalar_t>() : nullptr,
+                              zoned ? zbuf.data_ptr<scalar_t>() : nullptr);
     });
   });
 
@@ -797,7 +892,12 @@ std::vector<Tensor> layer_backward(int64_t cell, const optional<Tensor>& grad_ou
 
 std::vector<Tensor> step_layers(int64_t cell, const Tensor& x, const Tensor& h,
                                 const optional<Tensor>& c, const std::vector<optional<Tensor>>& ws,
-                                bool projected) {
+                                bool projected, double zoneout_h, double zoneout_c) {
+  // zoneout rates > 0: the eval expectation, state = rate * prev + (1 - rate) * new.
+  const bool zoned = zoneout_h > 0 || zoneout_c > 0;
+  optional<Tensor> zh, zc;
+  if (zoned) zh = at::full({1, h.size(1), h.size(2)}, zoneout_h, h.options());
+  if (zoned && c.has_value()) zc = at::full({1, h.size(1), h.size(2)}, zoneout_c, h.options());
   const int64_t L = h.size(0);
   TORCH_CHECK(static_cast<int64_t>(ws.size()) == 5 * L, "step_layers: expected 5 weights per layer");
   Tensor h_n = at::empty_like(h), c_n = c.has_value() ? at::empty_like(*c) : Tensor();
@@ -807,7 +907,7 @@ std::vector<Tensor> step_layers(int64_t cell, const Tensor& x, const Tensor& h,
     Weights lw = prepare(cell, w[0], *w[1], w[2], w[3], w[4]);
     optional<Tensor> c0 = c.has_value() ? optional<Tensor>((*c)[k]) : c10::nullopt;
     std::vector<Tensor> r = forward_layer(cell, input, h[k], c0, lw, /*save=*/false,
-                                          /*projected=*/projected && k == 0);
+                                          /*projected=*/projected && k == 0, c10::nullopt, zh, zc);
     h_n[k].copy_(r[1]);
     if (c_n.defined()) c_n[k].copy_(r[2]);
     input = r[0];

@@ -3,6 +3,14 @@
 The embedding is the lecture's one-hot input times W_xh, done as a column lookup. With
 ``tie_weights`` the output layer reuses the embedding matrix (Press & Wolf 2017; Inan et al. 2017),
 which needs ``embedding_size == hidden_size``.
+
+Regularisers (AWD-LSTM's set, Merity et al. 2017, plus zoneout; all off by default, all only in
+training mode; ``rnnlab.regularisers``): ``embedding_dropout`` drops whole rows of the embedding
+(a character's vector) per forward; ``dropout_input`` is locked dropout on the embedding output;
+``dropout`` sits between layers and before the head, per element or, with ``locked_dropout``,
+one mask per sequence shared over time (Gal & Ghahramani 2016); ``weight_drop`` is DropConnect
+on the recurrent matrices and ``zoneout``/``zoneout_cell`` zoneout of h and the LSTM's c
+(Krueger et al. 2016), both inside ``Recurrent``.
 """
 
 from __future__ import annotations
@@ -11,11 +19,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from rnnlab.cells import ShapeError, State, cell_class
 from rnnlab.decoding import reorder_rows
 from rnnlab.recurrent import Recurrent
+from rnnlab.regularisers import embedding_dropout, locked_dropout
 
 
 @dataclass
@@ -30,6 +40,12 @@ class CharLMConfig:
     dropout: float = 0.0
     tie_weights: bool = False
     backend: str = "auto"
+    zoneout: float = 0.0
+    zoneout_cell: float = 0.0
+    weight_drop: float = 0.0
+    locked_dropout: bool = False
+    dropout_input: float = 0.0
+    embedding_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         cell_class(self.cell)  # ValueError naming the cell
@@ -42,6 +58,12 @@ class CharLMConfig:
                 f"tie_weights: needs embedding_size == hidden_size, got "
                 f"{self.embedding_size} and {self.hidden_size}"
             )
+        if self.zoneout_cell and not cell_class(self.cell).has_cell_state:
+            raise ValueError(f"zoneout_cell: the {self.cell} cell has no cell state c")
+        for name in ("dropout_input", "embedding_dropout"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +89,10 @@ class CharLM(nn.Module):
             dropout=config.dropout if config.num_layers > 1 else 0.0,  # between layers only
             batch_first=True,
             backend=config.backend,
+            zoneout=config.zoneout,
+            zoneout_cell=config.zoneout_cell if cell_class(config.cell).has_cell_state else None,
+            weight_drop=config.weight_drop,
+            locked_dropout=config.locked_dropout,
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(H, V)
@@ -78,10 +104,20 @@ class CharLM(nn.Module):
             raise ShapeError(
                 f"idx: expected a 2-D (B, T) tensor of token ids, got shape {tuple(idx.shape)}"
             )
-        # The embedding is a lookup input of the recurrence: on the fused engine it is folded
-        # into layer 0's input projection (exact; see rnnlab.recurrent).
-        h, state = self.rnn(idx, state, embedding=self.embedding.weight)  # (B, T, H)
-        return self.head(self.drop(h)), state  # (B, T, V)
+        c = self.config
+        table = embedding_dropout(self.embedding.weight, c.embedding_dropout, self.training)
+        if self.training and c.dropout_input > 0:  # a per-sequence mask: no table to fold
+            x = locked_dropout(F.embedding(idx, table), c.dropout_input, True, time_dim=1)
+            h, state = self.rnn(x, state)  # (B, T, H)
+        else:
+            # The embedding is a lookup input of the recurrence: on the fused engine it is folded
+            # into layer 0's input projection (exact; see rnnlab.recurrent).
+            h, state = self.rnn(idx, state, embedding=table)  # (B, T, H)
+        if c.locked_dropout:
+            h = locked_dropout(h, c.dropout, self.training, time_dim=1)
+        else:
+            h = self.drop(h)
+        return self.head(h), state  # (B, T, V)
 
     def folds_embedding(self, idx: Tensor) -> bool:
         """Whether ``forward(idx)`` folds the embedding into layer 0's input projection (see

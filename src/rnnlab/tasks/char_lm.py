@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.cells import CELL_HELP, CellName, cell_class
+from rnnlab.cells import CELL_HELP, SCAN_CELLS, CellName, cell_class
 from rnnlab.checkpoint import CheckpointError
 from rnnlab.data import Corpus, DataError, StreamBatcher, Vocab, cached_corpus, prepare_corpus
 from rnnlab.evaluate import evaluate_tokens
-from rnnlab.kernels import extension_status
+from rnnlab.kernels import extension_status, regulariser_fallback
 from rnnlab.loading import MAX_PARAMETERS, LoadedRun, RunKind
 from rnnlab.models import CharLM, CharLMConfig
 from rnnlab.sample import DecodingError, SampleConfig, generate
@@ -69,6 +69,31 @@ class TrainConfig(RunConfig):
         0.0, "dropout probability between layers and before the output", low=0, high=1
     )
     tie_weights: bool = setting(False, "share the embedding and output matrices")
+    # regularisers (AWD-LSTM's, Merity et al. 2017, and zoneout): off by default, training only
+    zoneout: float = setting(
+        0.0, "zoneout of h (Krueger et al. 2016): probability a unit keeps its previous value at "
+        "a step; eval uses the expectation", low=0, high=1,
+    )  # fmt: skip
+    zoneout_cell: float = setting(
+        0.0, "zoneout of the LSTM's cell state c (Krueger et al. 2016: c 0.5, h 0.05 for chars)",
+        low=0, high=1,
+    )  # fmt: skip
+    weight_drop: float = setting(
+        0.0, "DropConnect on the recurrent matrices W_hh, one mask per forward (weight drop, "
+        "Merity et al. 2017)", low=0, high=0.99, resume="inexact",
+    )  # fmt: skip
+    locked_dropout: bool = setting(
+        False, "--dropout draws one mask per sequence, shared over time (variational/locked "
+        "dropout, Gal & Ghahramani 2016)", resume="inexact",
+    )  # fmt: skip
+    dropout_input: float = setting(
+        0.0, "locked dropout on the embedding output (Gal & Ghahramani 2016; AWD-LSTM's "
+        "dropouti)", low=0, high=0.99, resume="inexact",
+    )  # fmt: skip
+    embedding_dropout: float = setting(
+        0.0, "drop whole embedding rows, a character's vector, per forward (Gal & Ghahramani "
+        "2016; AWD-LSTM's dropoute)", low=0, high=0.99, resume="inexact",
+    )  # fmt: skip
     backend: Backend = setting(
         "auto", "recurrence engine (all compute the same function)", resume="inexact"
     )
@@ -87,6 +112,15 @@ class TrainConfig(RunConfig):
                 "val_frac + test_frac", "< 0.95, leaving text to train on",
                 self.val_frac + self.test_frac,
             )  # fmt: skip
+        if self.backend == "native" and (self.zoneout or self.zoneout_cell):
+            raise ConfigError("backend", "auto, fused or reference with zoneout (torch's kernels "
+                              "cannot zone the state)", self.backend)  # fmt: skip
+        if self.zoneout_cell and not cell_class(self.cell).has_cell_state:
+            raise ConfigError("zoneout_cell", "0 unless the cell has a c (lstm, layernorm_lstm)",
+                              self.zoneout_cell)  # fmt: skip
+        if self.weight_drop and self.cell in SCAN_CELLS:
+            raise ConfigError("weight_drop", f"0 for {self.cell} (no recurrent matrix to drop; use "
+                              "--dropout or --zoneout)", self.weight_drop)  # fmt: skip
         if self.tie_weights and (self.embedding_size or self.hidden_size) != self.hidden_size:
             raise ConfigError(
                 "tie_weights", "embedding_size 0 or == hidden_size", self.embedding_size
@@ -103,6 +137,12 @@ class TrainConfig(RunConfig):
             "dropout": self.dropout,
             "tie_weights": self.tie_weights,
             "backend": self.backend,
+            "zoneout": self.zoneout,
+            "zoneout_cell": self.zoneout_cell,
+            "weight_drop": self.weight_drop,
+            "locked_dropout": self.locked_dropout,
+            "dropout_input": self.dropout_input,
+            "embedding_dropout": self.embedding_dropout,
         }
 
 
@@ -197,7 +237,7 @@ class CharLMTask(Task):
     def start_fields(self) -> dict[str, Any]:
         chars = len(self.corpus.split("train"))
         return {"data": f"vocab {self.num_classes}, {chars:,} training chars",
-                "backend": self.model.resolved_backend(self.dp.device)}  # fmt: skip
+                "backend": _backend_line(self.model, self.dp.device)}  # fmt: skip
 
 
 def train(config: TrainConfig | None = None, *, resume: RunPath = None, changes: Changes = None,
@@ -248,6 +288,18 @@ def _resumed_corpus(config: TrainConfig, ckpt: LoadedRun, emit: Callable[[Event]
 
 
 # -- pieces ---------------------------------------------------------------------------------------
+
+
+def _backend_line(model: CharLM, device: torch.device) -> str:
+    """The backend for the start line, with what a regulariser changes about it: zoneout where
+    torch's kernels would have run (``regulariser_fallback``), and input dropout's unfolded
+    lookup (a per-sequence mask leaves no table to fold; the engine still runs)."""
+    line = model.resolved_backend(device)
+    notes = [regulariser_fallback(model.rnn, device)]
+    if model.config.dropout_input and line == "fused":
+        notes.append("--dropout-input: embedding lookup not folded")
+    notes = [n for n in notes if n]
+    return line + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _sample_text(model: nn.Module, task: CharLMTask) -> str:
@@ -316,6 +368,12 @@ class _ModelSchema:
     dropout: float = setting(0.0, "dropout", low=0, high=1)
     tie_weights: bool = setting(False, "tied embedding/head")
     backend: Backend = setting("auto", "backend")
+    zoneout: float = setting(0.0, "zoneout of h", low=0, high=1)
+    zoneout_cell: float = setting(0.0, "zoneout of c", low=0, high=1)
+    weight_drop: float = setting(0.0, "weight drop", low=0, high=0.99)
+    locked_dropout: bool = setting(False, "locked dropout")
+    dropout_input: float = setting(0.0, "input dropout", low=0, high=0.99)
+    embedding_dropout: float = setting(0.0, "embedding dropout", low=0, high=0.99)
 
 
 def read_model_config(data: dict[str, Any], source: str) -> CharLMConfig:
