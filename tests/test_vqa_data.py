@@ -126,7 +126,8 @@ def test_vqa_v2_layout(tmp_path: Path) -> None:
 
 def _note(**changes: Any) -> dict[str, Any]:
     note = {"question_id": 10, "image_id": 5, "question_type": "what", "answer_type": "other",
-            "multiple_choice_answer": "red", "answers": [{"answer": "red", "answer_id": 1}]}  # fmt: skip
+            "multiple_choice_answer": "red",
+            "answers": [{"answer": "red", "answer_id": 1}]}  # fmt: skip
     note.update(changes)
     return {k: v for k, v in note.items() if v is not ...}
 
@@ -191,7 +192,8 @@ def test_vocabularies_and_encoding(tmp_path: Path) -> None:
 def test_sort_of_clevr_questions() -> None:
     objects = (SceneObject("red", "circle", 10, 10), SceneObject("green", "square", 60, 12),
                SceneObject("blue", "square", 14, 60), SceneObject("orange", "circle", 62, 64),
-               SceneObject("gray", "square", 30, 40), SceneObject("yellow", "square", 50, 40))  # fmt: skip
+               SceneObject("gray", "square", 30, 40),
+               SceneObject("yellow", "square", 50, 40))  # fmt: skip
     scene = Scene(objects)
     assert ask(scene, "red", "shape").answer == "circle"
     assert ask(scene, "red", "left").answer == "yes" and ask(scene, "green", "left").answer == "no"
@@ -209,7 +211,9 @@ def test_sort_of_clevr_files_read_back_and_are_deterministic(tmp_path: Path) -> 
     write_sort_of_clevr(tmp_path / "a", 3, 1, 0, questions_per_image=2, seed=4)
     write_sort_of_clevr(tmp_path / "b", 3, 1, 0, questions_per_image=2, seed=4)
     for name in ("questions.json", "annotations.json", "images/COCO_soc-train_000000000002.png"):
-        assert (tmp_path / "a/train" / name).read_bytes() == (tmp_path / "b/train" / name).read_bytes()
+        assert (tmp_path / "a/train" / name).read_bytes() == (
+            tmp_path / "b/train" / name
+        ).read_bytes()
     assert not (tmp_path / "a" / "test").exists()
     data = read_vqa(tmp_path / "a" / "train")  # a folder with annotations.json: VQA v2
     assert data.layout == "vqa-v2" and len(data.questions) == 12 and len(data.images) == 3

@@ -37,7 +37,7 @@ from rnnlab.validation import ConfigError, from_mapping
 
 # Runs written before config.json stored its "task" are told apart by a key of their model config.
 _LEGACY_TASKS = {"source_vocab_size": "seq2seq", "num_classes": "classify",
-                 "conditioning": "caption"}  # fmt: skip
+                 "conditioning": "caption", "num_answers": "vqa"}  # fmt: skip
 _TITLES = {"char_lm": ("char-LM", "rnnlab train"), "seq2seq": ("seq2seq", "rnnlab seq2seq train"),
            "classify": ("classifier", "rnnlab classify train"),
            "caption": ("captioning", "rnnlab caption train"),

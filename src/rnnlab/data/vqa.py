@@ -46,6 +46,7 @@ import numpy as np
 from rnnlab.data.captions import tokenize
 from rnnlab.data.errors import DataError
 from rnnlab.data.images import load_image
+from rnnlab.data.text import read_text
 from rnnlab.data.vocab import Vocab
 from rnnlab.strictjson import parse_json
 
@@ -248,17 +249,11 @@ def _coco_image(root: Path, subtype: str, image_id: int) -> Path:
 
 
 def _read_json(file: Path, what: str) -> Any:
-    try:
-        if file.is_file() and file.stat().st_size > MAX_JSON_BYTES:
-            raise DataError(f"{file}: larger than {MAX_JSON_BYTES >> 20} MB; not a {what} file")
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{file}: no such {what} file") from None
-    except IsADirectoryError:
-        raise DataError(f"{file}: a folder, not a {what} JSON file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{file}: cannot read the {what} file "
-                        f"({getattr(e, 'strerror', None) or e})") from None  # fmt: skip
+    """A JSON file read by the one bounded reader (a device or FIFO is refused by name) and the
+    strict parser (duplicate keys, NaN, huge numbers and deep nesting are errors with a line)."""
+    if not file.exists() and not file.is_symlink():
+        raise DataError(f"{file}: no such {what} file")
+    text = read_text(file, max_bytes=MAX_JSON_BYTES)
     return parse_json(text, str(file), error=DataError)
 
 

@@ -305,7 +305,7 @@ class VQATask(Task):
 
     def start_fields(self) -> dict[str, Any]:
         d = self.data
-        return {"data": f"{len(self.targets):,} training questions on {len(d.train.images):,} "
+        return {"data": f"{len(self.targets):,} training questions on {len(self.images):,} "
                 f"images, {len(d.val.questions):,} validation questions, vocab "
                 f"{len(self.words)}, {len(self.answers)} answers"}  # fmt: skip
 
