@@ -103,6 +103,9 @@ def run_eval(args: argparse.Namespace) -> int:
     config = run.train_config
     train, val, _ = split_questions(config)
     if args.data:
+        if config.features and not args.features:
+            raise ValueError("--features: this run reads precomputed features; give the feature "
+                             "file of --data's images")  # fmt: skip
         dataset, name = read_split(args.data, args.annotations or "", args.images or ""), args.data
         inputs = image_inputs(dataset, config, args.features or "")
     else:
