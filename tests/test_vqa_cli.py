@@ -107,3 +107,38 @@ def test_easy_vqa_command_refuses_a_wrong_wheel(
                  str(tmp_path / "c")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sha256" in err
+
+
+def test_a_run_on_features(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Precomputed (N, K, F) grids instead of the CNN: train, eval (which needs the file) and
+    predict on a one-row feature file."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 2), ("test", 2)):
+        np.save(tmp_path / f"{split}.npy", rng.normal(size=(n, 4, 6)).astype(np.float32))
+    soc = runs / "soc"
+    assert main(["vqa", "train", "--data", str(soc / "train"), "--val-data", str(soc / "val"),
+                 "--features", str(tmp_path / "train.npy"), "--val-features",
+                 str(tmp_path / "val.npy"), "--attention-layers", "1", "--out-dir",
+                 str(tmp_path / "run"), "--max-steps", "2", "--eval-every", "2",
+                 *SMALL]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["vqa", "eval", str(tmp_path / "run"), "--data", str(soc / "test")]) == 2
+    assert "--features" in capsys.readouterr().err
+    assert main(["vqa", "eval", str(tmp_path / "run"), "--data", str(soc / "test"),
+                 "--features", str(tmp_path / "test.npy")]) == 0  # fmt: skip
+    np.save(tmp_path / "one.npy", rng.normal(size=(1, 4, 6)).astype(np.float32))
+    capsys.readouterr()
+    assert main(["vqa", "predict", str(tmp_path / "run"), str(tmp_path / "one.npy"),
+                 "what shape is the red object?"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.count("\t") == 2
+
+
+def test_predict_with_a_blind_run_reads_no_image(
+    runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["vqa", "predict", str(runs / "blind"), "not-read.png",
+                 "what shape is the red object?"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith("not-read.png\t")
