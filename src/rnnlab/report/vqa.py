@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnlab.report.captions import _attention_uri, _png_data_uri, write_report
+from rnnlab.report.captions import attention_uri, png_data_uri, write_report
 
 __all__ = ["Prediction", "render_predictions", "write_report"]
 
@@ -54,10 +54,10 @@ def render_predictions(predictions: Sequence[Prediction], *, title: str = "rnnla
         )
         att = ""
         if p.attention is not None:
-            att = (f'<figure><img alt="attention" src="{_attention_uri(p.image, p.attention, 96)}">'
+            att = (f'<figure><img alt="attention" src="{attention_uri(p.image, p.attention, 96)}">'
                    "<figcaption>attention</figcaption></figure>")  # fmt: skip
         cards.append(
-            f'<div class="card"><img alt="{e(p.image.name)}" src="{_png_data_uri(p.image, 96)}">'
+            f'<div class="card"><img alt="{e(p.image.name)}" src="{png_data_uri(p.image, 96)}">'
             f"{att}<div><p class='question'>{e(p.question)}</p>"
             f'<table class="answers">{rows}</table></div></div>'
         )
