@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -181,7 +182,16 @@ def command(config: VQATrainConfig) -> str:
 
 
 def machine(threads: int) -> str:
-    return f"{platform.processor() or platform.machine()}, {threads} torch threads, CPU"
+    """The CPU's model name (Linux), its core count and the threads torch used."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, {threads} torch threads"
 
 
 def table(which: str, results: dict[str, Any]) -> str:
