@@ -59,3 +59,35 @@ def test_trainer_benchmark_measurements_run(tmp_path):
                       max_steps=2, sample_length=0))  # fmt: skip
     got = worker("sample-cli", "--run", str(run), "--streams", "2", "--length", "120")
     assert math.isfinite(got["chars_per_s"])
+
+
+def test_vqa_benchmark_quick(tmp_path):
+    """bench/vqa.py --quick: both sets (a tiny easy-vqa layout the test writes), every model
+    and baseline in the table."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "easy"
+    for split in ("train", "test"):
+        (root / split / "images").mkdir(parents=True)
+        rows = []
+        for i in range(12):
+            colour = ("red", "blue")[i % 2]
+            rgb = ((255, 0, 0), (0, 0, 255))[i % 2]
+            Image.fromarray(np.full((16, 16, 3), rgb, dtype=np.uint8)).save(
+                root / split / "images" / f"{i}.png"
+            )
+            answer = "yes" if i % 2 == 0 else "no"
+            rows += [["what color is the shape?", colour, i], ["is there a red shape?", answer, i]]
+        (root / split / "questions.json").write_text(json.dumps(rows))
+    done = subprocess.run(
+        [sys.executable, str(WORKLOADS.with_name("vqa.py")), "--quick", "--threads", "1",
+         "--work", str(tmp_path / "work"), "--easy-vqa", str(root)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "| easy-vqa CNN+LSTM |" in out and "| easy-vqa blind LSTM |" in out
+    assert "| Sort-of-CLEVR CNN+LSTM + stacked attention |" in out and "relational" in out
+    assert out.count("| most frequent answer per question type |") == 2
+    assert "rnnlab vqa train --data" in out

@@ -360,3 +360,19 @@ def test_captioning_on_two_gloo_processes_matches_one(tmp_path, cache_env):
             "--hidden-size", "16", "--batch-size", "4", "--warmup-steps", "0", "--threads", "1",
             "--max-length", "12", "--eval-every", "3", "--max-steps", "6"]  # fmt: skip
     two_processes_match_one(args, tmp_path)
+
+
+@pytest.mark.slow
+def test_vqa_on_two_gloo_processes_matches_one(tmp_path, cache_env):
+    """The VQA loop on the same helpers: a batch's 3 images split 2 + 1 by rank (with all their
+    questions), each rank's summed loss weighed by the batch's question count; 6 steps within
+    1e-5 of one process."""
+    from rnnlab.data.sort_of_clevr import write_sort_of_clevr
+
+    write_sort_of_clevr(tmp_path / "soc", 9, 2, 0, questions_per_image=2, seed=1)
+    args = ["vqa", "train", "--data", str(tmp_path / "soc" / "train"), "--val-data",
+            str(tmp_path / "soc" / "val"), "--image-size", "16", "--cnn-blocks", "2",
+            "--cnn-channels", "4", "--feature-size", "16", "--embedding-size", "8",
+            "--hidden-size", "16", "--mlp-size", "16", "--batch-size", "3", "--warmup-steps", "0",
+            "--threads", "1", "--eval-every", "3", "--max-steps", "6"]  # fmt: skip
+    two_processes_match_one(args, tmp_path)

@@ -79,6 +79,17 @@ def _caption(root: Path) -> tuple[type, dict[str, Any]]:
                                     batch_size=4, max_length=12)  # fmt: skip
 
 
+def _vqa(root: Path) -> tuple[type, dict[str, Any]]:
+    from rnnlab.data.sort_of_clevr import write_sort_of_clevr
+    from rnnlab.tasks.vqa import VQATrainConfig
+
+    write_sort_of_clevr(root, 8, 2, 0, questions_per_image=2, seed=1)
+    return VQATrainConfig, dict(data=str(root / "train"), val_data=str(root / "val"),
+                                image_size=16, cnn_blocks=2, cnn_channels=4, feature_size=16,
+                                embedding_size=8, hidden_size=16, fusion_size=16, mlp_size=16,
+                                batch_size=2)  # fmt: skip
+
+
 def _train(module: str, name: str) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         import importlib
@@ -102,6 +113,7 @@ TASKS = [
     TaskCase(
         "caption", ["caption", "train"], _caption, _train("rnnlab.tasks.caption", "train_captioner")
     ),  # fmt: skip
+    TaskCase("vqa", ["vqa", "train"], _vqa, _train("rnnlab.tasks.vqa", "train_vqa")),
 ]
 IDS = [t.name for t in TASKS]
 RUN = dict(threads=1, device="cpu", warmup_steps=0, eval_every=3, log_every=1)
@@ -351,7 +363,7 @@ def test_the_docs_print_each_tasks_resume_table_from_its_settings():
     from rnnlab.training.config import resume_table_markdown
 
     docs = Path(__file__).resolve().parent.parent / "docs"
-    pages = {"char_lm": "char-lm.md"}
+    pages = {"char_lm": "char-lm.md", "vqa": "vqa.md"}
     for case in TASKS:
         text = (docs / pages.get(case.name, "training.md")).read_text(encoding="utf-8")
         assert resume_table_markdown(_config_type(case)) in text, case.name

@@ -37,10 +37,11 @@ from rnnlab.validation import ConfigError, from_mapping
 
 # Runs written before config.json stored its "task" are told apart by a key of their model config.
 _LEGACY_TASKS = {"source_vocab_size": "seq2seq", "num_classes": "classify",
-                 "conditioning": "caption"}  # fmt: skip
+                 "conditioning": "caption", "num_answers": "vqa"}  # fmt: skip
 _TITLES = {"char_lm": ("char-LM", "rnnlab train"), "seq2seq": ("seq2seq", "rnnlab seq2seq train"),
            "classify": ("classifier", "rnnlab classify train"),
-           "caption": ("captioning", "rnnlab caption train")}  # fmt: skip
+           "caption": ("captioning", "rnnlab caption train"),
+           "vqa": ("VQA", "rnnlab vqa train")}  # fmt: skip
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: far beyond these models, far below an absurd one
 _SAFETENSORS_DTYPES = {
     torch.float32: "F32",
@@ -61,7 +62,7 @@ class RunKind:
     where a model config needs more checks), the model class, ``vocabs(data, source)`` reading
     vocab.json into named vocabularies, and ``sizes(model_config)``, the size each must have."""
 
-    name: str  # char_lm | seq2seq | classify | caption
+    name: str  # char_lm | seq2seq | classify | caption | vqa
     train_config: type
     model_config: type
     build: Callable[[Any], nn.Module]

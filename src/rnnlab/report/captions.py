@@ -173,7 +173,8 @@ table.scores td:first-child, table.scores th:first-child { text-align: left; }
 """
 
 
-def _png_data_uri(path: Path, side: int = 96) -> str:
+def png_data_uri(path: Path, side: int = 96) -> str:
+    """The image as a PNG ``data:`` URI, at most ``side`` pixels a side (also the VQA report's)."""
     im = open_rgb(path)  # the training reader's size limit and colour rules
     im.thumbnail((side, side))
     buffer = io.BytesIO()
@@ -181,7 +182,7 @@ def _png_data_uri(path: Path, side: int = 96) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _attention_uri(path: Path, alpha: np.ndarray, side: int = 48) -> str:
+def attention_uri(path: Path, alpha: np.ndarray, side: int = 48) -> str:
     """The image dimmed where attention ``alpha`` (K,) is low: Xu et al.'s figure 3."""
     from PIL import Image
 
@@ -224,7 +225,7 @@ def render_report(
             _attention_html(im.path, model.generated[i], attention[i]) if i < len(attention) else ""
         )
         cards.append(
-            f'<div class="card"><img alt="{e(im.filename)}" src="{_png_data_uri(im.path)}">'
+            f'<div class="card"><img alt="{e(im.filename)}" src="{png_data_uri(im.path)}">'
             f'<div><p class="generated">{e(" ".join(model.generated[i]) or "(empty caption)")}</p>'
             f'<ul class="refs">{refs}</ul>'
             f'<div class="score">{e(im.filename)} · BLEU-4 {b4:.3f} · CIDEr-D {cider:.3f}</div>'
@@ -247,7 +248,7 @@ def render_report(
 
 def _attention_html(path: Path, words: Sequence[str], alpha: np.ndarray) -> str:
     figures = "".join(
-        f'<figure><img alt="" src="{_attention_uri(path, np.asarray(a))}">'
+        f'<figure><img alt="" src="{attention_uri(path, np.asarray(a))}">'
         f"<figcaption>{html.escape(word)}</figcaption></figure>"
         for word, a in zip([*words, "<end>"], alpha, strict=False)
     )
