@@ -1,17 +1,19 @@
-"""Training speed of minGRU and minLSTM (Feng et al. 2024) against the plain nn.GRU / nn.LSTM loops,
-at equal hidden size and at equal parameter count, in one run; chars/s, ratios printed.
+"""Training speed of the newer cells in ``rnnlab train`` against the plain nn.GRU / nn.LSTM char-LM
+loops, at equal hidden size and at equal parameter count, in one run; chars/s and ratios printed.
 
-    .venv/bin/python bench/cells.py                   # H384 L1 B32 T64 (the char-LM default)
-    .venv/bin/python bench/cells.py --sizes 128x1x32x64,384x1x32x64 --repeats 3 --seconds 5
+    .venv/bin/python bench/cells.py                    # H384 L1 B32 T64 (the char-LM default)
+    .venv/bin/python bench/cells.py --sizes 128x1x32x64,256x2x64x100 --repeats 3 --seconds 5
 
-Each number is one of ``bench/trainer.py``'s measurements, in its own process: rnnlab through
-``rnnlab.training.train`` (what ``rnnlab train`` runs: two whole runs differenced, the steady
-rate left), the baseline the plain loop nn.Embedding -> nn.GRU/nn.LSTM -> nn.Linear with Adam and
-clipping on the same batches (median step); the median of ``--repeats`` runs each. rnnlab's rows:
-each minimal cell with ``--backend auto`` (the one-step loop on CPU), with ``--backend fused``
-(the log-space parallel scan, ``rnnlab.scan``), and rnnlab's own gru and lstm (the C++ engine /
-oneDNN) for comparison. "Equal parameters": the plain model's hidden size whose whole char-LM
-(embedding, recurrence, head) has the parameter count closest to the minimal cell's.
+The cells: minGRU and minLSTM (Feng et al. 2024), IndRNN (Li et al. 2018), LayerNorm LSTM and GRU
+(Ba et al. 2016), and rnnlab's own gru and lstm for comparison. Each number is one of
+``bench/trainer.py``'s measurements, in its own process: rnnlab through ``rnnlab.training.train``
+(what ``rnnlab train`` runs: two whole runs differenced, the steady rate left), the baseline the
+plain loop nn.Embedding -> nn.GRU/nn.LSTM -> nn.Linear with Adam and clipping on the same batches
+(median step); the median of ``--repeats`` runs each. Every newer cell runs with ``--backend
+auto`` and with its other path: the log-space parallel scan (``fused``) for minGRU/minLSTM, the
+reference loop for IndRNN (the measure of its C++ loop) and the LayerNorm cells (the measure of
+folding the embedding lookup). "Same params": the plain model's hidden size whose whole char-LM
+(embedding, recurrence, head) has the parameter count nearest the cell's.
 """
 
 from __future__ import annotations
@@ -24,73 +26,77 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from trainer import DATA, median_of  # noqa: E402
+from workloads import BaselineCharLM  # noqa: E402
 
-MIN_CELLS = ("mingru", "minlstm")
+NEWER_CELLS = ("mingru", "minlstm", "indrnn", "layernorm_lstm", "layernorm_gru")
+OTHER_PATH = {"mingru": "fused", "minlstm": "fused", "indrnn": "reference",
+              "layernorm_lstm": "reference", "layernorm_gru": "reference"}  # fmt: skip
+PATH_NAME = {"fused": "scan", "reference": "loop"}
 
 
-def char_lm_parameters(cell: str, vocab: int, hidden: int, layers: int) -> int:
-    """Parameters of the char-LM (E = H): embedding, recurrent layers, head."""
-    from rnnlab.cells import cell_class
-
+def parameters(cell: str, vocab: int, hidden: int, layers: int) -> int:
+    """A char-LM's parameter count (embedding E = H, recurrence, head)."""
     if cell in ("gru", "lstm"):
-        gates = 3 if cell == "gru" else 4  # torch.nn: W_ih, W_hh, b_ih, b_hh per layer
-        per_layer = gates * hidden * (2 * hidden + 2)
+        model = BaselineCharLM(cell, vocab, hidden, layers)
     else:
-        shapes = cell_class(cell).parameter_shapes(hidden, hidden)
-        per_layer = sum(_numel(s) for s in shapes.values())
-    return vocab * hidden + layers * per_layer + hidden * vocab + vocab
+        from rnnlab.models import CharLM, CharLMConfig
+
+        config = CharLMConfig(vocab_size=vocab, cell=cell, hidden_size=hidden, num_layers=layers)
+        model = CharLM(config)
+    return sum(p.numel() for p in model.parameters())
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def equal_parameters(cell: str, twin: str, vocab: int, hidden: int, layers: int) -> int:
-    """The ``twin`` (gru|lstm) hidden size whose char-LM is closest in size to ``cell``'s."""
-    target = char_lm_parameters(cell, vocab, hidden, layers)
-    return min(range(8, hidden + 1),
-               key=lambda h: abs(char_lm_parameters(twin, vocab, h, layers) - target))  # fmt: skip
+def equal_parameters(twin: str, target: int, vocab: int, layers: int) -> int:
+    """The hidden size of a ``twin`` char-LM whose parameter count is nearest ``target``."""
+    lo, hi = 1, 4096
+    while lo < hi:  # the count grows with H: the smallest H with count >= target
+        mid = (lo + hi) // 2
+        if parameters(twin, vocab, mid, layers) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    below = max(1, lo - 1)
+    return min((below, lo), key=lambda h: abs(parameters(twin, vocab, h, layers) - target))
 
 
 def table(a: argparse.Namespace) -> list[str]:
     from rnnlab.data import prepare_corpus
 
     vocab = len(prepare_corpus(a.data, split=(0.9, 0.1, 0.0)).vocab)
-    rows = ["| size | model | H | parameters | chars/s | vs nn.GRU (same H) | "
+    rows = ["| size | model | backend | parameters | chars/s | vs nn.GRU (same H) | "
             "vs nn.LSTM (same H) | vs nn.GRU (same params) | vs nn.LSTM (same params) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    plain: dict[tuple[str, int, int, int, int], float] = {}
-
-    def baseline(twin: str, h: int, L: int, B: int, T: int) -> float:
-        if (twin, h, L, B, T) not in plain:
-            rate = median_of("baseline", a.repeats, cell=twin, hidden=h, layers=L, batch=B,
-                             seq=T, seconds=a.seconds, data=a.data)["chars_per_s"]  # fmt: skip
-            plain[twin, h, L, B, T] = rate
-            n = char_lm_parameters(twin, vocab, h, L)
-            rows.append(f"| H{h} L{L} B{B} T{T} | plain nn.{twin.upper()} | {h} | {n:,} | "
-                        f"{rate:,.0f} | | | | |")  # fmt: skip
-            print(rows[-1], flush=True)
-        return plain[twin, h, L, B, T]
-
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for size in a.sizes.split(","):
         H, L, B, T = (int(v) for v in size.split("x"))
-        gru, lstm = baseline("gru", H, L, B, T), baseline("lstm", H, L, B, T)
-        runs = [(c, b) for c in MIN_CELLS for b in ("auto", "fused")]
+        dims = {"layers": L, "batch": B, "seq": T, "seconds": a.seconds, "data": a.data}
+        label = f"H{H} L{L} B{B} T{T}"
+        plain: dict[tuple[str, int], float] = {}
+
+        def baseline(twin: str, h: int, dims: dict = dims, label: str = label, L: int = L,
+                     plain: dict = plain) -> float:  # fmt: skip
+            if (twin, h) not in plain:
+                rate = median_of("baseline", a.repeats, cell=twin, hidden=h, **dims)["chars_per_s"]
+                plain[twin, h] = rate
+                n = parameters(twin, vocab, h, L)
+                rows.append(f"| {label} | plain nn.{twin.upper()} H{h} | torch | {n:,} | "
+                            f"{rate:,.0f} | | | | |")  # fmt: skip
+                print(rows[-1], flush=True)
+            return plain[twin, h]
+
+        gru, lstm = baseline("gru", H), baseline("lstm", H)
+        runs = [(c, b) for c in NEWER_CELLS for b in ("auto", OTHER_PATH[c])]
         for cell, backend in [*runs, ("gru", "auto"), ("lstm", "auto")]:
-            dims = {"hidden": H, "layers": L, "batch": B, "seq": T, "seconds": a.seconds}
-            ours = median_of("rnnlab", a.repeats, cell=cell, backend=backend, data=a.data, **dims)
-            rate = ours["chars_per_s"]
-            same, name = " | ", f"rnnlab {cell}"
-            if cell in MIN_CELLS:
-                g = baseline("gru", equal_parameters(cell, "gru", vocab, H, L), L, B, T)
-                m = baseline("lstm", equal_parameters(cell, "lstm", vocab, H, L), L, B, T)
-                same = f"{rate / g:.2f}x | {rate / m:.2f}x"
-                name += " (scan)" if backend == "fused" else " (loop)"
-            n = char_lm_parameters(cell, vocab, H, L)
-            rows.append(f"| H{H} L{L} B{B} T{T} | {name} | {H} | {n:,} | {rate:,.0f} | "
+            rate = median_of("rnnlab", a.repeats, cell=cell, hidden=H, backend=backend,
+                             **dims)["chars_per_s"]  # fmt: skip
+            count = parameters(cell, vocab, H, L)
+            same = " | "
+            if cell in NEWER_CELLS:
+                twins = {t: equal_parameters(t, count, vocab, L) for t in ("gru", "lstm")}
+                g, m = (baseline(t, twins[t]) for t in ("gru", "lstm"))
+                same = (f"{rate / g:.2f}x (H{twins['gru']}) | "
+                        f"{rate / m:.2f}x (H{twins['lstm']})")  # fmt: skip
+            how = PATH_NAME.get(backend, backend) if backend != "auto" else "auto"
+            rows.append(f"| {label} | rnnlab {cell} | {how} | {count:,} | {rate:,.0f} | "
                         f"{rate / gru:.2f}x | {rate / lstm:.2f}x | {same} |")  # fmt: skip
             print(rows[-1], flush=True)
     return rows

@@ -402,12 +402,12 @@ def test_train_cli_learns_and_resumes_exactly(cell, tmp_path, capsys):
 
 
 def test_the_benchmark_matches_parameter_counts():
-    """bench/newer_cells.py's equal-parameter baseline: the hidden size whose char-LM count is
+    """bench/cells.py's equal-parameter baseline: the hidden size whose char-LM count is
     nearest the new cell's."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "newer_cells.py"
-    spec = importlib.util.spec_from_file_location("newer_cells", path)
+    path = Path(__file__).resolve().parent.parent / "bench" / "cells.py"
+    spec = importlib.util.spec_from_file_location("bench_cells", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     target = bench.parameters("indrnn", 65, 128, 1)
