@@ -215,7 +215,11 @@ def test_cli_train_eval_predict_and_errors(clevr, tmp_path, capsys):
     data = json.loads(clevr["val"].read_text())
     data["data"]["dialogs"][2]["dialog"][4]["answer"] = "x"
     bad.write_text(json.dumps(data))
-    assert main(["dialog", "eval", str(run), "--data", str(bad)]) != 0
+    assert main(["dialog", "eval", str(run), "--data", str(bad)]) != 0  # no images beside it
+    err = capsys.readouterr().err
+    assert "bad.json: data.dialogs[0].image_id: no image file for image_id" in err
+    images = str(clevr["val"].parent / "images")
+    assert main(["dialog", "eval", str(run), "--data", str(bad), "--images", images]) != 0
     err = capsys.readouterr().err
     assert "bad.json: data.dialogs[2].dialog[4].answer: expected an integer, found str" in err
     assert len(err.strip().splitlines()) == 1

@@ -28,7 +28,8 @@ file has the same number of rounds and every round the same number of options (a
 train and val; its test split, with one unanswered round, is not read).
 
 Token ids are the captioning vocabulary's (``<pad>`` 0, ``<start>`` 1, ``<end>`` 2, ``<unk>`` 3);
-words come from ``rnnlab.data.captions.tokenize``. Shapes: D dialogs, R rounds, N options,
+words come from ``rnnlab.data.captions.tokenize``; a question or answer of punctuation only (it
+has no words) is one ``<unk>``. Shapes: D dialogs, R rounds, N options,
 A answers, Q questions, T tokens.
 """
 
@@ -43,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnlab.data.captions import END, PAD, START, CaptionVocab, tokenize
+from rnnlab.data.captions import END, PAD, START, UNK, CaptionVocab, tokenize
 from rnnlab.data.errors import DataError
 from rnnlab.data.images import inside_folder, load_image
 from rnnlab.strictjson import parse_json
@@ -156,10 +157,6 @@ def read_visdial(
         raise DataError(f"{path}: data: expected an object, found {_kind(data)}")
     questions = _texts(_field(data, "questions", f"{path}: data"), f"{path}: data.questions")
     answers = _texts(_field(data, "answers", f"{path}: data"), f"{path}: data.answers")
-    for name, texts in (("answers", answers), ("questions", questions)):
-        empty = next((i for i, t in enumerate(texts) if not t), None)
-        if empty is not None:
-            raise DataError(f"{path}: data.{name}[{empty}]: has no words")
     raw = _field(data, "dialogs", f"{path}: data")
     if not isinstance(raw, list) or not raw:
         raise DataError(
@@ -374,7 +371,7 @@ def encode_dialogs(dataset: VisDialDataset, vocab: CaptionVocab, max_length: int
     def ids(words: Sequence[str], limit: int) -> list[int]:
         nonlocal cut
         cut += len(words) > limit
-        return vocab.encode(list(words[:limit]))
+        return vocab.encode(list(words[:limit])) or [UNK]  # punctuation only: one <unk>
 
     D, R, N = len(dataset.dialogs), dataset.num_rounds, dataset.num_options
     q_rows, f_rows = [], []

@@ -52,6 +52,7 @@ from rnnlab.validation import from_mapping, setting, validate
 
 Cell = Literal["lstm", "gru", "rnn", "mut1", "mut2", "mut3"]
 PAD = 0
+SCORE_ELEMENTS = 1 << 25  # generative ranking: logits held at once (128 MiB of float32)
 
 
 @dataclass
@@ -189,9 +190,14 @@ class DialogModel(nn.Module):
             a = self.encode_answers(answers[used])  # (A', H)
             return torch.einsum("brh,brnh->brn", e, a[inverse])
         B, R, N = options.shape
-        rows = answers[options.reshape(-1)]  # (B*R*N, T)
-        cond = e[:, :, None].expand(B, R, N, -1).reshape(B * R * N, -1)
-        return self.answer_logprob(cond, rows).view(B, R, N)
+        flat, cond = options.reshape(-1), e[:, :, None].expand(B, R, N, -1).reshape(B * R * N, -1)
+        chunk = max(1, SCORE_ELEMENTS // (answers.shape[1] * self.config.vocab_size))
+        return torch.cat(
+            [
+                self.answer_logprob(cond[i : i + chunk], answers[flat[i : i + chunk]])
+                for i in range(0, len(flat), chunk)
+            ]
+        ).view(B, R, N)
 
     def answer_logits(self, e: Tensor, answers: Tensor) -> Tensor:
         """Generative, teacher forcing: e (M, H), answers (M, T) -> logits (M, T - 1, V) of

@@ -361,7 +361,7 @@ def _record(
         **config.to_dict(),
         **absolute,
         "out_dir": str(run_dir.resolve()),
-        "images": str(train.dataset.image_dir.resolve()),
+        "images": str(Path(config.images).resolve()) if config.images else "",
     }
     return {
         "train": train_dict,
