@@ -218,7 +218,6 @@ class DialogTask(Task):
 
     name = "dialog"
     unit = "rounds"
-    sharded = "dialogs"
     scores = (Score("val_mrr", "best_mrr", higher_is_better=True),)
 
     def __init__(
