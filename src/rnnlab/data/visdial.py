@@ -333,8 +333,9 @@ class EncodedDialogs:
     """A split as arrays (numpy int64 unless said):
 
     questions (D, R, Tq), question_lengths (D, R)     question words
-    facts (D, R, Tf), fact_lengths (D, R)             the history item before round t: fact 0 is
-                                                      the caption, fact t the words of q_t a_t
+    facts (D, R, Tf), fact_lengths (D, R)             history items: fact 0 is the caption, fact
+                                                      t + 1 the words of q_t a_t (rounds from 0);
+                                                      round t's history is facts 0..t
     answers (A, Ta + 2)                               every answer, <start> words <end> <pad>..
     options (D, R, N), gt_index (D, R)                answer rows of the options, the truth's place
     coref (D, R)                                      coreference distance (-1: not given)

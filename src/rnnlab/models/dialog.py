@@ -6,16 +6,17 @@ Inputs of a batch of B dialogs with R rounds (``rnnlab.data.visdial.EncodedDialo
 
     images (B, 3, S, S)      -> SmallCNN (captioning's encoder) -> v (B, F)
     questions (B, R, Tq)     -> question LSTM, last state        -> q_t (B, R, H)
-    facts (B, R, Tf)         fact 0 = the caption, fact t = the words of q_t a_t
+    facts (B, R, Tf)         fact 0 = the caption, fact t + 1 = the words of q_t a_t
 
-Encoders (``encoder``), each with every round's history and nothing later:
+Rounds count from 0; the history of round t is facts 0..t (the caption and rounds 0..t-1),
+never its own answer or a later round. Encoders (``encoder``):
 
-* ``late_fusion`` (LF): the history of round t is facts 0..t-1 read as one long sequence by a
-  history LSTM (Das et al. concatenate them into one string): the history LSTM runs over fact 0,
-  then fact 1 from the state fact 0 left, ... so its state after fact t-1 *is* the encoding of the
-  concatenation, for all R rounds in R calls. e_t = tanh(W [v; q_t; h_t]).
+* ``late_fusion`` (LF): the history is read as one long sequence by a history LSTM (Das et al.
+  concatenate it into one string): the LSTM runs over fact 0, then fact 1 from the state fact 0
+  left, ... so its state after fact t *is* the encoding of the concatenation of facts 0..t, for
+  all R rounds in R calls. e_t = tanh(W [v; q_t; h_t]).
 * ``hierarchical`` (HRE): a fact LSTM encodes each fact alone (f_0..f_{R-1}); a dialog-level LSTM
-  runs over the rounds with input [q_t; f_{t-1}] and the image as its condition (W_ch v at every
+  runs over the rounds with input [q_t; f_t] and the image as its condition (W_ch v at every
   step), and e_t = tanh(W d_t) from its output d_t.
 
 Ablations: ``history=False`` leaves the history out (e_t = tanh(W [v; q_t]); both encoders are
@@ -158,11 +159,11 @@ class DialogModel(nn.Module):
                 x.facts.reshape(B * R, Tf),
                 x.fact_lengths.reshape(-1),
             )
-            rounds = torch.cat([q, f.view(B, R, -1)], dim=2)  # (B, R, 2H): q_t with fact t-1
+            rounds = torch.cat([q, f.view(B, R, -1)], dim=2)  # (B, R, 2H): q_t with fact t
             d, _ = self.dialog_rnn(rounds, condition=v)  # (B, R, H)
             return torch.tanh(self.fuse(self.drop(d)))
         parts = [q] + ([v[:, None].expand(B, R, -1)] if v is not None else [])
-        if c.history:  # late fusion: the history LSTM reads facts 0..t-1 as one sequence
+        if c.history:  # late fusion: the history LSTM reads facts 0..t as one sequence
             state, hist = None, []
             for t in range(R):
                 h, state = _last(
