@@ -91,3 +91,18 @@ def test_vqa_benchmark_quick(tmp_path):
     assert "| Sort-of-CLEVR CNN+LSTM + stacked attention |" in out and "relational" in out
     assert out.count("| most frequent answer per question type |") == 2
     assert "rnnlab vqa train --data" in out
+
+
+def test_dialog_benchmark_quick_run(tmp_path):
+    """bench/dialog.py --quick: every model of the README's table trains, is ranked on the test
+    split and lands in the table with all six VisDial metrics and R@1 by coreference distance."""
+    script = WORKLOADS.with_name("dialog.py")
+    done = subprocess.run([sys.executable, str(script), "--quick", "--work", str(tmp_path)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| model | R@1 | R@5 | R@10 | mean rank | MRR | NDCG | R@1 d=0")
+    names = [row.split(" | ")[0][2:] for row in rows[1:]]
+    assert names == ["LF, discriminative", "HRE, discriminative", "no history, discriminative",
+                     "question only, discriminative", "LF, generative", "HRE, generative",
+                     "no history, generative"]  # fmt: skip

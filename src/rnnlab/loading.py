@@ -41,7 +41,8 @@ _LEGACY_TASKS = {"source_vocab_size": "seq2seq", "num_classes": "classify",
 _TITLES = {"char_lm": ("char-LM", "rnnlab train"), "seq2seq": ("seq2seq", "rnnlab seq2seq train"),
            "classify": ("classifier", "rnnlab classify train"),
            "caption": ("captioning", "rnnlab caption train"),
-           "vqa": ("VQA", "rnnlab vqa train")}  # fmt: skip
+           "vqa": ("VQA", "rnnlab vqa train"),
+           "dialog": ("visual dialog", "rnnlab dialog train")}  # fmt: skip
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: far beyond these models, far below an absurd one
 _SAFETENSORS_DTYPES = {
     torch.float32: "F32",

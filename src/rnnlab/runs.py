@@ -20,13 +20,13 @@ from rnnlab.evaluate import EvalResult, evaluate_all
 from rnnlab.loading import LoadedRun, load_run_of
 from rnnlab.runtime import resolve_device
 from rnnlab.sample import SampleConfig, generate, prime_ids
-from rnnlab.tasks import caption, char_lm, classify, seq2seq, vqa
+from rnnlab.tasks import caption, char_lm, classify, dialog, seq2seq, vqa
 from rnnlab.tasks.char_lm import training_corpus
 
 MAX_EVAL_BYTES = 1 << 30  # an evaluation file is read whole: refuse anything absurd
 
 
-KINDS = (char_lm.KIND, seq2seq.KIND, classify.KIND, caption.KIND, vqa.KIND)
+KINDS = (char_lm.KIND, seq2seq.KIND, classify.KIND, caption.KIND, vqa.KIND, dialog.KIND)
 Run = LoadedRun  # a loaded run of any task
 
 

@@ -19,7 +19,7 @@ from typing import NoReturn
 # Adding a command: its module name here (the module defines ``register(subparsers)``).
 COMMANDS = (
     "train", "sample", "eval", "data", "gradcheck", "demo", "doctor", "export", "seq2seq",
-    "classify", "caption", "vqa", "tensorboard",
+    "classify", "caption", "vqa", "dialog", "tensorboard",
 )  # fmt: skip
 
 

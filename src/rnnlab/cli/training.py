@@ -21,6 +21,9 @@ _METRICS = {
     "val_macro_f1": ("macro-F1", True, 2),
     "val_bleu4": ("BLEU-4", False, 3),
     "val_cider": ("CIDEr-D", False, 3),
+    "val_r1": ("R@1", True, 2),
+    "val_mrr": ("MRR", False, 3),
+    "val_ndcg": ("NDCG", False, 3),
 }
 
 
