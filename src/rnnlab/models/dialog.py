@@ -47,11 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.cells import CELL_HELP, CellName
 from rnnlab.models.vision import SmallCNN
 from rnnlab.recurrent import Recurrent
 from rnnlab.validation import from_mapping, setting, validate
 
-Cell = Literal["lstm", "gru", "rnn", "mut1", "mut2", "mut3"]
 PAD = 0
 SCORE_ELEMENTS = 1 << 25  # generative ranking: logits held at once (128 MiB of float32)
 
@@ -69,7 +69,7 @@ class DialogConfig:
     )
     history: bool = setting(True, "use the dialog history (False: the no-history ablation)")
     image: bool = setting(True, "use the image (False with history False: question only)")
-    cell: Cell = setting("lstm", "recurrent cell of every encoder and decoder")
+    cell: CellName = setting("lstm", CELL_HELP)
     embedding_size: int = setting(64, "E: word embedding size", low=1, high=65536)
     hidden_size: int = setting(128, "H: hidden units of each recurrent network", low=1, high=65536)
     dropout: float = setting(0.0, "dropout on the fused encoding", low=0.0, high=0.95)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from rnnlab.cells import CELL_HELP, CellName
 from rnnlab.data.captions import CaptionVocab
 from rnnlab.data.errors import DataError
 from rnnlab.data.text import data_sha256
@@ -37,7 +38,7 @@ from rnnlab.data.visdial import (
 from rnnlab.loading import RunKind
 from rnnlab.metrics.retrieval import ground_truth_ranks, ndcg, ranking_scores
 from rnnlab.models.dialog import DialogConfig, DialogInputs, DialogModel
-from rnnlab.training.config import BIG, Cell, RunConfig, retune
+from rnnlab.training.config import BIG, RunConfig, retune
 from rnnlab.training.distributed import DataParallel
 from rnnlab.training.loop import Evaluation, FitResult, Score, Task
 from rnnlab.training.session import Changes, OnEvent, RunPath, begin, run_task, start_process
@@ -83,7 +84,7 @@ class DialogTrainConfig(RunConfig):
     )
     history: bool = setting(True, "use the dialog history (--no-history: the ablation)")
     image: bool = setting(True, "use the image (--no-image --no-history: question only)")
-    cell: Cell = setting("lstm", "recurrent cell")
+    cell: CellName = setting("lstm", CELL_HELP)
     embedding_size: int = setting(64, "word embedding size", low=1, high=65536)
     hidden_size: int = setting(128, "hidden units of each recurrent network", low=1, high=65536)
     dropout: float = setting(0.0, "dropout on the fused encoding", low=0.0, high=0.95)
