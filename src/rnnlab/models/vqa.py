@@ -34,12 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlab.cells import ShapeError
+from rnnlab.cells import CellName, ShapeError
 from rnnlab.models.vision import SmallCNN
 from rnnlab.recurrent import Recurrent
 from rnnlab.validation import ConfigError, from_mapping, setting, validate
-
-Cell = Literal["lstm", "gru", "rnn", "mut1", "mut2", "mut3"]
 
 
 @dataclass
@@ -48,7 +46,7 @@ class VQAConfig:
 
     vocab_size: int = setting(0, "question words, specials included", low=3, high=2**24)
     num_answers: int = setting(0, "N: answers the model chooses from", low=2, high=2**20)
-    cell: Cell = setting("lstm", "question encoder cell")
+    cell: CellName = setting("lstm", "question encoder cell")
     embedding_size: int = setting(64, "E: word embedding size", low=1, high=65536)
     hidden_size: int = setting(128, "H: question encoder units per layer and direction", low=1,
                                high=65536)  # fmt: skip

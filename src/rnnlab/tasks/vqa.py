@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlab.cells import CellName
 from rnnlab.data.captions import read_features
 from rnnlab.data.errors import DataError
 from rnnlab.data.split import hash_split
@@ -45,7 +46,7 @@ from rnnlab.data.vqa import (
 )
 from rnnlab.loading import RunKind
 from rnnlab.metrics.vqa import VQAReport, vqa_report
-from rnnlab.models.vqa import Cell, VQAConfig, VQAModel
+from rnnlab.models.vqa import VQAConfig, VQAModel
 from rnnlab.training.config import RunConfig, retune
 from rnnlab.training.distributed import DataParallel
 from rnnlab.training.loop import Evaluation, FitResult, Score, Task
@@ -81,7 +82,7 @@ class VQATrainConfig(RunConfig):
                              high=10**9)  # fmt: skip
     # model (see VQAConfig)
     blind: bool = setting(False, "question only: no image (the blind baseline)")
-    cell: Cell = setting("lstm", "question encoder cell")
+    cell: CellName = setting("lstm", "question encoder cell")
     embedding_size: int = setting(64, "word embedding size", low=1, high=65536)
     hidden_size: int = setting(128, "question encoder units per layer and direction", low=1,
                                high=65536)  # fmt: skip
