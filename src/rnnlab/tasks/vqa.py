@@ -246,6 +246,11 @@ class VQATask(Task):
         if not len(keep):
             raise DataError(f"{data.train.source}: no training question has an answer in the "
                             "answer vocabulary")  # fmt: skip
+        kept = set(answers.tokens)
+        if not any(q.answer in kept for q in data.val.questions):  # the val loss would be 0/0
+            raise DataError(f"{data.val.source}: no validation question's answer is among the "
+                            f"{len(answers)} training answers; give validation questions whose "
+                            "answers the training questions have (--val-data)")  # fmt: skip
 
     def build_model(self) -> nn.Module:
         inputs = self.data.train_inputs

@@ -1,0 +1,53 @@
+"""Attacks on ``rnnlab vqa``: inputs a user may give by mistake get one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rnnlab.cli import main
+
+pytestmark = pytest.mark.usefixtures("cache_env", "one_thread")
+
+SMALL = ["--image-size", "16", "--cnn-blocks", "2", "--cnn-channels", "2", "--feature-size", "4",
+         "--embedding-size", "4", "--hidden-size", "4", "--fusion-size", "4", "--mlp-size", "4",
+         "--batch-size", "2", "--threads", "1", "--device", "cpu", "--no-progress",
+         "--max-steps", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def soc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("soc")
+    assert main(["vqa", "sort-of-clevr", str(root), "--num-train", "2", "--num-val", "1",
+                 "--num-test", "1", "--questions-per-image", "1"]) == 0  # fmt: skip
+    return root
+
+
+def easy_vqa(folder: Path, soc: Path, rows: list[list[object]]) -> Path:
+    """An easy-vqa folder: questions.json and images/0.png, 1.png (Sort-of-CLEVR scenes)."""
+    (folder / "images").mkdir(parents=True)
+    for i, png in enumerate(sorted((soc / "train" / "images").iterdir())[:2]):
+        shutil.copy(png, folder / "images" / f"{i}.png")
+    (folder / "questions.json").write_text(json.dumps(rows))
+    return folder
+
+
+def test_validation_answers_none_of_which_were_trained_on(
+    soc: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was: trained, printing "val loss 0.0000 nats/question" (0 nats over 0 questions).
+    train = easy_vqa(tmp_path / "train", soc, [["what color", "red", 0], ["what shape", "blue", 1]])
+    val = easy_vqa(tmp_path / "val", soc, [["what color", "purple", 0]])
+    capsys.readouterr()
+    assert main(["vqa", "train", "--data", str(train), "--val-data", str(val), "--out-dir",
+                 str(tmp_path / "run"), *SMALL]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "val/questions.json: no validation question's answer" in err
+    assert not (tmp_path / "run").exists()
+    (val / "questions.json").write_text(json.dumps([["what color", "purple", 0],
+                                                    ["what shape", "blue", 1]]))  # fmt: skip
+    assert main(["vqa", "train", "--data", str(train), "--val-data", str(val), "--out-dir",
+                 str(tmp_path / "run"), *SMALL]) == 0  # fmt: skip
