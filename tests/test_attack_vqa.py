@@ -51,3 +51,32 @@ def test_validation_answers_none_of_which_were_trained_on(
                                                     ["what shape", "blue", 1]]))  # fmt: skip
     assert main(["vqa", "train", "--data", str(train), "--val-data", str(val), "--out-dir",
                  str(tmp_path / "run"), *SMALL]) == 0  # fmt: skip
+
+
+def test_report_that_is_a_directory_is_refused_before_any_work(
+    soc: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was: the answers printed, then "expected a file, found a directory" (the work thrown away).
+    run = tmp_path / "run"
+    assert main(["vqa", "train", "--data", str(soc / "train"), "--val-data", str(soc / "val"),
+                 "--out-dir", str(run), *SMALL]) == 0  # fmt: skip
+    image = next((soc / "test" / "images").iterdir())
+    capsys.readouterr()
+    assert main(["vqa", "predict", str(run), str(image), "what?", "--report", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "--report: " in err and "a directory" in err
+
+
+@pytest.mark.parametrize("kind", ["directory", "device", "link"])
+def test_check_output_file(tmp_path: Path, kind: str) -> None:
+    from rnnlab.cli.common import check_output_file
+
+    check_output_file("--report", None)
+    check_output_file("--report", tmp_path / "new.html")  # a new file is fine
+    (tmp_path / "old.html").write_text("x")
+    check_output_file("--report", tmp_path / "old.html")  # so is an existing one (replaced)
+    path = {"directory": tmp_path, "device": Path("/dev/null"), "link": tmp_path / "l.html"}[kind]
+    if kind == "link":
+        path.symlink_to(tmp_path / "old.html")
+    with pytest.raises(ValueError, match="--report: .*(directory|symbolic link)"):
+        check_output_file("--report", path)

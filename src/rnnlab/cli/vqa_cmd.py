@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from rnnlab.cli.common import given
+from rnnlab.cli.common import check_output_file, given
 from rnnlab.cli.training import add_train_arguments, run_training
 
 
@@ -173,9 +173,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError("IMAGE QUESTION: give pairs: an image file, then its question")
     if not 1 <= args.top <= 1000:
         raise ValueError(f"--top: expected 1..1000, got {args.top}")
-    if args.report and Path(args.report).is_symlink():
-        raise ValueError(f"--report: {args.report} is a symbolic link; write the report to a "
-                         "file of its own")  # fmt: skip
+    check_output_file("--report", args.report)  # before the work, not after
     run = load_run(args.run_dir, args.checkpoint, args.device, tasks=("vqa",),
                    command="rnnlab vqa predict")  # fmt: skip
     model, config = run.model, run.model.config
