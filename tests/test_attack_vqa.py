@@ -80,3 +80,24 @@ def test_check_output_file(tmp_path: Path, kind: str) -> None:
         path.symlink_to(tmp_path / "old.html")
     with pytest.raises(ValueError, match="--report: .*(directory|symbolic link)"):
         check_output_file("--report", path)
+
+
+def test_sort_of_clevr_keeps_a_different_set_already_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was: a smaller set written over the old one (questions replaced, stale images left), so
+    # the runs trained on it no longer matched it; a file as OUT was an "[Errno 20]" line.
+    out = tmp_path / "soc"
+    argv = ["vqa", "sort-of-clevr", str(out), "--num-train", "3", "--num-val", "1",
+            "--num-test", "0", "--questions-per-image", "1"]  # fmt: skip
+    assert main(argv) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(argv) == 0  # the same command again writes the same files: allowed
+    capsys.readouterr()
+    assert main([*argv[:3], "--num-train", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a different data set is already there" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    (tmp_path / "file").write_text("x")
+    assert main(["vqa", "sort-of-clevr", str(tmp_path / "file"), "--num-train", "1"]) == 2
+    assert "not a folder" in capsys.readouterr().err
