@@ -101,3 +101,20 @@ def test_sort_of_clevr_keeps_a_different_set_already_there(
     (tmp_path / "file").write_text("x")
     assert main(["vqa", "sort-of-clevr", str(tmp_path / "file"), "--num-train", "1"]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_caption_shapes_keeps_a_different_set_already_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The sibling of sort-of-clevr's case: was overwritten in place.
+    argv = ["caption", "shapes", str(tmp_path), "--num-images", "4", "--num-val", "1",
+            "--num-test", "1", "--image-size", "16"]  # fmt: skip
+    assert main(argv) == 0
+    before = (tmp_path / "captions.json").read_bytes()
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv[:3], "--num-images", "5", *argv[5:]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a different data set is already there" in err
+    assert (tmp_path / "captions.json").read_bytes() == before
+    assert not (tmp_path / "images" / "00004.png").exists()
