@@ -118,3 +118,22 @@ def test_caption_shapes_keeps_a_different_set_already_there(
     assert err.count("\n") == 1 and "a different data set is already there" in err
     assert (tmp_path / "captions.json").read_bytes() == before
     assert not (tmp_path / "images" / "00004.png").exists()
+
+
+def test_validation_features_of_another_width(
+    soc: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was: training started, then "features: expected (B, 6) or (B, K, 6), got (2, 7)" at the
+    # first evaluation, naming no file, with a run directory left behind.
+    import numpy as np
+
+    np.save(tmp_path / "train.npy", np.ones((2, 6), np.float32))
+    np.save(tmp_path / "val.npy", np.ones((1, 7), np.float32))
+    capsys.readouterr()
+    argv = ["vqa", "train", "--data", str(soc / "train"), "--val-data", str(soc / "val"),
+            "--features", str(tmp_path / "train.npy"), "--val-features",
+            str(tmp_path / "val.npy"), "--out-dir", str(tmp_path / "run"), *SMALL]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "val.npy: features of shape (N, 7)" in err
+    assert not (tmp_path / "run").exists()

@@ -176,6 +176,12 @@ def load_vqa_data(config: VQATrainConfig) -> VQAData:
     train, val, shared = split_questions(config)
     inputs = image_inputs(train, config, config.features)
     val_inputs = inputs if shared else image_inputs(val, config, config.val_features)
+    if (config.features and inputs is not None and val_inputs is not None
+            and inputs.shape[1:] != val_inputs.shape[1:]):  # fmt: skip
+        raise DataError(f"{config.val_features}: features of shape (N, "
+                        f"{', '.join(map(str, val_inputs.shape[1:]))}) but --features "
+                        f"{config.features} has (N, {', '.join(map(str, inputs.shape[1:]))}); "
+                        "give both from the same extractor")  # fmt: skip
     return VQAData(train, val, inputs, val_inputs)
 
 
