@@ -137,3 +137,12 @@ def test_validation_features_of_another_width(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "val.npy: features of shape (N, 7)" in err
     assert not (tmp_path / "run").exists()
+    # vqa eval on a features run: test features of another width name their file
+    argv[argv.index(str(tmp_path / "val.npy"))] = str(tmp_path / "val6.npy")
+    np.save(tmp_path / "val6.npy", np.ones((1, 6), np.float32))
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["vqa", "eval", str(tmp_path / "run"), "--data", str(soc / "val"), "--features",
+                 str(tmp_path / "val.npy")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "val.npy: expected features of width F=6, found 7" in err

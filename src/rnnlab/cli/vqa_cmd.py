@@ -102,17 +102,18 @@ def run_eval(args: argparse.Namespace) -> int:
                    command="rnnlab vqa eval")  # fmt: skip
     config = run.train_config
     train, val, _ = split_questions(config)
+    width = run.model.config.feature_size if config.features else None
     if args.data:
         if config.features and not args.features:
             raise ValueError("--features: this run reads precomputed features; give the feature "
                              "file of --data's images")  # fmt: skip
         dataset, name = read_split(args.data, args.annotations or "", args.images or ""), args.data
-        inputs = image_inputs(dataset, config, args.features or "")
+        inputs = image_inputs(dataset, config, args.features or "", width)
     else:
         if args.annotations or args.images or args.features:
             raise ValueError("--annotations/--images/--features: only with --data")
         dataset, name = val, "the run's validation questions"
-        inputs = image_inputs(dataset, config, config.val_features or config.features)
+        inputs = image_inputs(dataset, config, config.val_features or config.features, width)
     device = next(run.model.parameters()).device
     common = dict(device=device)
     rows: list[tuple[str, Any]] = []

@@ -146,12 +146,14 @@ def read_split(data: str, annotations: str, images: str) -> VQADataset:
     return read_vqa(data, annotations or None, images or None)
 
 
-def image_inputs(dataset: VQADataset, config: Any, features: str) -> Tensor | None:
-    """What the model reads for each image of ``dataset`` (None for a blind model)."""
+def image_inputs(dataset: VQADataset, config: Any, features: str,
+                 width: int | None = None) -> Tensor | None:  # fmt: skip
+    """What the model reads for each image of ``dataset`` (None for a blind model); features
+    of another width than ``width`` (a trained model's F) are a DataError naming the file."""
     if config.blind:
         return None
     if features:
-        return torch.from_numpy(read_features(features, len(dataset.images)))
+        return torch.from_numpy(read_features(features, len(dataset.images), width))
     return torch.from_numpy(load_vqa_images(dataset, config.image_size))
 
 
