@@ -20,9 +20,11 @@ def main() -> None:
     p.add_argument("export_dir", type=Path)
     p.add_argument("--prime", default="")
     p.add_argument("--length", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy (the argmax)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    if not a.temperature >= 0 or a.temperature == float("inf"):
+        p.error(f"--temperature: expected a finite number >= 0 (0: greedy), got {a.temperature}")
     if not (a.export_dir / "export.json").is_file():
         p.error(f"{a.export_dir}: no export.json here; run `rnnlab export RUN_DIR` first")
     spec = json.loads((a.export_dir / "export.json").read_text())
@@ -48,9 +50,12 @@ def main() -> None:
         if i + 1 < len(prime):  # still reading the prime
             token = prime[i + 1]
             continue
-        z = logits[0] / a.temperature
-        probs = np.exp(z - z.max())
-        token = int(rng.choice(len(probs), p=probs / probs.sum()))
+        if a.temperature == 0:  # greedy: the most likely token
+            token = int(np.argmax(logits[0]))
+        else:
+            z = logits[0] / a.temperature
+            probs = np.exp(z - z.max())
+            token = int(rng.choice(len(probs), p=probs / probs.sum()))
         out.append(token)
     if vocab["kind"] == "bytes":
         text = a.prime.encode("latin-1") + bytes(out)

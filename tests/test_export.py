@@ -116,6 +116,11 @@ def test_cli_export_and_the_numpy_only_example(tmp_path, cache_env, capsys):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("It was") and len(done.stdout.rstrip("\n")) >= 40
+    for temperature, rc in (("0", 0), ("-1", 2), ("nan", 2)):  # 0 is greedy (was: NaN probs)
+        done = subprocess.run([sys.executable, str(example), str(run / "export-onnx"), "--prime",
+                               "It", "--length", "5", "--temperature", temperature],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == rc and "Traceback" not in done.stderr, done.stderr
     assert main(["export", str(tmp_path / "nothing"), "--format", "torch"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err

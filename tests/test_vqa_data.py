@@ -144,6 +144,8 @@ Q = [{"question_id": 10, "image_id": 5, "question": "what?"}]
     (Q, [_note(answer_type=None)], "v", "a.json: annotations[0].answer_type", "found null"),
     (Q, [_note(multiple_choice_answer=...)], "v", "annotations[0].multiple_choice_answer",
      "missing"),
+    (Q, [_note(multiple_choice_answer=" ")], "v", "annotations[0].multiple_choice_answer",
+     "non-empty answer"),
     (Q, [_note(image_id=6)], "v", "a.json: annotations[0].image_id", "about image 5"),
     (Q, [_note(), _note()], "v", "a.json: annotations[1].question_id", "annotations[0]"),
     (Q, [_note(), _note(question_id=99)], "v", "annotations[1].question_id",

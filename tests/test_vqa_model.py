@@ -36,7 +36,10 @@ def inputs(B: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("changes", [{}, {"fusion": "product"}, {"attention_layers": 2},
                                      {"bidirectional": True, "cell": "gru", "num_layers": 2},
-                                     {"encoder": "none"}, {"cell": "mut1"}])  # fmt: skip
+                                     {"encoder": "none"}, {"cell": "mut1"},
+                                     *({"cell": c, "bidirectional": True}
+                                       for c in ("mingru", "minlstm", "indrnn", "layernorm_lstm",
+                                                 "layernorm_gru"))])  # fmt: skip
 def test_shapes_and_padding(changes: dict[str, Any]) -> None:
     m = model(**changes)
     images, ids, lengths = inputs()

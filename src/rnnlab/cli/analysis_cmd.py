@@ -24,7 +24,7 @@ from rnnlab.analysis.options import (
     TextOptions,
     ViewOptions,
 )
-from rnnlab.cli.common import add_config_flags, given
+from rnnlab.cli.common import add_config_flags, check_output_file, given
 from rnnlab.validation import ConfigError
 
 
@@ -145,6 +145,7 @@ def run_cells(args: argparse.Namespace) -> int:
     from rnnlab.viewer import render_html, viewer_data
 
     opts = CellsOptions(**given(args, CellsOptions))  # every bound checked before any work
+    check_output_file("--html", args.html)
     root, out = _out(args, Path(args.run_dir))
     run, text, ids, result = _analyze(args, opts, opts.top)
     data = viewer_data(result, run.vocab.tokens, run.model)

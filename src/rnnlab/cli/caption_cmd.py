@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rnnlab.cli.common import given
+from rnnlab.cli.common import check_output_file, given
 from rnnlab.cli.training import add_train_arguments, run_training
 
 
@@ -125,9 +125,7 @@ def run_eval(args: argparse.Namespace) -> int:
     _check_decoding(args)
     if args.max_images < 0:
         raise ValueError(f"--max-images: expected >= 0, got {args.max_images}")
-    if args.report and Path(args.report).is_symlink():  # said before the evaluation, not after
-        raise ValueError(f"--report: {args.report} is a symbolic link; write the report to a "
-                         "file of its own")  # fmt: skip
+    check_output_file("--report", args.report)  # said before the evaluation, not after
     run = load_run(args.run_dir, args.checkpoint, args.device, tasks=("caption",),
                    command="rnnlab caption eval")  # fmt: skip
     dataset = report.dataset_of(run, args.data, args.images)

@@ -115,6 +115,18 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def check_output_file(flag: str, path: str | os.PathLike[str] | None) -> None:
+    """Refuse, before any work, an output file path that cannot be written: a symbolic link, or
+    an existing directory or device (the write would fail only after the work). ValueError."""
+    if not path:
+        return
+    if os.path.islink(path):
+        raise ValueError(f"{flag}: {path} is a symbolic link; write to a file of its own")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{flag}: {path} is a directory or a device; give a file name "
+                         "(e.g. report.html)")  # fmt: skip
+
+
 def report_error(e: BaseException) -> int:
     """One line on stderr; exit 2 for bad input (ValueError, OSError), 1 for a failed run.
 

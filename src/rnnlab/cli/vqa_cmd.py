@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from rnnlab.cli.common import given
+from rnnlab.cli.common import check_output_file, given
 from rnnlab.cli.training import add_train_arguments, run_training
 
 
@@ -102,17 +102,18 @@ def run_eval(args: argparse.Namespace) -> int:
                    command="rnnlab vqa eval")  # fmt: skip
     config = run.train_config
     train, val, _ = split_questions(config)
+    width = run.model.config.feature_size if config.features else None
     if args.data:
         if config.features and not args.features:
             raise ValueError("--features: this run reads precomputed features; give the feature "
                              "file of --data's images")  # fmt: skip
         dataset, name = read_split(args.data, args.annotations or "", args.images or ""), args.data
-        inputs = image_inputs(dataset, config, args.features or "")
+        inputs = image_inputs(dataset, config, args.features or "", width)
     else:
         if args.annotations or args.images or args.features:
             raise ValueError("--annotations/--images/--features: only with --data")
         dataset, name = val, "the run's validation questions"
-        inputs = image_inputs(dataset, config, config.val_features or config.features)
+        inputs = image_inputs(dataset, config, config.val_features or config.features, width)
     device = next(run.model.parameters()).device
     common = dict(device=device)
     rows: list[tuple[str, Any]] = []
@@ -173,9 +174,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ValueError("IMAGE QUESTION: give pairs: an image file, then its question")
     if not 1 <= args.top <= 1000:
         raise ValueError(f"--top: expected 1..1000, got {args.top}")
-    if args.report and Path(args.report).is_symlink():
-        raise ValueError(f"--report: {args.report} is a symbolic link; write the report to a "
-                         "file of its own")  # fmt: skip
+    check_output_file("--report", args.report)  # before the work, not after
     run = load_run(args.run_dir, args.checkpoint, args.device, tasks=("vqa",),
                    command="rnnlab vqa predict")  # fmt: skip
     model, config = run.model, run.model.config

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnlab.io import write_atomic
+
 COLOURS = {
     "red": (214, 39, 40),
     "green": (44, 160, 44),
@@ -144,13 +146,14 @@ def write_shapes_dataset(
     if not 16 <= image_size <= 1024:
         raise ValueError(f"image_size: expected 16..1024, got {image_size}")
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: not a folder; give a new folder for captions.json and images/")
     rng = np.random.default_rng(seed)
-    entries = []
+    scenes, entries = [], []
     for i in range(num_images):
         shapes, relation = sample_scene(rng)
+        scenes.append(shapes)
         filename = f"{i:05d}.png"
-        Image.fromarray(render(shapes, image_size)).save(out / "images" / filename)
         split = (
             "test"
             if i >= num_images - num_test
@@ -169,5 +172,12 @@ def write_shapes_dataset(
             "sentids": [5 * i + j for j in range(len(captions))],
         })  # fmt: skip
     path = out / "captions.json"
-    path.write_text(json.dumps({"dataset": "shapes", "images": entries}) + "\n", encoding="utf-8")
+    text = json.dumps({"dataset": "shapes", "images": entries}) + "\n"
+    if path.exists() and (not path.is_file() or path.read_bytes() != text.encode()):
+        raise ValueError(f"{path}: a different data set is already there (its runs would no "
+                         "longer match it); give a new folder")  # fmt: skip
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for i, shapes in enumerate(scenes):
+        Image.fromarray(render(shapes, image_size)).save(out / "images" / f"{i:05d}.png")
+    write_atomic(path, text)
     return path

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnlab.data.scenes import COLOURS, Scene, random_scene, render_scene
+from rnnlab.io import write_atomic
 
 NON_RELATIONAL = ("shape", "left", "top")
 RELATIONAL = ("nearest", "farthest", "count")
@@ -111,18 +112,18 @@ def write_sort_of_clevr(out_dir: str | Path, num_train: int = 9800, num_val: int
                          f"questions_per_image >= 1, got {num_train}, {num_val}, {num_test}, "
                          f"{questions_per_image}")  # fmt: skip
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: not a folder; give a new folder for train/, val/ and test/")
+    planned = []  # every split drawn first: an existing, different set is refused before writing
     for k, split in enumerate(SPLITS):
         if not counts[split]:
             continue
         rng = np.random.default_rng([seed, k])
-        folder = out / split
-        (folder / "images").mkdir(parents=True, exist_ok=True)
         subtype = f"soc-{split}"
-        questions, annotations = [], []
+        scenes, questions, annotations = [], [], []
         for image_id in range(counts[split]):
             scene = random_scene(rng)
-            name = f"COCO_{subtype}_{image_id:012d}.png"
-            Image.fromarray(render_scene(scene)).save(folder / "images" / name)
+            scenes.append(scene)
             for q in scene_questions(scene, rng, questions_per_image):
                 qid = len(questions)
                 questions.append({"question_id": qid, "image_id": image_id,
@@ -134,6 +135,20 @@ def write_sort_of_clevr(out_dir: str | Path, num_train: int = 9800, num_val: int
                                  "answer_id": j + 1} for j in range(10)],
                 })  # fmt: skip
         meta = {"data_type": "sort-of-clevr", "data_subtype": subtype}
-        (folder / "questions.json").write_text(json.dumps({**meta, "questions": questions}))
-        (folder / "annotations.json").write_text(json.dumps({**meta, "annotations": annotations}))
+        files = {"questions.json": json.dumps({**meta, "questions": questions}),
+                 "annotations.json": json.dumps({**meta, "annotations": annotations})}  # fmt: skip
+        for name, text in files.items():
+            old = out / split / name
+            if old.exists() and (not old.is_file() or old.read_bytes() != text.encode()):
+                raise ValueError(f"{old}: a different data set is already there (its runs "
+                                 "would no longer match it); give a new folder")  # fmt: skip
+        planned.append((split, subtype, scenes, files))
+    for split, subtype, scenes, files in planned:
+        folder = out / split
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        for image_id, scene in enumerate(scenes):
+            name = f"COCO_{subtype}_{image_id:012d}.png"
+            Image.fromarray(render_scene(scene)).save(folder / "images" / name)
+        for name, text in files.items():
+            write_atomic(folder / name, text)
     return out

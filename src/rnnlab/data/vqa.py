@@ -219,6 +219,9 @@ def read_vqa_v2(
             raise DataError(f"{at}.answers: expected a non-empty list, found {_show(humans)}")
         human = tuple(_text(h, "answer", f"{at}.answers[{j}]") for j, h in enumerate(humans))
         answer = _text(note, "multiple_choice_answer", at)
+        if not answer.strip():  # the training target: an answer-vocabulary token
+            raise DataError(f"{at}.multiple_choice_answer: expected a non-empty answer, "
+                            f"found {_show(answer)}")  # fmt: skip
         qtype = _text(note, "question_type", at)
         atype = _text(note, "answer_type", at)
         if image_id not in image_rows:

@@ -146,12 +146,14 @@ def read_split(data: str, annotations: str, images: str) -> VQADataset:
     return read_vqa(data, annotations or None, images or None)
 
 
-def image_inputs(dataset: VQADataset, config: Any, features: str) -> Tensor | None:
-    """What the model reads for each image of ``dataset`` (None for a blind model)."""
+def image_inputs(dataset: VQADataset, config: Any, features: str,
+                 width: int | None = None) -> Tensor | None:  # fmt: skip
+    """What the model reads for each image of ``dataset`` (None for a blind model); features
+    of another width than ``width`` (a trained model's F) are a DataError naming the file."""
     if config.blind:
         return None
     if features:
-        return torch.from_numpy(read_features(features, len(dataset.images)))
+        return torch.from_numpy(read_features(features, len(dataset.images), width))
     return torch.from_numpy(load_vqa_images(dataset, config.image_size))
 
 
@@ -176,6 +178,12 @@ def load_vqa_data(config: VQATrainConfig) -> VQAData:
     train, val, shared = split_questions(config)
     inputs = image_inputs(train, config, config.features)
     val_inputs = inputs if shared else image_inputs(val, config, config.val_features)
+    if (config.features and inputs is not None and val_inputs is not None
+            and inputs.shape[1:] != val_inputs.shape[1:]):  # fmt: skip
+        raise DataError(f"{config.val_features}: features of shape (N, "
+                        f"{', '.join(map(str, val_inputs.shape[1:]))}) but --features "
+                        f"{config.features} has (N, {', '.join(map(str, inputs.shape[1:]))}); "
+                        "give both from the same extractor")  # fmt: skip
     return VQAData(train, val, inputs, val_inputs)
 
 
@@ -246,6 +254,11 @@ class VQATask(Task):
         if not len(keep):
             raise DataError(f"{data.train.source}: no training question has an answer in the "
                             "answer vocabulary")  # fmt: skip
+        kept = set(answers.tokens)
+        if not any(q.answer in kept for q in data.val.questions):  # the val loss would be 0/0
+            raise DataError(f"{data.val.source}: no validation question's answer is among the "
+                            f"{len(answers)} training answers; give validation questions whose "
+                            "answers the training questions have (--val-data)")  # fmt: skip
 
     def build_model(self) -> nn.Module:
         inputs = self.data.train_inputs
