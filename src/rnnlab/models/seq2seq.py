@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from rnnlab.cells import CellName, ShapeError, State
+from rnnlab.cells import CellName, ShapeError, State, cell_class
 from rnnlab.decoding import (
     Hypothesis,
     beam_search,
@@ -161,7 +161,7 @@ class Seq2Seq(nn.Module):
             parts = tuple(p.view(c.num_layers, 2, B, -1).permute(0, 2, 1, 3).reshape(
                 c.num_layers, B, -1) for p in parts)  # fmt: skip
         h = parts[0]
-        if c.decoder_cell != "lstm":
+        if not cell_class(c.decoder_cell).has_cell_state:
             return h
         cell = parts[1] if len(parts) == 2 else torch.zeros_like(h)
         return (h, cell)
