@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rnnlab.cli.common import check_output_file, given
+from rnnlab.cli.common import check_output_file, given, usage
 from rnnlab.cli.training import add_train_arguments, run_training
 
 
@@ -66,12 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="generator seed: same seed, same set (default: 0)"
     )
     s.set_defaults(run=run_shapes)
-    p.set_defaults(run=lambda args: _usage(p))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+    p.set_defaults(run=lambda args: usage(p))
 
 
 def _decoding_flags(p: argparse.ArgumentParser) -> None:

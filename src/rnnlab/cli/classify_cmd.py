@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from rnnlab.cli.common import given
+from rnnlab.cli.common import given, usage
 from rnnlab.cli.training import add_train_arguments, run_training
 
 
@@ -13,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from rnnlab.tasks.classify import ClassifyTrainConfig
 
     p = sub.add_parser("classify", help="sequence classification: train, evaluate, predict")
-    p.set_defaults(run=lambda args: _usage(p))
+    p.set_defaults(run=lambda args: usage(p))
     actions = p.add_subparsers(dest="action", metavar="ACTION", help="train, eval or predict")
 
     t = actions.add_parser("train", help="train a classifier on a TSV/CSV of text, label")
@@ -43,11 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which checkpoint of the run (default: best)")  # fmt: skip
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     r.set_defaults(run=run_predict)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -115,6 +115,12 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def usage(parser: argparse.ArgumentParser) -> int:
+    """A command group called without its subcommand: its help on stderr, exit status 2."""
+    parser.print_help(sys.stderr)
+    return 2
+
+
 def check_output_file(flag: str, path: str | os.PathLike[str] | None) -> None:
     """Refuse, before any work, an output file path that cannot be written: a symbolic link, or
     an existing directory or device (the write would fail only after the work). ValueError."""

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rnnlab.cli.common import given
+from rnnlab.cli.common import given, usage
 from rnnlab.cli.training import add_train_arguments, run_training
 
 
@@ -59,12 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-test", type=int, default=200, help="of them for test (default: 200)")
     s.add_argument("--seed", type=int, default=0, help="same seed, same set (default: 0)")
     s.set_defaults(run=run_clevr)
-    p.set_defaults(run=lambda args: _usage(p))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+    p.set_defaults(run=lambda args: usage(p))
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rnnlab.cli.common import add_config_flags, given
+from rnnlab.cli.common import add_config_flags, given, usage
 from rnnlab.cli.training import add_train_arguments, run_training
 
 
@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from rnnlab.tasks.seq2seq import Seq2SeqTrainConfig
 
     p = sub.add_parser("seq2seq", help="sequence to sequence: train, evaluate (PER/WER), predict")
-    p.set_defaults(run=lambda args: _usage(p))
+    p.set_defaults(run=lambda args: usage(p))
     actions = p.add_subparsers(dest="action", metavar="ACTION", help="train, eval or predict")
 
     t = actions.add_parser("train", help="train an encoder-decoder (--task g2p: CMUdict)")
@@ -64,11 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     add_config_flags(r, DecodeConfig)
     r.set_defaults(run=run_predict)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from rnnlab.cli.common import check_output_file, given
+from rnnlab.cli.common import check_output_file, given, usage
 from rnnlab.cli.training import add_train_arguments, run_training
 
 
@@ -69,12 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
     s.set_defaults(run=run_sort_of_clevr)
-    p.set_defaults(run=lambda args: _usage(p))
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+    p.set_defaults(run=lambda args: usage(p))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
